@@ -1,0 +1,138 @@
+"""The Explainer base class: one forward pass, the targets, the backward passes.
+
+Each method subclasses :class:`Explainer` and overrides :meth:`relevance`,
+which turns the recorded attention (and its gradients) into the relevance
+matrix ``R``. Everything else, shared by all methods, happens here once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Sequence
+
+import torch
+
+from heatmap.errors import UsageError
+from heatmap.explainers.aggregation import query_map, resolve_start_layer
+from heatmap.explainers.probe import AttentionProbe
+
+
+@dataclass
+class Explanation:
+    """What an explainer returns.
+
+    Attributes:
+        maps: raw maps of ../METHODS.md, float32 on the CPU, ``[B, K, gh, gw]``
+            for K targets per image (``[B, gh, gw]`` after :meth:`squeeze`).
+        targets: class indices ``[B, K]`` (int64).
+        scores: the target scores ``y`` (pre-softmax logits) ``[B, K]``.
+        labels: per image, per target, the class name or None.
+        method: the method's name.
+        options: the method's options as used (start layer as given).
+    """
+
+    maps: torch.Tensor
+    targets: torch.Tensor
+    scores: torch.Tensor
+    labels: list[list[str | None]]
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def squeeze(self) -> "Explanation":
+        """Drop the target dimension when there is one target per image."""
+        if self.maps.dim() != 4 or self.maps.shape[1] != 1:
+            raise ValueError("squeeze() needs exactly one target per image")
+        return replace(self, maps=self.maps[:, 0], targets=self.targets[:, 0],
+                       scores=self.scores[:, 0], labels=[row[0] for row in self.labels])
+
+
+class Explainer:
+    """Base class of the methods; see ../METHODS.md for each one's math.
+
+    Args:
+        adapter: a model adapter (``heatmap.models``).
+        **options: the method's options; unknown names are an error.
+    """
+
+    name: ClassVar[str]
+    needs_gradients: ClassVar[bool]
+    defaults: ClassVar[dict[str, Any]]
+
+    def __init__(self, adapter, **options: Any) -> None:
+        unknown = set(options) - set(self.defaults)
+        if unknown:
+            raise UsageError(f"{self.name} has no option {sorted(unknown)}; "
+                             f"its options are {sorted(self.defaults)}")
+        self.adapter = adapter
+        self.options = {**self.defaults, **options}
+        self.validate_options()
+
+    def validate_options(self) -> None:
+        """Check option values; raise :class:`UsageError` with the fix."""
+
+    def relevance(self, attention_probs: Sequence[torch.Tensor],
+                  attention_grads: Sequence[torch.Tensor] | None, start: int) -> torch.Tensor:
+        """The relevance matrix ``R`` ``[B, N, N]`` of one target.
+
+        Args:
+            attention_probs: every block's probabilities ``[B, H, N, N]`` (float32).
+            attention_grads: gradients of the target score w.r.t. the
+                probabilities of blocks ``start..L-1`` (None for gradient-free methods).
+            start: the start layer, resolved to ``0..L-1``.
+        """
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def explain(self, images: torch.Tensor, targets: torch.Tensor | None = None,
+                top_k: int = 1) -> Explanation:
+        """Explain each image for each of its targets.
+
+        Args:
+            images: preprocessed ``[B, 3, H, W]`` on the adapter's device.
+            targets: class indices ``[B, K]``; None = the ``top_k`` highest logits.
+            top_k: how many top classes when ``targets`` is None.
+
+        Returns:
+            an :class:`Explanation` with ``[B, K, gh, gw]`` maps.
+        """
+        adapter = self.adapter
+        start = resolve_start_layer(self.options.get("start_layer", 0), adapter.num_blocks)
+        with AttentionProbe(adapter.model, adapter.attention_modules, adapter.name,
+                            track_from=start if self.needs_gradients else None) as probe:
+            with torch.set_grad_enabled(self.needs_gradients):
+                logits = adapter.logits(images)
+            targets = self._resolve_targets(logits, targets, top_k)
+            scores = logits.gather(1, targets)
+            probs = [p.detach().float() for p in probe.attention_probs]
+            relevances = []
+            for k in range(targets.shape[1]):
+                if self.needs_gradients:
+                    grads = probe.attention_grads(scores[:, k].sum(), retain_graph=k + 1 < targets.shape[1])
+                    relevances.append(self.relevance(probs, [g.float() for g in grads], start))
+                else:  # class-agnostic: one matrix serves every target
+                    relevances.append(relevances[0] if relevances else self.relevance(probs, None, start))
+        grid = adapter.grid(images)
+        query = adapter.query_weights(probs[0].shape[-1])
+        maps = torch.stack([query_map(r, query, adapter.num_prefix_tokens, grid) for r in relevances], dim=1)
+        return Explanation(
+            maps=maps.float().cpu(), targets=targets.cpu(), scores=scores.detach().float().cpu(),
+            labels=[[adapter.label(int(t)) for t in row] for row in targets.tolist()],
+            method=self.name, options=dict(self.options),
+        )
+
+    def _resolve_targets(self, logits: torch.Tensor, targets: torch.Tensor | None, top_k: int) -> torch.Tensor:
+        num_classes = logits.shape[1]
+        if targets is None:
+            if not 1 <= top_k <= num_classes:
+                raise UsageError(f"top-k {top_k} is out of range: the model has {num_classes} classes")
+            return logits.topk(top_k, dim=1).indices
+        targets = torch.as_tensor(targets, dtype=torch.long, device=logits.device)
+        if targets.dim() == 1:
+            targets = targets[:, None]
+        if targets.shape[0] != logits.shape[0]:
+            raise UsageError(f"got targets for {targets.shape[0]} images but {logits.shape[0]} images")
+        bad = targets[(targets < 0) | (targets >= num_classes)]
+        if bad.numel():
+            raise UsageError(f"target {int(bad[0])} is out of range: the model has {num_classes} "
+                             f"classes (0..{num_classes - 1})")
+        return targets

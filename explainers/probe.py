@@ -1,0 +1,133 @@
+"""The attention probe: each block's attention probabilities as explicit tensors.
+
+Fused attention kernels (``F.scaled_dot_product_attention``) never form the
+attention matrix, so a hook in the usual place silently captures nothing. The
+probe switches each attention module to its explicit path for the duration of
+one ``with`` block, records the post-softmax probabilities (the tensor that
+multiplies V), and puts every setting back on exit, also when an exception is
+raised. An incomplete capture is an error, never an empty map.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from heatmap.errors import HeatmapError
+
+
+class AttentionProbe:
+    """Records the attention probabilities of every block during a forward pass.
+
+    Args:
+        model: the whole model (its parameters stop requiring gradients inside
+            the context, so a backward pass computes no weight gradients).
+        attention_modules: the attention module of each block, in forward order.
+        model_name: used in error messages.
+        track_from: index of the first block whose probabilities need
+            gradients (the start layer), or None when no gradient is needed.
+
+    Attributes:
+        attention_probs: after the forward pass, one tensor ``[B, H, N, N]``
+            per block.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        attention_modules: Sequence[nn.Module],
+        model_name: str,
+        track_from: int | None = None,
+    ) -> None:
+        self.model = model
+        self.attention_modules = list(attention_modules)
+        self.model_name = model_name
+        self.track_from = track_from
+        self._probs: list[torch.Tensor | None] = []
+        self._stack: ExitStack | None = None
+
+    def __enter__(self) -> "AttentionProbe":
+        self._probs = [None] * len(self.attention_modules)
+        with ExitStack() as stack:
+            self._freeze_parameters(stack)
+            for index, module in enumerate(self.attention_modules):
+                self._instrument(stack, index, module)
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+
+    @property
+    def attention_probs(self) -> list[torch.Tensor]:
+        """Each block's probabilities ``[B, H, N, N]``; raises if any is missing."""
+        missing = [i for i, probs in enumerate(self._probs) if probs is None]
+        if missing:
+            raise HeatmapError(
+                f"{self.model_name}: captured no attention probabilities from block(s) "
+                f"{missing}; its attention implementation does not expose them, so no "
+                "attention-based map can be made for this model"
+            )
+        return list(self._probs)  # type: ignore[arg-type]
+
+    def attention_grads(self, score: torch.Tensor, retain_graph: bool = False) -> list[torch.Tensor]:
+        """Gradients of ``score`` with respect to the tracked blocks' probabilities.
+
+        Only the tensors the methods read are differentiated (no weight
+        gradients). Summing per-image scores gives each image its own
+        gradient, because nothing in a ViT mixes images.
+
+        Args:
+            score: a scalar, usually the sum over the batch of the target scores.
+            retain_graph: keep the graph for another target.
+
+        Returns:
+            one tensor ``[B, H, N, N]`` per block from ``track_from`` on.
+        """
+        if self.track_from is None:
+            raise RuntimeError("the probe was opened without track_from; no gradients were tracked")
+        tracked = self.attention_probs[self.track_from:]
+        return list(torch.autograd.grad(score, tracked, retain_graph=retain_graph))
+
+    # -- instrumentation ---------------------------------------------------
+
+    def _freeze_parameters(self, stack: ExitStack) -> None:
+        # Weights need no gradient: the backward then stops at the tracked
+        # attention probabilities instead of building a graph for every layer.
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for param in params:
+            param.requires_grad_(False)
+        stack.callback(lambda: [p.requires_grad_(True) for p in params])
+
+    def _record(self, index: int, probs: torch.Tensor) -> torch.Tensor:
+        if self.track_from is not None and index == self.track_from and torch.is_grad_enabled():
+            # The start block becomes a leaf of the graph: blocks before it
+            # are never differentiated, blocks after it depend on it.
+            probs = probs.detach().requires_grad_(True)
+        self._probs[index] = probs
+        return probs
+
+    def _instrument(self, stack: ExitStack, index: int, module: nn.Module) -> None:
+        if hasattr(module, "fused_attn") and isinstance(getattr(module, "attn_drop", None), nn.Module):
+            self._instrument_timm(stack, index, module)
+        else:
+            raise HeatmapError(
+                f"{self.model_name}: block {index} uses {type(module).__name__}, an attention "
+                "implementation the probe does not know; no attention map can be made"
+            )
+
+    def _instrument_timm(self, stack: ExitStack, index: int, module: nn.Module) -> None:
+        # timm's explicit path runs softmax -> attn_drop -> @ v; the output of
+        # attn_drop (identity in eval mode) is exactly the matrix that multiplies V.
+        was_fused = module.fused_attn
+        module.fused_attn = False
+        stack.callback(setattr, module, "fused_attn", was_fused)
+        handle = module.attn_drop.register_forward_hook(
+            lambda _module, _inputs, output: self._record(index, output)
+        )
+        stack.callback(handle.remove)

@@ -1,0 +1,94 @@
+"""Reading weights safely, and finding a pretrained model's weights offline first.
+
+A ``.pt``/``.pth``/``.bin`` file is read with ``torch.load(weights_only=True)``:
+a pickle that needs code to load is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from heatmap.errors import HeatmapError
+
+# Keys under which training scripts commonly nest the weights.
+_NESTED_KEYS = ("state_dict", "model", "model_state_dict", "module")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a state dict from ``.safetensors`` or a weights-only pickle.
+
+    Nested dicts (``{"state_dict": ...}``, ``{"model": ...}``) and the
+    ``module.`` prefix of DataParallel are unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HeatmapError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as error:
+            raise HeatmapError(f"checkpoint {path} is not a readable .safetensors file ({error})") from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except __import__("pickle").UnpicklingError as error:
+            first_line = str(error).strip().splitlines()[0]
+            raise HeatmapError(
+                f"checkpoint {path} needs code to unpickle, which vit-heatmap never runs "
+                f"({first_line}); save it with torch.save(model.state_dict(), ...) or as .safetensors"
+            ) from None
+        except Exception as error:  # zip errors, EOF, wrong magic number...
+            raise HeatmapError(f"checkpoint {path} is not a readable PyTorch file ({error})") from None
+    for key in _NESTED_KEYS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise HeatmapError(f"checkpoint {path} holds no state dict of tensors")
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def check_fits(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, architecture: str) -> None:
+    """Raise an error naming the mismatched keys unless ``state`` fits ``model`` exactly."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    reshaped = sorted(f"{key} {tuple(state[key].shape)} vs {tuple(value.shape)}"
+                      for key, value in expected.items() if key in state and state[key].shape != value.shape)
+    problems = [f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
+                for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                   ("shape mismatches", reshaped)) if keys]
+    if problems:
+        raise HeatmapError(f"{source} does not fit {architecture}: {'; '.join(problems)}; "
+                           "pass the --model it was trained with")
+
+
+def cached_hub_file(repo_id: str, filenames: tuple[str, ...]) -> str | None:
+    """The first of ``filenames`` found in the local Hugging Face cache, or None."""
+    from huggingface_hub import try_to_load_from_cache
+    for filename in filenames:
+        found = try_to_load_from_cache(repo_id, filename)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def download_hub_file(repo_id: str, filenames: tuple[str, ...], model_name: str) -> str:
+    """Download the first of ``filenames`` that exists; a one-line error when none can be had."""
+    from huggingface_hub import hf_hub_download
+    last_error: Exception | None = None
+    for filename in filenames:
+        try:
+            return hf_hub_download(repo_id, filename)
+        except Exception as error:  # offline, no such file, no network, gated repo...
+            last_error = error
+    reason = type(last_error).__name__ if last_error else "unknown"
+    raise HeatmapError(
+        f"weights of {model_name} are not in the local cache and could not be downloaded ({reason}); "
+        f"download them once with network access (e.g. `huggingface-cli download {repo_id}`), "
+        "pass --checkpoint FILE, or use --model demo, which runs offline"
+    )

@@ -1,0 +1,94 @@
+"""Building timm models by name, from a local file, or from the shipped demo."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+
+import torch
+
+from heatmap.errors import HeatmapError, UsageError
+from heatmap.models.checkpoints import cached_hub_file, check_fits, download_hub_file, read_state_dict
+
+DEMO_DIR = Path(__file__).parent / "demo"
+_HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def imagenet_labels(model: torch.nn.Module) -> list[str] | None:
+    """Short ImageNet class names ("tabby") when the model's head is an ImageNet one."""
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+    subset = infer_imagenet_subset(model)
+    if subset is None:
+        return None
+    info = ImageNetInfo(subset)
+    return [info.index_to_description(i).split(",")[0].strip() for i in range(model.num_classes)]
+
+
+def create_timm(name: str, checkpoint: str | Path | None = None) -> torch.nn.Module:
+    """A timm model by name, with pretrained weights (cache first) or a local checkpoint.
+
+    Args:
+        name: a timm name with an optional tag (``vit_base_patch16_224.augreg_in1k``)
+            or ``hf-hub:org/name``.
+        checkpoint: a local ``.safetensors``/``.pt``/``.pth`` file of that architecture.
+    """
+    import timm
+    from timm.models import get_pretrained_cfg, split_model_name_tag
+
+    if name.startswith("hf-hub:"):
+        return _create_from_hub_name(timm, name, checkpoint)
+    architecture, _tag = split_model_name_tag(name)
+    if not timm.is_model(architecture):
+        close = difflib.get_close_matches(architecture, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `timm.list_models('vit*')` lists them"
+        raise UsageError(f"unknown model {name!r}{hint}")
+    if checkpoint is not None:
+        state = read_state_dict(checkpoint)
+        head = state.get("head.weight")
+        kwargs = {"num_classes": head.shape[0]} if head is not None and head.dim() == 2 else {}
+        model = timm.create_model(architecture, pretrained=False, **kwargs)
+        check_fits(model, state, str(checkpoint), architecture)
+        model.load_state_dict(state)
+        return model
+    pretrained_cfg = get_pretrained_cfg(name)
+    if pretrained_cfg is None or not pretrained_cfg.hf_hub_id:
+        raise HeatmapError(f"{name} has no pretrained weights in timm; pass --checkpoint FILE")
+    filenames = (pretrained_cfg.hf_hub_filename,) if pretrained_cfg.hf_hub_filename else _HUB_WEIGHT_FILES
+    weights = (cached_hub_file(pretrained_cfg.hf_hub_id, filenames)
+               or download_hub_file(pretrained_cfg.hf_hub_id, filenames, name))
+    # timm applies its own filters (class count, position embedding size) to this dict.
+    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"state_dict": read_state_dict(weights)})
+
+
+def _create_from_hub_name(timm, name: str, checkpoint) -> torch.nn.Module:
+    try:
+        model = timm.create_model(name, pretrained=checkpoint is None)
+    except Exception as error:
+        raise HeatmapError(
+            f"could not load {name} from the Hugging Face cache or hub ({type(error).__name__}); "
+            "download it once with network access, pass --checkpoint FILE, or use --model demo"
+        ) from None
+    if checkpoint is not None:
+        state = read_state_dict(checkpoint)
+        check_fits(model, state, str(checkpoint), name)
+        model.load_state_dict(state)
+    return model
+
+
+def create_demo_classifier(checkpoint: str | Path | None = None) -> tuple[torch.nn.Module, list[str]]:
+    """The shipped shapes-world ViT (``models/demo/classifier.*``) and its class names."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    config_path = DEMO_DIR / "classifier.json"
+    if not config_path.is_file():
+        raise HeatmapError(f"the demo classifier is missing from this installation ({config_path})")
+    config = json.loads(config_path.read_text())
+    model = VisionTransformer(**config["model_args"])
+    source = checkpoint if checkpoint is not None else DEMO_DIR / "classifier.safetensors"
+    state = read_state_dict(source)
+    check_fits(model, state, str(source), "the demo classifier")
+    model.load_state_dict(state)
+    # resolve_data_config reads the preprocessing from here.
+    model.pretrained_cfg = dict(config["pretrained_cfg"])
+    return model, list(config["labels"])
