@@ -1,0 +1,262 @@
+"""Reading input images faithfully, and expanding the user's inputs into files.
+
+``load_image`` turns whatever PIL can open into the RGB picture a person would
+see: EXIF orientation applied, transparency composited over white, 16/32-bit
+and float grayscale scaled by their real range (not clipped, not stretched per
+image), first frame of an animation. Every failure is a ``HeatmapError`` that
+names the file. ``collect_inputs`` turns files, folders and glob patterns into
+a sorted, de-duplicated list of paths.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from heatmap.errors import HeatmapError
+
+__all__ = ["IMAGE_SUFFIXES", "load_image", "collect_inputs"]
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {
+        ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo",
+        ".png", ".apng",
+        ".bmp", ".dib",
+        ".gif",
+        ".tif", ".tiff",
+        ".webp", ".avif",
+        ".ppm", ".pgm", ".pbm", ".pnm", ".pfm",
+        ".tga", ".qoi", ".pcx", ".ico",
+        ".jp2", ".j2k",
+    }
+)
+"""Lower-case suffixes of raster formats PIL reads that a folder input picks up.
+
+Only used to pick files out of folders; a file named explicitly is always
+handed to the loader, which says if it is not an image.
+"""
+
+_GLOB_CHARACTERS = frozenset("*?[")
+_WHITE = 255.0
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Read an image file into a fully loaded RGB image.
+
+    Args:
+        path: The image file. Any format and mode PIL can read.
+
+    Returns:
+        A new ``PIL.Image.Image`` in mode ``"RGB"`` with the EXIF orientation
+        applied (so its size is the size a viewer shows), decoupled from the
+        file (the file is closed).
+
+    Raises:
+        HeatmapError: The path is missing, a folder, empty, unreadable, not an
+            image, truncated or damaged, or larger than PIL's
+            ``Image.MAX_IMAGE_PIXELS`` safety limit. The message names the file.
+    """
+    path = Path(path)
+    name = str(path)
+    if not path.exists():
+        raise HeatmapError(f"{name}: no such file; check the path")
+    if path.is_dir():
+        raise HeatmapError(f"{name}: is a folder, not an image file; pass an image file inside it")
+    try:
+        if path.stat().st_size == 0:
+            raise HeatmapError(f"{name}: empty file (0 bytes); copy or download it again")
+        with warnings.catch_warnings():
+            # Above MAX_IMAGE_PIXELS PIL only warns (an error only at twice the
+            # limit); a huge image would exhaust memory later, so refuse it here.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                # Decoding is lazy: force it inside the try so that a truncated
+                # or damaged file fails here, with its name, not deep in a model.
+                opened.load()
+                oriented = ImageOps.exif_transpose(opened)
+    except HeatmapError:
+        raise
+    except PermissionError:
+        raise HeatmapError(f"{name}: permission denied; make the file readable") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise HeatmapError(
+            f"{name}: image too large ({_one_line(exc)}); downscale it, "
+            "or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
+        ) from None
+    except UnidentifiedImageError:
+        raise HeatmapError(
+            f"{name}: not an image PIL can read (unknown format); pass a JPEG, PNG, "
+            "WebP, TIFF, BMP or GIF file"
+        ) from None
+    except Exception as exc:  # PIL signals damaged data with many exception types
+        raise HeatmapError(
+            f"{name}: cannot decode the image ({type(exc).__name__}: {_one_line(exc)}); "
+            "the file is probably truncated or damaged, copy it again"
+        ) from None
+    return _to_rgb(oriented)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert a loaded image of any PIL mode to RGB as it would be displayed."""
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image
+    if mode.startswith("I") or mode == "F":
+        return _deep_gray_to_l(image).convert("RGB")
+    # Premultiplied modes convert to their straight-alpha forms first; PIL has
+    # no direct "La" -> RGBA path.
+    if mode == "La":
+        image = image.convert("LA")
+    if image.mode in ("RGBA", "RGBa", "LA", "PA") or "transparency" in image.info:
+        # "transparency" covers palette images with transparent entries and
+        # PNG tRNS colour keys on L and RGB images.
+        return _composite_over_white(image.convert("RGBA"))
+    # P, L, 1, CMYK, YCbCr, LAB, HSV, RGBX: PIL's own conversions are correct.
+    return image.convert("RGB")
+
+
+def _composite_over_white(rgba: Image.Image) -> Image.Image:
+    pixels = np.asarray(rgba, dtype=np.float32)
+    colour, opacity = pixels[..., :3], pixels[..., 3:] / 255.0
+    blended = colour * opacity + _WHITE * (1.0 - opacity)
+    return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8), "RGB")
+
+
+def _deep_gray_to_l(image: Image.Image) -> Image.Image:
+    """Scale a 16-bit, 32-bit or float grayscale image to 8 bits.
+
+    Integers are scaled by the range of their storage type, so a dark 16-bit
+    image stays dark (PIL's own ``convert("L")`` clips at 255 instead, turning
+    almost everything white). Floats have no storage range: values in [0, 1]
+    are read as intensities, values in [0, 255] as 8-bit levels, anything else
+    is min-max scaled.
+    """
+    values = np.asarray(image).astype(np.float64)
+    if image.mode == "F":
+        finite = np.isfinite(values)
+        values = np.where(finite, values, 0.0)
+        low, high = (values[finite].min(), values[finite].max()) if finite.any() else (0.0, 0.0)
+        if low >= 0.0 and high <= 1.0:
+            low, high = 0.0, 1.0
+        elif low >= 0.0 and high <= 255.0:
+            low, high = 0.0, 255.0
+    else:
+        low, high = _integer_range(image, values)
+    if high <= low:
+        scaled = np.zeros_like(values)
+    else:
+        scaled = (values - low) * (255.0 / (high - low))
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+
+
+def _integer_range(image: Image.Image, values: np.ndarray) -> tuple[float, float]:
+    """The value range of the integer type an "I" or "I;16*" image was stored as."""
+    if image.mode.startswith("I;16"):
+        return 0.0, 65535.0
+    # Mode "I" holds 16-bit PNG/PGM data in older Pillow and 32-bit TIFF data;
+    # TIFF says which, other formats only ever put 16-bit data here.
+    tags = getattr(image, "tag_v2", None)
+    bits = sample_format = None
+    if tags is not None:
+        bits_per_sample = tags.get(258)
+        bits = bits_per_sample[0] if isinstance(bits_per_sample, tuple) else bits_per_sample
+        sample_format = tags.get(339)
+        sample_format = sample_format[0] if isinstance(sample_format, tuple) else sample_format
+    signed = sample_format == 2 or (values.size > 0 and values.min() < 0)
+    if bits is None:
+        bits = 16 if values.size == 0 or (values.min() >= 0 and values.max() <= 65535) else 32
+    if signed:
+        return -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
+    return 0.0, 2.0**bits - 1
+
+
+def collect_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False) -> list[Path]:
+    """Expand files, folders and glob patterns into the list of files to explain.
+
+    A path that exists is taken literally (even if it contains glob
+    characters). A file is kept whatever its suffix (the loader says if it is
+    not an image). A folder gives its files whose suffix is in
+    ``IMAGE_SUFFIXES`` (case-insensitive), skipping hidden files and, when
+    ``recursive``, descending into subfolders except hidden ones. A string
+    with ``*``, ``?`` or ``[`` that is not an existing path is expanded by
+    ``glob.glob(..., recursive=True)`` (so ``**`` works); the files it
+    matches are kept as they are, folders it matches are ignored.
+
+    Args:
+        inputs: Paths and patterns, in the order the user gave them.
+        recursive: Whether folders are searched in their subfolders too.
+
+    Returns:
+        Paths, spelled as the user's input plus the found names: inputs in the
+        order given, each one's expansion sorted by path. A file reached twice
+        (also through another spelling or a symlink) is kept at its first
+        place. Empty if ``inputs`` is empty.
+
+    Raises:
+        HeatmapError: An input does not exist, a folder holds no images, a
+            pattern matches no files, or a folder cannot be read.
+    """
+    collected: list[Path] = []
+    seen: set[Path] = set()
+    for raw in inputs:
+        text = os.fspath(raw)
+        path = Path(text)
+        if path.is_dir():
+            expanded = _images_in_folder(path, recursive)
+        elif path.exists():
+            expanded = [path]
+        elif any(character in _GLOB_CHARACTERS for character in text):
+            expanded = [Path(match) for match in sorted(glob.glob(text, recursive=True))]
+            expanded = [match for match in expanded if not match.is_dir()]
+            if not expanded:
+                raise HeatmapError(f"pattern {text} matched no files; check the pattern and quote it")
+        else:
+            raise HeatmapError(f"no such file or folder: {text}; check the path")
+        for found in expanded:
+            identity = found.resolve()
+            if identity not in seen:
+                seen.add(identity)
+                collected.append(found)
+    return collected
+
+
+def _images_in_folder(folder: Path, recursive: bool) -> list[Path]:
+    found: list[Path] = []
+    try:
+        if recursive:
+            # os.walk swallows errors by default; make an unreadable subfolder loud.
+            def fail(error: OSError) -> None:
+                raise error
+
+            for directory, subfolders, names in os.walk(folder, onerror=fail):
+                subfolders[:] = [sub for sub in subfolders if not sub.startswith(".")]
+                found.extend(Path(directory) / name for name in names if _is_image_name(name))
+            found = [path for path in found if path.is_file()]
+        else:
+            found = [
+                entry for entry in folder.iterdir() if _is_image_name(entry.name) and entry.is_file()
+            ]
+    except PermissionError:
+        raise HeatmapError(f"cannot read folder {folder}: permission denied; make it readable") from None
+    except OSError as exc:
+        raise HeatmapError(f"cannot read folder {folder}: {_one_line(exc)}") from None
+    if not found:
+        where = "or its subfolders" if recursive else "(subfolders are searched only when recursive)"
+        raise HeatmapError(
+            f"no images in folder {folder} {where}; images need a suffix such as .jpg, .png, .webp"
+        )
+    return sorted(found)
+
+
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
