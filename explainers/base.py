@@ -82,7 +82,6 @@ class Explainer:
         """
         raise NotImplementedError
 
-    @torch.no_grad()
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None = None,
                 top_k: int = 1) -> Explanation:
         """Explain each image for each of its targets.
@@ -99,15 +98,17 @@ class Explainer:
         start = resolve_start_layer(self.options.get("start_layer", 0), adapter.num_blocks)
         with AttentionProbe(adapter.model, adapter.attention_modules, adapter.name,
                             track_from=start if self.needs_gradients else None) as probe:
+            # Also under a caller's torch.no_grad(): the gradient methods need a graph.
             with torch.set_grad_enabled(self.needs_gradients):
                 logits = adapter.logits(images)
-            targets = self._resolve_targets(logits, targets, top_k)
-            scores = logits.gather(1, targets)
+                targets = self._resolve_targets(logits.detach(), targets, top_k)
+                scores = logits.gather(1, targets)
+                objectives = scores.sum(dim=0).unbind()  # per target, summed over independent images
             probs = [p.detach().float() for p in probe.attention_probs]
             relevances = []
-            for k in range(targets.shape[1]):
+            for k, objective in enumerate(objectives):
                 if self.needs_gradients:
-                    grads = probe.attention_grads(scores[:, k].sum(), retain_graph=k + 1 < targets.shape[1])
+                    grads = probe.attention_grads(objective, retain_graph=k + 1 < len(objectives))
                     relevances.append(self.relevance(probs, [g.float() for g in grads], start))
                 else:  # class-agnostic: one matrix serves every target
                     relevances.append(relevances[0] if relevances else self.relevance(probs, None, start))

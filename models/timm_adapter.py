@@ -85,7 +85,7 @@ class TimmAdapter:
     def grid(self, images: torch.Tensor) -> tuple[int, int]:
         """``(gh, gw)``, read from the model and the input size, never assumed."""
         patch_embed = self.model.patch_embed
-        if getattr(patch_embed, "dynamic_img_size", False):
+        if getattr(self.model, "dynamic_img_size", False):
             return tuple(patch_embed.dynamic_feat_size(tuple(images.shape[-2:])))
         return tuple(patch_embed.grid_size)
 

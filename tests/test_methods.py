@@ -1,0 +1,116 @@
+"""Each method equals a plain-loop implementation of its METHODS.md formula."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from timm.models.deit import VisionTransformerDistilled
+
+import heatmap
+from conftest import sharpen_attention, tiny_vit
+import reference
+
+
+def distilled_vit():
+    torch.manual_seed(0)
+    model = VisionTransformerDistilled(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, num_classes=5)
+    return sharpen_attention(model)
+
+
+# name -> (model factory, query of ../METHODS.md, protected token of rollout's discard)
+MODELS = {
+    "class-token": (lambda: tiny_vit(), ("token", 0), 0),
+    "4-prefix-tokens": (lambda: tiny_vit(reg_tokens=3), ("token", 0), 0),
+    "distillation-token": (distilled_vit, ("token", 0), 0),
+    "mean-pooled": (lambda: tiny_vit(global_pool="avg"), ("mean", 1), None),
+    "mean-pooled-4-registers": (lambda: tiny_vit(class_token=False, reg_tokens=4, global_pool="avg"), ("mean", 4), None),
+}
+
+CASES = [
+    ("rollout", {"head_fusion": "mean"}),
+    ("rollout", {"head_fusion": "max", "discard_ratio": 0.5}),
+    ("rollout", {"head_fusion": "min", "discard_ratio": 0.3, "start_layer": 1}),
+    ("rollout", {"head_fusion": "mean", "discard_ratio": 0.9, "start_layer": -1}),
+    ("grad-rollout", {}),
+    ("grad-rollout", {"discard_ratio": 0.0, "start_layer": 1}),
+    ("grad-rollout", {"discard_ratio": 0.5, "start_layer": -2}),
+    ("chefer-generic", {}),
+    ("chefer-generic", {"start_layer": -1}),
+    ("chefer-generic", {"start_layer": 1}),
+]
+
+
+def reference_maps(model, images, targets, method, options, query, protect):
+    logits, attentions, grads = reference.gradients(model, images, targets)
+    num_blocks = len(attentions)
+    start = options.get("start_layer", 0) % num_blocks
+    prefix = model.num_prefix_tokens
+    gh, gw = model.patch_embed.dynamic_feat_size(images.shape[-2:])
+    maps = []
+    for b in range(images.shape[0]):
+        A = [a[b] for a in attentions]
+        G = [g[b] for g in grads]
+        if method == "rollout":
+            R = reference.rollout_one(A, options.get("head_fusion", "mean"), options.get("discard_ratio", 0.0), start, protect)
+        elif method == "grad-rollout":
+            R = reference.grad_rollout_one(A, G, options.get("discard_ratio", 0.9), start)
+        else:
+            R = reference.chefer_generic_one(A, G, start)
+        maps.append(reference.query_row(R, query)[prefix:].reshape(gh, gw))
+    return logits, torch.stack(maps)
+
+
+def assert_maps_equal(actual, expected, tolerance=1e-5):
+    scale = expected.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+    assert actual.shape == expected.shape
+    assert ((actual - expected).abs() / scale).max() < tolerance
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+@pytest.mark.parametrize("method,options", CASES)
+def test_method_matches_reference(model_name, method, options, images):
+    factory, query, protect = MODELS[model_name]
+    model = factory()
+    targets = torch.tensor([1, 4, 2])
+    logits, expected = reference_maps(model, images, targets, method, options, query, protect)
+    result = heatmap.explain(model, images, method, target=targets.tolist(), **options)
+    assert_maps_equal(result.maps, expected)
+    assert result.maps.dtype == torch.float32
+    assert result.targets.tolist() == targets.tolist()
+    torch.testing.assert_close(result.scores, logits[torch.arange(3), targets].detach())
+
+
+def test_attention_is_not_near_uniform(images):
+    _, attentions = reference.manual_forward(tiny_vit(), images)
+    for probs in attentions:
+        assert probs.amax(dim=-1).mean() > 3.0 / probs.shape[-1]
+
+
+@pytest.mark.parametrize("method", ["rollout", "grad-rollout", "chefer-generic"])
+def test_non_square_grid_from_dynamic_size_model(method):
+    model = tiny_vit(dynamic_img_size=True)
+    torch.manual_seed(7)
+    images = torch.randn(2, 3, 24, 40)  # a 3 x 5 grid of 8-pixel patches
+    targets = torch.tensor([0, 3])
+    options = {"discard_ratio": 0.5} if method != "chefer-generic" else {}
+    _, expected = reference_maps(model, images, targets, method, options, ("token", 0), 0)
+    result = heatmap.explain(model, images, method, target=targets.tolist(), **options)
+    assert result.maps.shape == (2, 3, 5)
+    assert_maps_equal(result.maps, expected)
+
+
+def test_default_target_is_top1(images):
+    model = tiny_vit()
+    result = heatmap.explain(model, images, "chefer-generic")
+    assert result.targets.tolist() == model(images).argmax(dim=1).tolist()
+
+
+@pytest.mark.parametrize("method", ["rollout", "grad-rollout", "chefer-generic"])
+def test_batch_equals_one_by_one_and_runs_repeat_exactly(method, images):
+    model = tiny_vit()
+    targets = [0, 2, 4]
+    batch = heatmap.explain(model, images, method, target=targets)
+    singles = torch.cat([heatmap.explain(model, images[i:i + 1], method, target=[targets[i]]).maps for i in range(3)])
+    assert_maps_equal(batch.maps, singles)
+    again = heatmap.explain(model, images, method, target=targets)
+    assert batch.maps.numpy().tobytes() == again.maps.numpy().tobytes()
