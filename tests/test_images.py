@@ -19,6 +19,12 @@ def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image).astype(int)
 
 
+def stored_mode(path: Path) -> str:
+    """The mode PIL opens a file in (to show the test exercises that mode)."""
+    with Image.open(path) as opened:
+        return opened.mode
+
+
 def gray_row(image: Image.Image) -> list[int]:
     """The first row of an RGB image known to be gray, one value per pixel."""
     array = pixels(image)
@@ -33,7 +39,7 @@ def test_sixteen_bit_png_is_scaled_by_its_type_range_not_clipped(tmp_path):
     values = np.array([[0, 257 * 10, 32768, 65535]], dtype=np.uint16)
     path = tmp_path / "deep.png"
     Image.fromarray(values).save(path)
-    assert Image.open(path).mode == "I;16"
+    assert stored_mode(path) == "I;16"
     assert gray_row(load_image(path)) == [0, 10, 128, 255]
 
 
@@ -47,7 +53,7 @@ def test_dark_sixteen_bit_png_stays_dark(tmp_path):
 def test_sixteen_bit_pgm_opened_as_mode_i(tmp_path):
     path = tmp_path / "deep.pgm"
     path.write_bytes(b"P5\n3 1\n65535\n" + np.array([0, 32768, 65535], ">u2").tobytes())
-    assert Image.open(path).mode == "I"
+    assert stored_mode(path) == "I"
     assert gray_row(load_image(path)) == [0, 128, 255]
 
 
@@ -60,7 +66,7 @@ def test_sixteen_bit_tiff(tmp_path):
 def test_signed_32_bit_tiff_is_scaled_by_int32_range(tmp_path):
     path = tmp_path / "int32.tif"
     Image.fromarray(np.array([[-(2**31), 0, 2**31 - 1]], dtype=np.int32)).save(path)
-    assert Image.open(path).mode == "I"
+    assert stored_mode(path) == "I"
     assert gray_row(load_image(path)) == [0, 128, 255]
 
 
@@ -76,7 +82,7 @@ def test_signed_32_bit_tiff_is_scaled_by_int32_range(tmp_path):
 def test_float_tiff(tmp_path, values, expected):
     path = tmp_path / "float.tif"
     Image.fromarray(np.array([values], dtype=np.float32)).save(path)
-    assert Image.open(path).mode == "F"
+    assert stored_mode(path) == "F"
     assert gray_row(load_image(path)) == expected
 
 
@@ -91,7 +97,7 @@ def test_one_bit(tmp_path):
     bitmap = Image.new("1", (2, 1), 0)
     bitmap.putpixel((1, 0), 1)
     bitmap.save(path)
-    assert Image.open(path).mode == "1"
+    assert stored_mode(path) == "1"
     assert gray_row(load_image(path)) == [0, 255]
 
 
@@ -118,7 +124,7 @@ def test_palette_with_transparent_entry(tmp_path):
     paletted.putpalette([255, 0, 0, 0, 0, 255] + [0, 0, 0] * 254)
     paletted.putpixel((1, 0), 1)
     paletted.save(path, transparency=1)
-    assert Image.open(path).mode == "P"
+    assert stored_mode(path) == "P"
     assert pixels(load_image(path))[0].tolist() == [[255, 0, 0], [255, 255, 255]]
 
 
@@ -128,7 +134,7 @@ def test_palette_without_transparency(tmp_path):
     paletted.putpalette([0, 128, 0, 30, 60, 90] + [0, 0, 0] * 254)
     paletted.putpixel((1, 0), 1)
     paletted.save(path)
-    assert Image.open(path).mode == "P"
+    assert stored_mode(path) == "P"
     assert pixels(load_image(path))[0].tolist() == [[0, 128, 0], [30, 60, 90]]
 
 
@@ -144,7 +150,8 @@ def test_animated_gif_gives_first_frame(tmp_path):
     path = tmp_path / "anim.gif"
     frames = [Image.new("RGB", (4, 4), colour) for colour in [(255, 0, 0), (0, 0, 255)]]
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
-    assert Image.open(path).n_frames == 2
+    with Image.open(path) as opened:
+        assert opened.n_frames == 2
     assert (pixels(load_image(path)) == [255, 0, 0]).all()
 
 
@@ -152,14 +159,14 @@ def test_cmyk(tmp_path):
     path = tmp_path / "cmyk.tif"
     cmyk = np.array([[[0, 0, 0, 0], [0, 0, 0, 255], [255, 0, 0, 0]]], dtype=np.uint8)
     Image.fromarray(cmyk, "CMYK").save(path)
-    assert Image.open(path).mode == "CMYK"
+    assert stored_mode(path) == "CMYK"
     assert pixels(load_image(path))[0].tolist() == [[255, 255, 255], [0, 0, 0], [0, 255, 255]]
 
 
 def test_cmyk_jpeg(tmp_path):
     path = tmp_path / "cmyk.jpg"
     Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(path, quality=100)
-    assert Image.open(path).mode == "CMYK"
+    assert stored_mode(path) == "CMYK"
     red = pixels(load_image(path))
     assert np.abs(red - [255, 0, 0]).max() <= 3
 
@@ -167,7 +174,7 @@ def test_cmyk_jpeg(tmp_path):
 def test_ycbcr(tmp_path):
     path = tmp_path / "ycbcr.tif"
     Image.new("YCbCr", (1, 1), (128, 128, 255)).save(path)
-    assert Image.open(path).mode == "YCbCr"
+    assert stored_mode(path) == "YCbCr"
     # R = Y + 1.402 (Cr - 128) clips at 255; G = Y - 0.714 (Cr - 128) ~ 37.
     red, green, blue = pixels(load_image(path))[0, 0]
     assert red == 255 and abs(green - 37) <= 1 and blue == 128
@@ -178,7 +185,7 @@ def test_lab(tmp_path):
     lab = Image.new("LAB", (2, 1), (255, 128, 128))  # L = 100, a = b = 0: white
     lab.putpixel((1, 0), (0, 128, 128))  # L = 0: black
     lab.save(path)
-    assert Image.open(path).mode == "LAB"
+    assert stored_mode(path) == "LAB"
     white, black = pixels(load_image(path))[0]
     assert (white >= 253).all() and (black <= 2).all()
 
