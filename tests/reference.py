@@ -25,7 +25,8 @@ def manual_forward(model, images):
         qkv = attn.qkv(h).reshape(B, N, 3, attn.num_heads, C // attn.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         probs = torch.softmax((q * attn.scale) @ k.transpose(-2, -1), dim=-1)
-        probs.retain_grad()
+        if probs.requires_grad:
+            probs.retain_grad()
         attentions.append(probs)
         out = (probs @ v).transpose(1, 2).reshape(B, N, C)
         x = x + block.ls1(attn.proj(out))
