@@ -1,16 +1,57 @@
 """The methods, registered by the names the CLI uses.
 
-``EXPLAINERS`` is the one list that the CLI, its help text and the tests
-iterate; the math of each is in ../METHODS.md and in its own file here.
+``METHODS`` is the one list that the CLI, its help text and the tests
+iterate. It imports nothing heavy, so ``heatmap --help`` stays fast; each
+method's class (and torch) is imported when first used. The math of each is
+in docs/METHODS.md and in its own file here.
 """
 
-from heatmap.explainers.base import Explainer, Explanation
-from heatmap.explainers.chefer_generic import CheferGeneric
-from heatmap.explainers.grad_rollout import GradRollout
-from heatmap.explainers.rollout import Rollout
+from __future__ import annotations
 
-EXPLAINERS: dict[str, type[Explainer]] = {
-    cls.name: cls for cls in (Rollout, GradRollout, CheferGeneric)
-}
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
-__all__ = ["EXPLAINERS", "Explainer", "Explanation"]
+
+HEAD_FUSIONS = ("mean", "max", "min")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method: its CLI name, a one-line summary, its options' defaults."""
+
+    name: str
+    summary: str
+    defaults: Mapping[str, Any]
+    location: str = field(repr=False)  # "module:Class"
+    needs_gradients: bool = True
+
+    def explainer_class(self):
+        """The Explainer subclass (imports torch)."""
+        module, cls = self.location.split(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+METHODS: dict[str, Method] = {method.name: method for method in (
+    Method("rollout", "Attention rollout (Abnar & Zuidema 2020): class-agnostic.",
+           {"head_fusion": "mean", "discard_ratio": 0.0, "start_layer": 0},
+           "heatmap.explainers.rollout:Rollout", needs_gradients=False),
+    Method("grad-rollout", "Gradient attention rollout (vit-explain, with its bugs fixed).",
+           {"discard_ratio": 0.9, "start_layer": 0},
+           "heatmap.explainers.grad_rollout:GradRollout"),
+    Method("chefer-generic", "Generic attention explainability (Chefer, Gur & Wolf, ICCV 2021).",
+           {"start_layer": 0},
+           "heatmap.explainers.chefer_generic:CheferGeneric"),
+)}
+
+
+def __getattr__(name: str):
+    # EXPLAINERS (name -> class) on first use, so that importing METHODS stays light.
+    if name == "EXPLAINERS":
+        return {method.name: method.explainer_class() for method in METHODS.values()}
+    if name in ("Explainer", "Explanation"):
+        return getattr(importlib.import_module("heatmap.explainers.base"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["EXPLAINERS", "HEAD_FUSIONS", "METHODS", "Method"]

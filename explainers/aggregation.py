@@ -1,4 +1,4 @@
-"""Pure functions shared by the methods: the math of ../METHODS.md, no model.
+"""Pure functions shared by the methods: the math of docs/METHODS.md, no model.
 
 Every tensor has a leading batch dimension and every operation is per image.
 """

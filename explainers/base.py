@@ -8,7 +8,7 @@ matrix ``R``. Everything else, shared by all methods, happens here once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 
@@ -22,7 +22,7 @@ class Explanation:
     """What an explainer returns.
 
     Attributes:
-        maps: raw maps of ../METHODS.md, float32 on the CPU, ``[B, K, gh, gw]``
+        maps: raw maps of docs/METHODS.md, float32 on the CPU, ``[B, K, gh, gw]``
             for K targets per image (``[B, gh, gw]`` after :meth:`squeeze`).
         targets: class indices ``[B, K]`` (int64).
         scores: the target scores ``y`` (pre-softmax logits) ``[B, K]``.
@@ -47,7 +47,7 @@ class Explanation:
 
 
 class Explainer:
-    """Base class of the methods; see ../METHODS.md for each one's math.
+    """Base class of the methods; see docs/METHODS.md for each one's math.
 
     Args:
         adapter: a model adapter (``heatmap.models``).
@@ -56,7 +56,7 @@ class Explainer:
 
     name: ClassVar[str]
     needs_gradients: ClassVar[bool]
-    defaults: ClassVar[dict[str, Any]]
+    defaults: ClassVar[Mapping[str, Any]]
 
     def __init__(self, adapter, **options: Any) -> None:
         unknown = set(options) - set(self.defaults)

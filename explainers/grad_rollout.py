@@ -2,7 +2,7 @@
 
 Each block's probabilities are paired with the gradient with respect to those
 same probabilities (not another block's, not the pre-softmax scores'). The
-head mean comes first, the clamp after. ../METHODS.md#grad-rollout.
+head mean comes first, the clamp after. docs/METHODS.md#grad-rollout.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 
 from heatmap.explainers.aggregation import normalized_rollout
+from heatmap.explainers import METHODS
 from heatmap.explainers.base import Explainer
 from heatmap.explainers.rollout import check_discard_ratio, discard_lowest
 
@@ -20,8 +21,8 @@ class GradRollout(Explainer):
     """Gradient rollout: ``R = prod rownorm(discard(mean_h(A * dA)+) + I)``."""
 
     name = "grad-rollout"
-    needs_gradients = True
-    defaults = {"discard_ratio": 0.9, "start_layer": 0}
+    needs_gradients = METHODS["grad-rollout"].needs_gradients
+    defaults = METHODS["grad-rollout"].defaults
 
     def validate_options(self) -> None:
         check_discard_ratio(self.options["discard_ratio"])

@@ -1,6 +1,6 @@
 """Attention rollout (Abnar & Zuidema, 2020), with the options of vit-explain.
 
-Class-agnostic: the map is the same for every target. ../METHODS.md#rollout.
+Class-agnostic: the map is the same for every target. docs/METHODS.md#rollout.
 """
 
 from __future__ import annotations
@@ -12,10 +12,8 @@ import torch
 
 from heatmap.errors import UsageError
 from heatmap.explainers.aggregation import normalized_rollout
+from heatmap.explainers import HEAD_FUSIONS, METHODS
 from heatmap.explainers.base import Explainer
-
-HEAD_FUSIONS = ("mean", "max", "min")
-
 
 def fuse_heads(attention: torch.Tensor, head_fusion: str) -> torch.Tensor:
     """``[B, H, N, N]`` -> ``[B, N, N]`` by mean, max or min over heads."""
@@ -56,8 +54,8 @@ class Rollout(Explainer):
     """Attention rollout: ``R = prod rownorm(fuse_h(A_l) + I)``."""
 
     name = "rollout"
-    needs_gradients = False
-    defaults = {"head_fusion": "mean", "discard_ratio": 0.0, "start_layer": 0}
+    needs_gradients = METHODS["rollout"].needs_gradients
+    defaults = METHODS["rollout"].defaults
 
     def validate_options(self) -> None:
         if self.options["head_fusion"] not in HEAD_FUSIONS:

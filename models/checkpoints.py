@@ -7,6 +7,7 @@ a pickle that needs code to load is refused, never executed.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import torch
@@ -77,18 +78,37 @@ def cached_hub_file(repo_id: str, filenames: tuple[str, ...]) -> str | None:
     return None
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint answers at all (and offline mode is off).
+
+    Asked once, quickly, so that a machine without network gets its error at
+    once instead of after the hub client's minute of retries.
+    """
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def download_hub_file(repo_id: str, filenames: tuple[str, ...], model_name: str) -> str:
     """Download the first of ``filenames`` that exists; a one-line error when none can be had."""
     from huggingface_hub import hf_hub_download
-    last_error: Exception | None = None
-    for filename in filenames:
-        try:
-            return hf_hub_download(repo_id, filename)
-        except Exception as error:  # offline, no such file, no network, gated repo...
-            last_error = error
-    reason = type(last_error).__name__ if last_error else "unknown"
+    reason = "offline"
+    if hub_reachable():
+        for filename in filenames:
+            try:
+                return hf_hub_download(repo_id, filename)
+            except Exception as error:  # no such file, gated repo, dropped connection...
+                reason = type(error).__name__
     raise HeatmapError(
         f"weights of {model_name} are not in the local cache and could not be downloaded ({reason}); "
-        f"download them once with network access (e.g. `huggingface-cli download {repo_id}`), "
+        f"download them once with network access (e.g. `hf download {repo_id}`), "
         "pass --checkpoint FILE, or use --model demo, which runs offline"
     )

@@ -1,0 +1,17 @@
+"""The two consoles: results to stdout, progress and diagnostics to stderr."""
+
+from rich.console import Console
+from rich.markup import escape
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+
+def say_error(message: str) -> None:
+    """One line on stderr, never wrapped, never read as markup."""
+    stderr.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
+
+
+def say_failed(message: str) -> None:
+    """One line on stderr for one input that failed."""
+    stderr.print(f"[red]failed:[/] {escape(message)}", soft_wrap=True, highlight=False)

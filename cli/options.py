@@ -1,0 +1,56 @@
+"""The options every classifier command shares, as Typer parameters.
+
+No torch here: these are read by ``heatmap --help``.
+"""
+
+import inspect
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from heatmap.explainers import HEAD_FUSIONS
+from heatmap.render import COLORMAPS
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+Colormap = Enum("Colormap", {name: name for name in COLORMAPS}, type=str)
+HeadFusion = Enum("HeadFusion", {name: name for name in HEAD_FUSIONS}, type=str)
+
+StartLayer = Annotated[int, typer.Option(
+    help="First block to use, counted like a Python index (-1 = the last block only).")]
+DiscardRatio = Annotated[float, typer.Option(
+    min=0.0, help="Fraction r of the smallest fused-attention entries set to 0, in [0, 1).")]
+HeadFusionOption = Annotated[HeadFusion, typer.Option(help="How to fuse the heads of each block.")]
+
+
+def shared_options(
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Image files, folders of images (sorted) or glob patterns.", show_default=False)],
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="'demo' (shipped, offline), a timm name (vit_base_patch16_224[.tag]) "
+        "or hf-hub:org/name. Default: vit_base_patch16_224 from the local cache.", show_default=False)] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        exists=True, dir_okay=False, help="Local .safetensors / .pt / .pth weights for --model's architecture.")] = None,
+    target: Annotated[Optional[list[str]], typer.Option(
+        "--target", "-t", help="Class to explain, as an index or a label; repeat for several. "
+        "Default: the top-1 prediction.", show_default=False)] = None,
+    top_k: Annotated[int, typer.Option(min=1, help="Explain the K highest-scoring classes of each image.")] = 1,
+    out: Annotated[Path, typer.Option("--out", "-o", file_okay=False, help="Output folder.")] = Path("heatmaps"),
+    device: Annotated[Device, typer.Option(help="auto picks cuda, then mps, then cpu.")] = Device.auto,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
+    colormap: Annotated[Colormap, typer.Option(help="Colormap of the overlay.")] = Colormap.jet,
+    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Opacity of the heatmap over the image.")] = 0.5,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")] = False,
+):
+    """Never called: its signature is the shared part of each command's."""
+
+
+SHARED = inspect.signature(shared_options).parameters
