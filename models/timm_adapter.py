@@ -17,7 +17,7 @@ from timm.models.vision_transformer import VisionTransformer
 from heatmap.errors import HeatmapError, UsageError
 from heatmap.models.geometry import crop_box
 
-# Pooling a query row can be read for (../METHODS.md "query row").
+# Pooling a query row can be read for (docs/METHODS.md "query row").
 SUPPORTED_POOLS = ("token", "avg")
 
 

@@ -1,4 +1,4 @@
-"""Straightforward, independent implementations of ../METHODS.md for the tests.
+"""Straightforward, independent implementations of docs/METHODS.md for the tests.
 
 Nothing here imports vit-heatmap: a manual forward pass through a timm ViT
 that forms each block's attention explicitly, and each method written as a

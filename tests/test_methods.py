@@ -17,7 +17,7 @@ def distilled_vit():
     return sharpen_attention(model)
 
 
-# name -> (model factory, query of ../METHODS.md, protected token of rollout's discard)
+# name -> (model factory, query of docs/METHODS.md, protected token of rollout's discard)
 MODELS = {
     "class-token": (lambda: tiny_vit(), ("token", 0), 0),
     "4-prefix-tokens": (lambda: tiny_vit(reg_tokens=3), ("token", 0), 0),
