@@ -1,0 +1,139 @@
+"""Loading models: local checkpoints (safely), the Hugging Face cache offline, clear errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from heatmap.errors import HeatmapError, UsageError
+from heatmap.models import load, resolve_device
+
+TINY = "vit_tiny_patch16_224"
+
+
+@pytest.fixture(scope="module")
+def tiny_state():
+    torch.manual_seed(0)
+    return timm.create_model(TINY, pretrained=False, num_classes=7).state_dict()
+
+
+def test_safetensors_checkpoint_loads_into_the_architecture(tmp_path, tiny_state):
+    path = tmp_path / "weights.safetensors"
+    save_file(tiny_state, path)
+    adapter = load(TINY, checkpoint=path, device="cpu")
+    assert adapter.model.num_classes == 7  # read from the checkpoint's head
+    assert torch.equal(adapter.model.state_dict()["blocks.0.attn.qkv.weight"], tiny_state["blocks.0.attn.qkv.weight"])
+
+
+def test_pt_checkpoint_nested_and_dataparallel_prefixed(tmp_path, tiny_state):
+    path = tmp_path / "weights.pth"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in tiny_state.items()}}, path)
+    adapter = load(TINY, checkpoint=path, device="cpu")
+    assert torch.equal(adapter.model.state_dict()["head.weight"], tiny_state["head.weight"])
+
+
+class Payload:
+    """Unpickling this would run code: __reduce__ calls a function."""
+
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_pickle_that_needs_code_is_refused_never_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    torch.save({"weights": Payload()}, path)
+    with pytest.raises(HeatmapError, match="needs code to unpickle, which vit-heatmap never runs"):
+        load(TINY, checkpoint=path, device="cpu")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_checkpoint_of_another_architecture_names_the_keys(tmp_path):
+    other = timm.create_model("vit_small_patch16_224", pretrained=False, depth=2).state_dict()
+    path = tmp_path / "small.safetensors"
+    save_file(other, path)
+    with pytest.raises(HeatmapError) as info:
+        load(TINY, checkpoint=path, device="cpu")
+    message = str(info.value)
+    assert "does not fit vit_tiny_patch16_224" in message
+    assert "missing keys: blocks.10." in message or "missing keys: blocks.2." in message
+    assert "shape mismatches: blocks.0.attn.proj.bias (384,) vs (192,)" in message
+
+
+def test_unreadable_checkpoint(tmp_path):
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(b"not really")
+    with pytest.raises(HeatmapError, match="not a readable .safetensors file"):
+        load(TINY, checkpoint=path, device="cpu")
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(UsageError, match="unknown model 'vit_tiny_patch17_224'; did you mean vit_tiny_patch16_224"):
+        load("vit_tiny_patch17_224", device="cpu")
+
+
+def test_non_vit_model_is_refused(tmp_path):
+    state = timm.create_model("resnet18", pretrained=False).state_dict()
+    save_file(state, tmp_path / "r.safetensors")
+    with pytest.raises(HeatmapError, match="not a timm VisionTransformer"):
+        load("resnet18", checkpoint=tmp_path / "r.safetensors", device="cpu")
+
+
+def test_attention_pool_head_is_refused(tmp_path):
+    model = timm.create_model(TINY, pretrained=False, global_pool="map")
+    from heatmap.models import adapter_for
+    with pytest.raises(HeatmapError, match="attention-pool head"):
+        adapter_for(model)
+
+
+def test_cuda_without_cuda_is_a_usage_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(UsageError, match="--device cuda: CUDA is not available"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type in ("cpu", "mps")
+
+
+def fill_hub_cache(cache: Path, repo_id: str, state: dict) -> None:
+    """The Hugging Face cache layout, as `hf download` leaves it."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    save_file(state, snapshot / "model.safetensors")
+
+
+def run_offline(args, cache: Path, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "heatmap.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_pretrained_name_resolves_from_the_filled_cache_offline(tmp_path):
+    torch.manual_seed(1)
+    state = timm.create_model(TINY, pretrained=False).state_dict()
+    repo_id = timm.models.get_pretrained_cfg(TINY).hf_hub_id
+    fill_hub_cache(tmp_path / "hub", repo_id, state)
+    image = Path(__file__).parents[1] / "sample_images" / "coffee.png"
+    result = run_offline(["rollout", str(image), "-m", TINY, "-o", "out", "-t", "espresso"], tmp_path / "hub", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "coffee.rollout.espresso.npy").is_file()
+
+
+def test_default_model_missing_from_cache_says_how_to_get_it(tmp_path):
+    image = Path(__file__).parents[1] / "sample_images" / "coffee.png"
+    result = run_offline(["chefer-generic", str(image)], tmp_path / "empty-hub", tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "vit_base_patch16_224 are not in the local cache" in lines[0]
+    assert "--model demo" in lines[0]
