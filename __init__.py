@@ -32,43 +32,56 @@ def methods() -> list[str]:
     return list(EXPLAINERS)
 
 
-def explain(model, images, method: str = "chefer-generic", target=None, **options):
+def explain(model, images, method: str = "chefer-generic", target=None, texts=None, **options):
     """Explain what ``model`` looked at in each image.
 
     Args:
-        model: a timm ViT object, a model name (``"demo"``, a timm name) or
-            an adapter from :func:`load`.
+        model: a timm ViT or open_clip CLIP object, a model name (``"demo"``,
+            a timm name, or with ``texts`` an open_clip name) or an adapter
+            from :func:`load`.
         images: a preprocessed float tensor ``[B, 3, H, W]``, or a list of PIL
             images or paths (preprocessed with the model's own transform).
         method: ``rollout``, ``grad-rollout`` or ``chefer-generic``.
-        target: None (top-1 class), a class index for every image, or a list
-            with one index per image.
+        target: classifiers: None (top-1 class), a class index for every
+            image, or a list with one index per image.
+        texts: CLIP: the texts to explain each image against.
         **options: the method's options (``head_fusion``, ``discard_ratio``,
-            ``start_layer``), as in METHODS.md.
+            ``start_layer``; for CLIP also ``text_start_layer``), as in
+            docs/METHODS.md.
 
     Returns:
-        an Explanation with ``.maps`` ``[B, gh, gw]`` float32, ``.targets``
-        ``[B]``, ``.scores`` ``[B]``, ``.labels``.
+        classifiers: an Explanation with ``.maps`` ``[B, gh, gw]`` float32,
+        ``.targets`` ``[B]``, ``.scores`` ``[B]``, ``.labels``.
+        CLIP: a ClipExplanation with ``.maps`` ``[B, T, gh, gw]``, ``.logits``
+        ``[B, T]``, ``.text_relevance`` (per image, per text, per word piece)
+        and ``.word_pieces``.
     """
     import torch
 
     from heatmap.errors import UsageError
-    from heatmap.explainers import EXPLAINERS
-    from heatmap.models import adapter_for
+    from heatmap.explainers import METHODS
+    from heatmap.models import adapter_for, load_clip
 
-    if method not in EXPLAINERS:
-        raise UsageError(f"unknown method {method!r}; use one of {', '.join(EXPLAINERS)}")
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     if isinstance(model, str):
-        adapter = load(model)
+        adapter = load_clip(model) if texts is not None else load(model)
     elif isinstance(model, torch.nn.Module):
         adapter = adapter_for(model)
     else:
         adapter = model
     tensor = _as_tensor(adapter, images)
+    if hasattr(adapter, "text"):  # a CLIP adapter
+        if texts is None:
+            raise UsageError("a CLIP model explains images against texts: pass texts=[...]")
+        from heatmap.explainers.clip import ClipExplainer
+        return ClipExplainer(adapter, method, **options).explain(tensor, list(texts))
+    if texts is not None:
+        raise UsageError(f"{adapter.name} is a classifier; texts= is for CLIP models (use target=)")
     if isinstance(target, int):
         target = [target] * tensor.shape[0]
     targets = None if target is None else torch.as_tensor(list(target), dtype=torch.long)
-    return EXPLAINERS[method](adapter, **options).explain(tensor, targets).squeeze()
+    return METHODS[method].explainer_class()(adapter, **options).explain(tensor, targets).squeeze()
 
 
 def _as_tensor(adapter, images):

@@ -25,6 +25,7 @@ class Method:
     defaults: Mapping[str, Any]
     location: str = field(repr=False)  # "module:Class"
     needs_gradients: bool = True
+    clip_defaults: Mapping[str, Any] = field(default_factory=dict)  # overrides for CLIP models
 
     def explainer_class(self):
         """The Explainer subclass (imports torch)."""
@@ -41,7 +42,9 @@ METHODS: dict[str, Method] = {method.name: method for method in (
            "heatmap.explainers.grad_rollout:GradRollout"),
     Method("chefer-generic", "Generic attention explainability (Chefer, Gur & Wolf, ICCV 2021).",
            {"start_layer": 0},
-           "heatmap.explainers.chefer_generic:CheferGeneric"),
+           "heatmap.explainers.chefer_generic:CheferGeneric",
+           # the authors' CLIP notebook uses the last block only, in both towers
+           clip_defaults={"start_layer": -1}),
 )}
 
 

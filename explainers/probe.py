@@ -14,6 +14,7 @@ from contextlib import ExitStack
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from heatmap.errors import HeatmapError
@@ -113,7 +114,9 @@ class AttentionProbe:
         return probs
 
     def _instrument(self, stack: ExitStack, index: int, module: nn.Module) -> None:
-        if hasattr(module, "fused_attn") and isinstance(getattr(module, "attn_drop", None), nn.Module):
+        if isinstance(module, nn.MultiheadAttention):
+            self._instrument_multihead(stack, index, module)
+        elif hasattr(module, "fused_attn") and isinstance(getattr(module, "attn_drop", None), nn.Module):
             self._instrument_timm(stack, index, module)
         else:
             raise HeatmapError(
@@ -131,3 +134,66 @@ class AttentionProbe:
             lambda _module, _inputs, output: self._record(index, output)
         )
         stack.callback(handle.remove)
+
+    def _instrument_multihead(self, stack: ExitStack, index: int, module: nn.MultiheadAttention) -> None:
+        # nn.MultiheadAttention returns no usable probabilities (need_weights=False
+        # in open_clip, and a fused kernel in eval mode): run the same attention
+        # explicitly with the module's own weights for the duration of the call.
+        if not module._qkv_same_embed_dim or module.bias_k is not None or module.add_zero_attn:
+            raise HeatmapError(f"{self.model_name}: block {index} uses a MultiheadAttention variant "
+                               "(separate k/v sizes, bias_k or zero attention) the probe does not support")
+
+        def forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                    average_attn_weights=True, is_causal=False):
+            output = explicit_multihead_attention(
+                module, query, key, value, attn_mask, key_padding_mask,
+                record=lambda probs: self._record(index, probs))
+            return output, None
+
+        module.forward = forward
+        stack.callback(delattr, module, "forward")
+
+
+def explicit_multihead_attention(module: nn.MultiheadAttention, query, key, value, attn_mask,
+                                 key_padding_mask, record) -> torch.Tensor:
+    """What ``nn.MultiheadAttention`` computes, with the probabilities as a tensor.
+
+    The scores, softmax and ``probs @ V`` run in float32 whatever the model's
+    dtype, so that maps agree across devices and precisions; the projections
+    run in the model's own dtype.
+
+    Args:
+        module: the attention module whose weights are used.
+        query, key, value: ``[B, L, D]`` (``[L, B, D]`` when not batch_first).
+        attn_mask: ``[L, S]`` or ``[B * H, L, S]``, boolean (True = masked) or additive.
+        key_padding_mask: ``[B, S]``, boolean (True = padding) or additive, or None.
+        record: called with the probabilities ``[B, H, L, S]``; returns the
+            tensor to use in their place.
+    """
+    if not module.batch_first:
+        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+    batch, length, dim = query.shape
+    heads = module.num_heads
+    w_q, w_k, w_v = module.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = module.in_proj_bias.chunk(3) if module.in_proj_bias is not None else (None, None, None)
+
+    def split_heads(x, weight, bias):
+        return F.linear(x, weight, bias).reshape(batch, x.shape[1], heads, dim // heads).transpose(1, 2).float()
+
+    q, k, v = split_heads(query, w_q, b_q), split_heads(key, w_k, b_k), split_heads(value, w_v, b_v)
+    scores = (q * (dim // heads) ** -0.5) @ k.transpose(-2, -1)
+    if attn_mask is not None:
+        mask = attn_mask.reshape(-1, heads, *attn_mask.shape[-2:]) if attn_mask.dim() == 3 else attn_mask
+        scores = _apply_mask(scores, mask)
+    if key_padding_mask is not None:
+        scores = _apply_mask(scores, key_padding_mask[:, None, None, :])
+    probs = record(scores.softmax(dim=-1))
+    merged = (probs @ v).transpose(1, 2).reshape(batch, length, dim).to(query.dtype)
+    output = module.out_proj(merged)
+    return output if module.batch_first else output.transpose(0, 1)
+
+
+def _apply_mask(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if mask.dtype == torch.bool:
+        return scores.masked_fill(mask, float("-inf"))
+    return scores + mask.float()

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from heatmap.errors import UsageError
+from heatmap.models.clip_adapter import ClipAdapter
 from heatmap.models.devices import resolve_device
 from heatmap.models.timm_adapter import TimmAdapter
 
@@ -38,11 +40,50 @@ def load(name: str | None = None, checkpoint: str | Path | None = None,
     return TimmAdapter(model.to(device), name, labels)
 
 
-def adapter_for(model: torch.nn.Module, name: str | None = None) -> TimmAdapter:
-    """Wrap a model object the caller built in its adapter."""
+def load_clip(name: str | None = None, pretrained: str | Path | None = None,
+              device: str | torch.device = "auto") -> ClipAdapter:
+    """Load an open_clip CLIP by name and tag (or local file) and wrap it in its adapter.
+
+    Args:
+        name: ``"demo"`` (shipped, offline) or an open_clip name; None = ``ViT-B-32``.
+        pretrained: a pretrained tag or a local checkpoint path; None = ``openai``
+            for the default model.
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+    """
+    from heatmap.models.clip_models import DEFAULT_CLIP, create_clip, create_demo_clip_with_transform
+
+    device = resolve_device(device)
+    if name == DEMO:
+        if pretrained is not None:
+            raise UsageError("--model demo takes no --pretrained; name an open_clip model for a checkpoint")
+        model, tokenizer, preprocess = create_demo_clip_with_transform()
+    else:
+        if name is None:
+            name, pretrained = DEFAULT_CLIP[0], pretrained or DEFAULT_CLIP[1]
+        model, tokenizer, preprocess = create_clip(name, pretrained)
+    return ClipAdapter(model.to(device), name, tokenizer, preprocess)
+
+
+def is_clip(model) -> bool:
+    """Whether ``model`` is an open_clip model (object) rather than a classifier."""
+    return hasattr(model, "visual") and hasattr(model, "encode_text")
+
+
+def adapter_for(model: torch.nn.Module, name: str | None = None):
+    """Wrap a model object the caller built in its adapter (timm ViT or open_clip CLIP)."""
+    if is_clip(model):
+        import open_clip
+        name = name or type(model).__name__
+        size = model.visual.image_size
+        mean = getattr(model.visual, "image_mean", None)
+        std = getattr(model.visual, "image_std", None)
+        preprocess = open_clip.image_transform(size, is_train=False, mean=mean, std=std)
+        return ClipAdapter(model, name, open_clip.get_tokenizer("ViT-B-32", context_length=model.context_length),
+                           preprocess)
     from heatmap.models.timm_models import imagenet_labels
     name = name or getattr(model, "default_cfg", {}).get("architecture") or type(model).__name__
     return TimmAdapter(model, name, imagenet_labels(model))
 
 
-__all__ = ["DEFAULT_MODEL", "DEMO", "TimmAdapter", "adapter_for", "load", "resolve_device"]
+__all__ = ["DEFAULT_MODEL", "DEMO", "ClipAdapter", "TimmAdapter", "adapter_for", "is_clip", "load", "load_clip",
+           "resolve_device"]

@@ -1,0 +1,125 @@
+"""Image-text relevance for CLIP: any method, both towers, many texts at once.
+
+For B images and T texts the towers run forward once each (not once per
+image-text pair, as the authors' notebook does by repeating the image). The
+score ``logits_per_image[i, t]`` is differentiated per text for the image
+tower (summing over images keeps images apart: nothing mixes them) and per
+image for the text tower (summing over texts keeps texts apart), so T + B
+backward passes, each only through the blocks from the start layer on.
+
+The methods' own ``relevance`` functions do the math (docs/METHODS.md); the
+text tower's query row is each text's end-of-text token, and its token
+relevance is ``R_text[eot, 1:eot]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from heatmap.errors import UsageError
+from heatmap.explainers import METHODS
+from heatmap.explainers.aggregation import query_map, resolve_start_layer
+from heatmap.explainers.probe import AttentionProbe
+
+
+@dataclass
+class ClipExplanation:
+    """What :class:`ClipExplainer` returns.
+
+    Attributes:
+        maps: raw image maps, float32 on the CPU, ``[B, T, gh, gw]``.
+        logits: ``logits_per_image`` ``[B, T]``.
+        texts: the T texts.
+        word_pieces: per text, its word pieces between start and end-of-text.
+        text_relevance: per image, per text, the relevance of each word piece
+            (float32 ``[len(word_pieces[t])]``); it depends on the image too.
+        method: the method's name.
+        options: the options as used (start layers as given).
+    """
+
+    maps: torch.Tensor
+    logits: torch.Tensor
+    texts: list[str]
+    word_pieces: list[list[str]]
+    text_relevance: list[list[torch.Tensor]]
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        """Softmax of each image's logits over the given texts ``[B, T]``."""
+        return self.logits.softmax(dim=1)
+
+
+class ClipExplainer:
+    """Runs one method on a :class:`~heatmap.models.clip_adapter.ClipAdapter`.
+
+    Args:
+        adapter: the CLIP adapter.
+        method: a name of ``METHODS``.
+        **options: the method's options; ``start_layer`` applies to both
+            towers unless ``text_start_layer`` sets the text tower's.
+    """
+
+    def __init__(self, adapter, method: str, **options: Any) -> None:
+        if method not in METHODS:
+            raise UsageError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+        spec = METHODS[method]
+        text_start = options.pop("text_start_layer", None)
+        options = {**spec.defaults, **spec.clip_defaults, **options}
+        method_class = spec.explainer_class()
+        self.adapter = adapter
+        self.spec = spec
+        self.image_method = method_class(adapter.vision, **options)
+        self.text_method = method_class(adapter.text, **{**options, "start_layer": (
+            options["start_layer"] if text_start is None else text_start)})
+        self.options = {**options, "text_start_layer": self.text_method.options["start_layer"]}
+
+    def explain(self, images: torch.Tensor, texts: Sequence[str]) -> ClipExplanation:
+        """Explain every image against every text.
+
+        Args:
+            images: preprocessed ``[B, 3, H, W]`` on the adapter's device.
+            texts: T texts.
+        """
+        if not texts:
+            raise UsageError("give at least one text to explain the images against")
+        adapter, needs_gradients = self.adapter, self.spec.needs_gradients
+        tokens = adapter.tokenize(texts)
+        image_start = resolve_start_layer(self.image_method.options["start_layer"], adapter.vision.num_blocks)
+        text_start = resolve_start_layer(self.text_method.options["start_layer"], adapter.text.num_blocks)
+        with AttentionProbe(adapter.model, adapter.vision.attention_modules, adapter.name,
+                            image_start if needs_gradients else None) as image_probe, \
+             AttentionProbe(adapter.model, adapter.text.attention_modules, adapter.name,
+                            text_start if needs_gradients else None) as text_probe:
+            with torch.set_grad_enabled(needs_gradients):
+                logits = adapter.logits(images, tokens)
+                per_text = logits.sum(dim=0).unbind()
+                per_image = logits.sum(dim=1).unbind()
+            image_probs = [p.detach().float() for p in image_probe.attention_probs]
+            text_probs = [p.detach().float() for p in text_probe.attention_probs]
+            if needs_gradients:
+                image_relevance = [self.image_method.relevance(
+                    image_probs, [g.float() for g in image_probe.attention_grads(objective, retain_graph=True)],
+                    image_start) for objective in per_text]
+                text_relevance = [self.text_method.relevance(
+                    text_probs, [g.float() for g in text_probe.attention_grads(
+                        objective, retain_graph=b + 1 < len(per_image))], text_start)
+                    for b, objective in enumerate(per_image)]
+            else:  # class-agnostic: one matrix per tower serves every pair
+                image_relevance = [self.image_method.relevance(image_probs, None, image_start)] * len(texts)
+                text_relevance = [self.text_method.relevance(text_probs, None, text_start)] * images.shape[0]
+        query = adapter.query_weights(image_probs[0].shape[-1])
+        grid = adapter.grid(images)
+        maps = torch.stack([query_map(r, query, adapter.vision.num_prefix_tokens, grid)
+                            for r in image_relevance], dim=1)
+        end_of_text = tokens.argmax(dim=-1).tolist()  # CLIP pools at the largest token id
+        token_relevance = [[relevance[t, end, 1:end].cpu() for t, end in enumerate(end_of_text)]
+                           for relevance in text_relevance]
+        return ClipExplanation(
+            maps=maps.float().cpu(), logits=logits.detach().float().cpu(), texts=list(texts),
+            word_pieces=adapter.word_pieces(tokens.cpu()), text_relevance=token_relevance,
+            method=self.spec.name, options=dict(self.options))

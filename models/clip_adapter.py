@@ -1,0 +1,144 @@
+"""The adapter for open_clip CLIP models: an image tower, a text tower, a score.
+
+The score of image i for text t is ``logits_per_image[i, t] = logit_scale *
+cos(image_emb_i, text_emb_t)`` (docs/METHODS.md). Both towers are seen through
+the same small interface the explainers use for a timm ViT (:class:`Tower`),
+so every method runs unchanged on either.
+
+Supported: open_clip ``CLIP`` / ``CustomTextCLIP`` whose towers are open_clip's
+``VisionTransformer`` and ``TextTransformer`` built from the default residual
+blocks (``nn.MultiheadAttention``), class-token or mean pooling in the image
+tower, end-of-text (argmax) pooling in the text tower, CLIP's byte-pair
+tokenizer. Anything else is refused with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+from torch import nn
+
+from heatmap.errors import HeatmapError
+from heatmap.models.geometry import crop_box
+
+
+@dataclass
+class Tower:
+    """One tower's structure, as the methods need it.
+
+    Attributes:
+        attention_modules: each block's ``nn.MultiheadAttention``, in forward order.
+        num_prefix_tokens: tokens before the patches (image: the class token; text: 0).
+        class_token_index: the pooled class token, or None (mean pooling; text).
+    """
+
+    attention_modules: list[nn.Module]
+    num_prefix_tokens: int
+    class_token_index: int | None
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.attention_modules)
+
+
+class ClipAdapter:
+    """An open_clip CLIP seen through the seams the explainers use.
+
+    Args:
+        model: an open_clip ``CLIP`` (or ``CustomTextCLIP``), put in eval mode here.
+        name: how the user named it (messages, manifest).
+        tokenizer: texts -> ``LongTensor [T, context_length]`` (open_clip's).
+        preprocess: the model's eval image transform (PIL -> tensor).
+    """
+
+    def __init__(self, model: nn.Module, name: str, tokenizer: Callable, preprocess: Callable) -> None:
+        self.model = model.eval()
+        self.name = name
+        self.tokenizer = tokenizer
+        self.transform = preprocess
+        self.text_tower_module = model.text if hasattr(model, "text") else model
+        visual = model.visual
+        self._check_supported(visual)
+        pool = getattr(visual, "pool_type", "tok")
+        self.vision = Tower([block.attn for block in visual.transformer.resblocks],
+                            num_prefix_tokens=1 if getattr(visual, "class_embedding", None) is not None else 0,
+                            class_token_index=0 if pool == "tok" else None)
+        self.text = Tower([block.attn for block in self.text_tower_module.transformer.resblocks],
+                          num_prefix_tokens=0, class_token_index=None)
+
+    def _check_supported(self, visual: nn.Module) -> None:
+        problems = []
+        if type(visual).__name__ != "VisionTransformer" or not hasattr(visual, "transformer"):
+            problems.append(f"image tower {type(visual).__name__} (only ViT image towers have attention maps)")
+        elif getattr(visual, "attn_pool", None) is not None:
+            problems.append("an attention-pool image head")
+        elif getattr(visual, "pool_type", "tok") not in ("tok", "avg"):
+            problems.append(f"image pooling {visual.pool_type!r}")
+        text = self.text_tower_module
+        if not hasattr(text, "transformer") or not hasattr(text.transformer, "resblocks"):
+            problems.append(f"text tower {type(text).__name__} (only open_clip's own text transformer)")
+        elif getattr(text, "text_pool_type", getattr(self.model, "text_pool_type", "argmax")) != "argmax":
+            problems.append("text pooling other than the end-of-text token")
+        for tower_name, blocks in (("image", getattr(getattr(visual, "transformer", None), "resblocks", [])),
+                                   ("text", getattr(getattr(text, "transformer", None), "resblocks", []))):
+            for block in blocks:
+                if not isinstance(getattr(block, "attn", None), nn.MultiheadAttention):
+                    problems.append(f"{tower_name} blocks of type {type(block).__name__} "
+                                    f"(attention {type(getattr(block, 'attn', None)).__name__})")
+                    break
+        if problems:
+            raise HeatmapError(f"{self.name}: not supported: {'; '.join(problems)}")
+
+    # -- data ----------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def preprocess(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, list[tuple[float, float, float, float]]]:
+        """The model's own eval transform; see ``TimmAdapter.preprocess``."""
+        param = next(self.model.parameters())
+        tensor = torch.stack([self.transform(image) for image in images])
+        boxes = [crop_box(self.transform, image.size) for image in images]
+        return tensor.to(device=param.device, dtype=param.dtype), boxes
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """``LongTensor [T, context_length]`` on the model's device."""
+        return self.tokenizer(list(texts)).to(self.device)
+
+    def word_pieces(self, tokens: torch.Tensor) -> list[list[str]]:
+        """Per text, the word pieces between the start and end-of-text tokens."""
+        decoder = getattr(self.tokenizer, "decoder", None)
+        pieces = []
+        for row in tokens.tolist():
+            end = max(range(len(row)), key=row.__getitem__)  # CLIP pools at the largest id, end-of-text
+            pieces.append([decoder[i].replace("</w>", "") if decoder else str(i) for i in row[1:end]])
+        return pieces
+
+    # -- the score -----------------------------------------------------------
+
+    def grid(self, images: torch.Tensor) -> tuple[int, int]:
+        """``(gh, gw)`` of the image tower, from its patch size and the input size."""
+        patch = self.model.visual.conv1.kernel_size
+        return images.shape[-2] // patch[0], images.shape[-1] // patch[1]
+
+    def query_weights(self, num_tokens: int) -> torch.Tensor:
+        """Image tower: one-hot at the class token, or uniform over patches (mean pooling)."""
+        weights = torch.zeros(num_tokens)
+        if self.vision.class_token_index is not None:
+            weights[self.vision.class_token_index] = 1.0
+        else:
+            weights[self.vision.num_prefix_tokens:] = 1.0 / (num_tokens - self.vision.num_prefix_tokens)
+        return weights
+
+    def logits(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """``logits_per_image [B, T]``: each image's vision forward runs once for all texts."""
+        image_embedding = self.model.encode_image(images, normalize=True)
+        text_embedding = self.model.encode_text(tokens, normalize=True)
+        logits = self.model.logit_scale.exp() * image_embedding @ text_embedding.T
+        if getattr(self.model, "logit_bias", None) is not None:
+            logits = logits + self.model.logit_bias
+        return logits.float()

@@ -1,0 +1,66 @@
+"""Building open_clip CLIP models: by name and tag (cache first), from a local file, or the demo."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from heatmap.errors import HeatmapError, UsageError
+from heatmap.models.checkpoints import cached_hub_file, check_fits, download_hub_file, read_state_dict
+
+DEFAULT_CLIP = ("ViT-B-32", "openai")
+_HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def create_clip(name: str, pretrained: str | Path | None):
+    """``(model, tokenizer, preprocess)`` for an open_clip name and a tag or local file.
+
+    Args:
+        name: an open_clip model name (``ViT-B-32``, ``ViT-B-16-quickgelu``, ...).
+        pretrained: a pretrained tag of that model (``openai``, ``laion2b_s34b_b79k``)
+            or the path of a local checkpoint file for its architecture.
+    """
+    import open_clip
+
+    if name not in open_clip.list_models():
+        close = difflib.get_close_matches(name, open_clip.list_models(), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `open_clip.list_models()` lists them"
+        raise UsageError(f"unknown CLIP model {name!r}{hint}")
+    tokenizer = open_clip.get_tokenizer(name)
+    if not hasattr(tokenizer, "decoder"):
+        raise HeatmapError(f"{name}: its tokenizer ({type(tokenizer).__name__}) is not CLIP's byte-pair "
+                           "tokenizer; only CLIP-tokenizer models are supported")
+    if pretrained is not None and Path(pretrained).is_file():
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
+        state = read_state_dict(pretrained)
+        check_fits(model, state, str(pretrained), name)
+        model.load_state_dict(state)
+        return model, tokenizer, preprocess
+    tag = str(pretrained or "")
+    config = open_clip.get_pretrained_cfg(name, tag) if tag else {}
+    if not config:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+        raise UsageError(f"{name} has no pretrained tag {tag!r} (tags: {tags}); "
+                         "or pass --pretrained PATH to a local checkpoint file")
+    repo_id = config.get("hf_hub", "").strip("/")
+    if not repo_id:
+        raise HeatmapError(f"{name} {tag}: weights are only published at a plain URL, not on the Hugging Face "
+                           "hub; download the file and pass --pretrained PATH")
+    weights = (cached_hub_file(repo_id, _HUB_WEIGHT_FILES)
+               or download_hub_file(repo_id, _HUB_WEIGHT_FILES, f"{name} ({tag})"))
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        name, pretrained=weights, image_mean=config.get("mean"), image_std=config.get("std"))
+    return model, tokenizer, preprocess
+
+
+def create_demo_clip_with_transform():
+    """The shipped demo CLIP, its tokenizer and its eval transform."""
+    import open_clip
+
+    from heatmap.models.demo.clip_demo import create_demo_clip
+
+    model, tokenizer, config = create_demo_clip()
+    settings = config["preprocess"]
+    preprocess = open_clip.image_transform(settings["image_size"], is_train=False,
+                                           mean=settings["mean"], std=settings["std"])
+    return model, tokenizer, preprocess

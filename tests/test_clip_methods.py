@@ -1,0 +1,161 @@
+"""CLIP: each method on both towers equals a plain per-pair implementation."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+
+import heatmap
+import clip_reference
+import reference
+from heatmap.explainers.clip import ClipExplainer
+from heatmap.explainers.probe import AttentionProbe
+from heatmap.models import adapter_for
+
+TEXTS = ["a red circle", "two blue stars on grass", "cat"]
+
+
+def tiny_clip(seed=0, pool_type="tok", quick_gelu=False):
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(
+        embed_dim=16, quick_gelu=quick_gelu,
+        vision_cfg=dict(image_size=32, patch_size=8, width=32, layers=3, head_width=8, pool_type=pool_type),
+        text_cfg=dict(context_length=10, vocab_size=49408, width=32, heads=4, layers=3))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in [*model.visual.transformer.resblocks, *model.transformer.resblocks]:
+            dim = block.attn.embed_dim
+            block.attn.in_proj_weight[: 2 * dim] = torch.randn(2 * dim, dim, generator=generator) * 2 / dim ** 0.5
+        model.token_embedding.weight.normal_(0, 1, generator=generator)
+    return model.eval()
+
+
+@pytest.fixture
+def images():
+    torch.manual_seed(5)
+    return torch.randn(2, 3, 32, 32)
+
+
+def tokens_of(texts):
+    return open_clip.get_tokenizer("ViT-B-32", context_length=10)(texts)
+
+
+def reference_pair(model, images, tokens, method, options, b, t):
+    image_attn, image_grads, text_attn, text_grads, logits = clip_reference.pair_gradients(model, images, tokens, b, t)
+    image_start = options.get("start_layer", METHOD_CLIP_START[method]) % 3
+    text_start = options.get("text_start_layer", options.get("start_layer", METHOD_CLIP_START[method])) % 3
+    if method == "rollout":
+        image_R = reference.rollout_one(image_attn, "mean", options.get("discard_ratio", 0.0), image_start, 0)
+        text_R = reference.rollout_one(text_attn, "mean", options.get("discard_ratio", 0.0), text_start, None)
+    elif method == "grad-rollout":
+        image_R = reference.grad_rollout_one(image_attn, image_grads, options.get("discard_ratio", 0.9), image_start)
+        text_R = reference.grad_rollout_one(text_attn, text_grads, options.get("discard_ratio", 0.9), text_start)
+    else:
+        image_R = reference.chefer_generic_one(image_attn, image_grads, image_start)
+        text_R = reference.chefer_generic_one(text_attn, text_grads, text_start)
+    eot = int(tokens[t].argmax())
+    return image_R[0, 1:].reshape(4, 4), text_R[eot, 1:eot], logits[b, t]
+
+
+METHOD_CLIP_START = {"rollout": 0, "grad-rollout": 0, "chefer-generic": -1}
+CASES = [
+    ("chefer-generic", {}),
+    ("chefer-generic", {"start_layer": 0}),
+    ("chefer-generic", {"start_layer": 1, "text_start_layer": -1}),
+    ("rollout", {}),
+    ("rollout", {"discard_ratio": 0.5}),
+    ("grad-rollout", {}),
+    ("grad-rollout", {"discard_ratio": 0.0, "start_layer": -2}),
+]
+
+
+def relative_error(actual, expected):
+    # Scaled by the largest value; relevances below 1e-6 are float noise around zero.
+    return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-6))
+
+
+@pytest.mark.parametrize("method,options", CASES)
+def test_clip_maps_and_token_relevance_match_reference(method, options, images):
+    model = tiny_clip()
+    tokens = tokens_of(TEXTS)
+    result = ClipExplainer(adapter_for(model), method, **dict(options)).explain(images, TEXTS)
+    assert result.maps.shape == (2, 3, 4, 4)
+    for b in range(2):
+        for t in range(3):
+            image_map, token_relevance, logit = reference_pair(model, images, tokens, method, options, b, t)
+            assert relative_error(result.maps[b, t], image_map) < 1e-5
+            assert relative_error(result.text_relevance[b][t], token_relevance) < 1e-5
+            assert result.logits[b, t] == pytest.approx(float(logit), rel=1e-5)
+            assert len(result.word_pieces[t]) == len(token_relevance)
+    assert result.word_pieces[0] == ["a", "red", "circle"]
+
+
+def test_quick_gelu_and_mean_pooled_image_tower(images):
+    model = tiny_clip(pool_type="avg", quick_gelu=True)
+    result = ClipExplainer(adapter_for(model), "chefer-generic", start_layer=0).explain(images, TEXTS[:2])
+    tokens = tokens_of(TEXTS[:2])
+    for b in range(2):
+        for t in range(2):
+            image_attn, image_grads, *_ = clip_reference.pair_gradients(model, images, tokens, b, t)
+            R = reference.chefer_generic_one(image_attn, image_grads, 0)
+            expected = R[1:, 1:].mean(dim=0).reshape(4, 4)
+            assert relative_error(result.maps[b, t], expected) < 1e-5
+
+
+def test_batch_and_text_order_independence_and_determinism(images):
+    model = tiny_clip()
+    explainer = ClipExplainer(adapter_for(model), "chefer-generic", start_layer=0)
+    full = explainer.explain(images, TEXTS)
+    single = explainer.explain(images[1:], [TEXTS[2]])
+    assert relative_error(single.maps[0, 0], full.maps[1, 2]) < 1e-5
+    assert relative_error(single.text_relevance[0][0], full.text_relevance[1][2]) < 1e-5
+    reversed_ = explainer.explain(images, TEXTS[::-1])
+    assert relative_error(reversed_.maps.flip(1), full.maps) < 1e-5
+    again = explainer.explain(images, TEXTS)
+    assert again.maps.numpy().tobytes() == full.maps.numpy().tobytes()
+
+
+def test_logits_identical_with_and_without_probe(images):
+    model = tiny_clip()
+    tokens = tokens_of(TEXTS)
+    adapter = adapter_for(model)
+    with torch.no_grad():
+        plain = model(images, tokens)
+        plain_logits = plain[2] * plain[0] @ plain[1].T
+        modules = adapter.vision.attention_modules + adapter.text.attention_modules
+        with AttentionProbe(model, modules, "tiny-clip") as probe:
+            probed = model(images, tokens)
+        probed_logits = probed[2] * probed[0] @ probed[1].T
+    torch.testing.assert_close(probed_logits, plain_logits, rtol=1e-5, atol=1e-5)
+    assert len(probe.attention_probs) == 6
+    assert all("forward" not in vars(module) for module in modules)  # restored
+
+
+def test_sequence_first_multihead_attention_is_handled(images):
+    model = tiny_clip()
+    explainer_bf = ClipExplainer(adapter_for(model), "chefer-generic", start_layer=0)
+    expected = explainer_bf.explain(images, TEXTS)
+    # Older open_clip releases run their blocks sequence-first: emulate one.
+    for block in [*model.visual.transformer.resblocks, *model.transformer.resblocks]:
+        block.attn.batch_first = False
+        original = block.attention
+        block.attention = (lambda original: lambda q_x, k_x=None, v_x=None, attn_mask=None:
+                           original(q_x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1))(original)
+    actual = ClipExplainer(adapter_for(model), "chefer-generic", start_layer=0).explain(images, TEXTS)
+    assert relative_error(actual.maps, expected.maps) < 1e-5
+
+
+def test_unsupported_blocks_are_refused():
+    model = open_clip.CLIP(embed_dim=16, vision_cfg=dict(image_size=32, patch_size=8, width=32, layers=2, head_width=8,
+                                                         attentional_pool=True),
+                           text_cfg=dict(context_length=10, vocab_size=49408, width=32, heads=4, layers=2))
+    with pytest.raises(heatmap.HeatmapError, match="not supported: an attention-pool image head"):
+        adapter_for(model)
+
+
+def test_api_with_texts(images):
+    model = tiny_clip()
+    result = heatmap.explain(model, images, "chefer-generic", texts=TEXTS)
+    assert result.maps.shape == (2, 3, 4, 4) and result.logits.shape == (2, 3)
+    assert len(result.text_relevance) == 2 and len(result.text_relevance[0]) == 3
