@@ -97,25 +97,33 @@ class ResultWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
     def write(self, source: Path, stem: str, picture: Image.Image, box, heatmap: np.ndarray, *,
-              method: str, options: dict[str, Any], target: int, target_name: str,
-              label: str | None, score: float) -> dict[str, Any]:
-        """Write one map (``[gh, gw]``) of one image and target; return its manifest entry."""
+              method: str, target_name: str, record: dict[str, Any],
+              extra_images: dict[str, Image.Image] | None = None) -> dict[str, Any]:
+        """Write one map (``[gh, gw]``) of one image and target; return its manifest entry.
+
+        Args:
+            source: the input image's path.
+            stem: its output name (see :func:`output_stems`).
+            picture: the input image, for the overlay.
+            box: the part of ``picture`` the model saw.
+            heatmap: the raw map.
+            method: the method's name (part of the file names).
+            target_name: the target as it appears in file names.
+            record: what the manifest says of this target (class, score, text...).
+            extra_images: more pictures to write beside the overlay, by suffix
+                (``{"tokens": strip}`` -> ``<base>.tokens.png``).
+        """
         base = f"{stem}.{method}.{target_name}"
-        npy_path, png_path = self.out_dir / f"{base}.npy", self.out_dir / f"{base}.png"
         heatmap = np.ascontiguousarray(heatmap, dtype=np.float32)
-        write_atomically(npy_path, npy_bytes(heatmap))
-        write_atomically(png_path, png_bytes(overlay(picture, heatmap, box, self.colormap, self.alpha)))
-        entry = {
-            "input": str(source),
-            "model": self.model,
-            "method": method,
-            "options": options,
-            "target": target,
-            "label": label,
-            "score": score,
-            "map_shape": list(heatmap.shape),
-            "files": {"npy": npy_path.name, "png": png_path.name},
-        }
+        files = {"npy": f"{base}.npy", "png": f"{base}.png"}
+        write_atomically(self.out_dir / files["npy"], npy_bytes(heatmap))
+        write_atomically(self.out_dir / files["png"],
+                         png_bytes(overlay(picture, heatmap, box, self.colormap, self.alpha)))
+        for suffix, image in (extra_images or {}).items():
+            files[suffix] = f"{base}.{suffix}.png"
+            write_atomically(self.out_dir / files[suffix], png_bytes(image))
+        entry = {"input": str(source), "model": self.model, "method": method, **record,
+                 "map_shape": list(heatmap.shape), "files": files}
         self.append_manifest(entry)
         return entry
 

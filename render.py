@@ -197,3 +197,41 @@ def overlay(
 def _nearest(coordinate: float) -> int:
     """Round half up, so that a box edge at x.5 moves the same way on every side."""
     return int(math.floor(float(coordinate) + 0.5))
+
+
+def text_strip(word_pieces: list[str], relevance: np.ndarray, colormap: str = "inferno",
+               font_size: int = 20) -> Image.Image:
+    """The text as a strip of word pieces, each shaded by its relevance.
+
+    Args:
+        word_pieces: the tokens between start and end-of-text, as text.
+        relevance: float ``[len(word_pieces)]``, any scale; scaled by its
+            maximum (negative values, which the methods do not produce, count as 0).
+        colormap: the shading's colormap.
+        font_size: pixels.
+
+    Returns:
+        an RGB image, one padded cell per word piece, dark text on light
+        cells and light text on dark ones.
+    """
+    from PIL import ImageDraw, ImageFont
+
+    values = np.clip(np.asarray(relevance, dtype=np.float64), 0.0, None)
+    if len(values) != len(word_pieces):
+        raise ValueError(f"{len(word_pieces)} word pieces but {len(values)} relevances")
+    peak = values.max() if values.size else 0.0
+    shades = values / peak if peak > 0 else np.zeros_like(values)
+    colours = colorize(shades[None, :], colormap)[0] if values.size else np.zeros((0, 3), np.uint8)
+    font = ImageFont.load_default(size=font_size)
+    pad = font_size // 3
+    widths = [int(font.getlength(piece or " ")) + 2 * pad for piece in word_pieces]
+    height = font_size + 2 * pad
+    strip = Image.new("RGB", (max(sum(widths), 1), height), "white")
+    draw = ImageDraw.Draw(strip)
+    left = 0
+    for piece, width, colour in zip(word_pieces, widths, colours):
+        draw.rectangle([left, 0, left + width - 1, height - 1], fill=tuple(int(c) for c in colour))
+        light = float(np.dot(colour, [0.299, 0.587, 0.114])) > 140
+        draw.text((left + pad, pad // 2), piece, fill="black" if light else "white", font=font)
+        left += width
+    return strip

@@ -9,19 +9,23 @@ failed, 2 a usage error.
 """
 
 import inspect
+from enum import Enum
+from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
 
 from heatmap import __version__
 from heatmap.cli import console
-from heatmap.cli.options import SHARED, DiscardRatio, HeadFusion, HeadFusionOption, StartLayer
+from heatmap.cli.options import (SHARED, Colormap, Device, DiscardRatio, HeadFusion, HeadFusionOption,
+                                 StartLayer)
 from heatmap.errors import HeatmapError
 from heatmap.explainers import METHODS
 
 app = typer.Typer(
     name="heatmap",
-    help="Show what a Vision Transformer looked at: heatmaps as PNG overlays, raw .npy maps and a manifest.",
+    help="Show what a Vision Transformer or a CLIP model looked at: heatmaps as PNG overlays, "
+    "raw .npy maps and a manifest.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -66,12 +70,19 @@ def classifier_command(method: str) -> Callable:
 
 def execute(method: str, options: dict, inputs, model, checkpoint, target, top_k, out, device,
             batch_size, colormap, alpha, debug) -> None:
-    """Run one command; turn errors into one line and an exit code."""
+    """Run one classifier command."""
+    from heatmap.cli.runner import ClassifierRequest, run_classifier
+
+    request = ClassifierRequest(method=method, options=options, inputs=list(inputs), model=model, out=out,
+                                device=device.value, batch_size=batch_size, colormap=colormap.value,
+                                alpha=alpha, checkpoint=checkpoint, targets=list(target or []), top_k=top_k)
+    exit_with(lambda: run_classifier(request), debug)
+
+
+def exit_with(run: Callable[[], int], debug: bool) -> None:
+    """Call ``run``; exit with its code, turning errors into one line and an exit code."""
     try:
-        from heatmap.cli.runner import RunRequest, run
-        code = run(RunRequest(method=method, options=options, inputs=list(inputs), model=model,
-                              checkpoint=checkpoint, targets=list(target or []), top_k=top_k, out=out,
-                              device=device.value, batch_size=batch_size, colormap=colormap.value, alpha=alpha))
+        code = run()
     except HeatmapError as error:
         if debug:
             console.stderr.print_exception()
@@ -88,6 +99,7 @@ def execute(method: str, options: dict, inputs, model, checkpoint, target, top_k
     raise typer.Exit(code)
 
 
+ClipMethod = Enum("ClipMethod", {name: name for name in METHODS}, type=str)
 _defaults = {name: method.defaults for name, method in METHODS.items()}
 
 
@@ -113,6 +125,57 @@ def chefer_generic(
     start_layer: StartLayer = _defaults["chefer-generic"]["start_layer"],
 ):
     """R = I, then R += mean_h((dA * A)+) @ R for each block from the start layer on."""
+
+
+@app.command("clip", no_args_is_help=True)
+def clip(
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Image files, folders of images (sorted) or glob patterns.", show_default=False)],
+    text: Annotated[Optional[list[str]], typer.Option(
+        "--text", help="A text to explain the images against; repeat for several.", show_default=False)] = None,
+    texts_file: Annotated[Optional[Path], typer.Option(
+        exists=True, dir_okay=False, help="A file of texts, one per line (blank lines skipped).")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="'demo' (shipped, offline) or an open_clip name. Default: ViT-B-32 "
+        "with the openai weights, from the local cache.", show_default=False)] = None,
+    pretrained: Annotated[Optional[str], typer.Option(
+        help="A pretrained tag of --model (openai, laion2b_s34b_b79k, ...) or a local checkpoint file.",
+        show_default=False)] = None,
+    method: Annotated[ClipMethod, typer.Option(help="The method.")] = ClipMethod("chefer-generic"),
+    start_layer: Annotated[Optional[int], typer.Option(
+        help="First block used in both towers (-1 = last only). Default: the method's; "
+        "chefer-generic uses the last block, as the authors' CLIP notebook.", show_default=False)] = None,
+    text_start_layer: Annotated[Optional[int], typer.Option(
+        help="First block of the text tower, when it differs from --start-layer.", show_default=False)] = None,
+    head_fusion: Annotated[Optional[HeadFusion], typer.Option(
+        help="rollout: how to fuse heads. Default: mean.", show_default=False)] = None,
+    discard_ratio: Annotated[Optional[float], typer.Option(
+        min=0.0, help="rollout, grad-rollout: fraction of smallest entries set to 0.", show_default=False)] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", file_okay=False, help="Output folder.")] = Path("heatmaps"),
+    device: Annotated[Device, typer.Option(help="auto picks cuda, then mps, then cpu.")] = Device.auto,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
+    colormap: Annotated[Colormap, typer.Option(help="Colormap of the overlay.")] = Colormap.jet,
+    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Opacity of the heatmap over the image.")] = 0.5,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")] = False,
+):
+    """Image-text relevance for CLIP: which parts of each image matched each text, and which words mattered.
+
+    Writes per image and text the raw map (.npy), an overlay (.png), the text with its word pieces shaded by relevance (.tokens.png) and a manifest line; prints each image's logits and probabilities over the texts.
+    """
+    from heatmap.cli.runner import ClipRequest, run_clip
+
+    def run() -> int:
+        texts = list(text or [])
+        if texts_file is not None:
+            texts += [line.strip() for line in texts_file.read_text().splitlines() if line.strip()]
+        options = {name: getattr(value, "value", value) for name, value in (
+            ("start_layer", start_layer), ("text_start_layer", text_start_layer),
+            ("head_fusion", head_fusion), ("discard_ratio", discard_ratio)) if value is not None}
+        return run_clip(ClipRequest(method=method.value, options=options, inputs=list(inputs), model=model,
+                                    out=out, device=device.value, batch_size=batch_size,
+                                    colormap=colormap.value, alpha=alpha, pretrained=pretrained, texts=texts))
+
+    exit_with(run, debug)
 
 
 def main() -> None:
