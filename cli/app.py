@@ -17,8 +17,8 @@ import typer
 
 from heatmap import __version__
 from heatmap.cli import console
-from heatmap.cli.options import (SHARED, Colormap, Device, DiscardRatio, HeadFusion, HeadFusionOption,
-                                 StartLayer)
+from heatmap.cli.options import (SHARED, Alpha, BatchSize, Colormap, ColormapOption, Debug, Device, DeviceOption,
+                                 DiscardRatio, HeadFusion, HeadFusionOption, Inputs, Out, StartLayer)
 from heatmap.errors import HeatmapError
 from heatmap.explainers import METHODS
 
@@ -129,8 +129,7 @@ def chefer_generic(
 
 @app.command("clip", no_args_is_help=True)
 def clip(
-    inputs: Annotated[list[Path], typer.Argument(
-        help="Image files, folders of images (sorted) or glob patterns.", show_default=False)],
+    inputs: Inputs,
     text: Annotated[Optional[list[str]], typer.Option(
         "--text", help="A text to explain the images against; repeat for several.", show_default=False)] = None,
     texts_file: Annotated[Optional[Path], typer.Option(
@@ -151,12 +150,12 @@ def clip(
         help="rollout: how to fuse heads. Default: mean.", show_default=False)] = None,
     discard_ratio: Annotated[Optional[float], typer.Option(
         min=0.0, help="rollout, grad-rollout: fraction of smallest entries set to 0.", show_default=False)] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", file_okay=False, help="Output folder.")] = Path("heatmaps"),
-    device: Annotated[Device, typer.Option(help="auto picks cuda, then mps, then cpu.")] = Device.auto,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
-    colormap: Annotated[Colormap, typer.Option(help="Colormap of the overlay.")] = Colormap.jet,
-    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Opacity of the heatmap over the image.")] = 0.5,
-    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")] = False,
+    out: Out = Path("heatmaps"),
+    device: DeviceOption = Device.auto,
+    batch_size: BatchSize = 8,
+    colormap: ColormapOption = Colormap.jet,
+    alpha: Alpha = 0.5,
+    debug: Debug = False,
 ):
     """Image-text relevance for CLIP: which parts of each image matched each text, and which words mattered.
 

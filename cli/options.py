@@ -24,6 +24,15 @@ class Device(str, Enum):
 Colormap = Enum("Colormap", {name: name for name in COLORMAPS}, type=str)
 HeadFusion = Enum("HeadFusion", {name: name for name in HEAD_FUSIONS}, type=str)
 
+Inputs = Annotated[list[Path], typer.Argument(
+    help="Image files, folders of images (sorted) or glob patterns.", show_default=False)]
+Out = Annotated[Path, typer.Option("--out", "-o", file_okay=False, help="Output folder.")]
+DeviceOption = Annotated[Device, typer.Option(help="auto picks cuda, then mps, then cpu.")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+ColormapOption = Annotated[Colormap, typer.Option(help="Colormap of the overlay.")]
+Alpha = Annotated[float, typer.Option(min=0.0, max=1.0, help="Opacity of the heatmap over the image.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+
 StartLayer = Annotated[int, typer.Option(
     help="First block to use, counted like a Python index (-1 = the last block only).")]
 DiscardRatio = Annotated[float, typer.Option(
@@ -32,8 +41,7 @@ HeadFusionOption = Annotated[HeadFusion, typer.Option(help="How to fuse the head
 
 
 def shared_options(
-    inputs: Annotated[list[Path], typer.Argument(
-        help="Image files, folders of images (sorted) or glob patterns.", show_default=False)],
+    inputs: Inputs,
     model: Annotated[Optional[str], typer.Option(
         "--model", "-m", help="'demo' (shipped, offline), a timm name (vit_base_patch16_224[.tag]) "
         "or hf-hub:org/name. Default: vit_base_patch16_224 from the local cache.", show_default=False)] = None,
@@ -43,12 +51,12 @@ def shared_options(
         "--target", "-t", help="Class to explain, as an index or a label; repeat for several. "
         "Default: the top-1 prediction.", show_default=False)] = None,
     top_k: Annotated[int, typer.Option(min=1, help="Explain the K highest-scoring classes of each image.")] = 1,
-    out: Annotated[Path, typer.Option("--out", "-o", file_okay=False, help="Output folder.")] = Path("heatmaps"),
-    device: Annotated[Device, typer.Option(help="auto picks cuda, then mps, then cpu.")] = Device.auto,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
-    colormap: Annotated[Colormap, typer.Option(help="Colormap of the overlay.")] = Colormap.jet,
-    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Opacity of the heatmap over the image.")] = 0.5,
-    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")] = False,
+    out: Out = Path("heatmaps"),
+    device: DeviceOption = Device.auto,
+    batch_size: BatchSize = 8,
+    colormap: ColormapOption = Colormap.jet,
+    alpha: Alpha = 0.5,
+    debug: Debug = False,
 ):
     """Never called: its signature is the shared part of each command's."""
 

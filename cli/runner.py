@@ -121,10 +121,12 @@ def run_classifier(request: ClassifierRequest) -> int:
 
     if request.targets and request.top_k != 1:
         raise UsageError("--target and --top-k exclude each other: name the classes, or ask for the top K")
+    explainer_class = METHODS[request.method].explainer_class()
+    explainer_class.resolve_options(request.options)  # a bad option fails before the model loads
     batches = Batches(request)
     with console.stderr.status(f"loading {request.model or 'the default model'}..."):
         adapter = load(request.model, request.checkpoint, request.device)
-        explainer = METHODS[request.method].explainer_class()(adapter, **request.options)
+        explainer = explainer_class(adapter, **request.options)
     targets = list(dict.fromkeys(adapter.class_index(t) for t in request.targets)) or None
     names = target_names(adapter.labels)
     writer = ResultWriter(request.out, adapter.name, request.colormap, request.alpha)
@@ -153,6 +155,7 @@ def run_clip(request: ClipRequest) -> int:
 
     if not request.texts:
         raise UsageError("give at least one --text (or --texts-file) to explain the images against")
+    ClipExplainer.resolve_options(request.method, request.options)  # fail before the model loads
     batches = Batches(request)
     with console.stderr.status(f"loading {request.model or 'ViT-B-32 (openai)'}..."):
         adapter = load_clip(request.model, request.pretrained, request.device)

@@ -59,15 +59,22 @@ class Explainer:
     defaults: ClassVar[Mapping[str, Any]]
 
     def __init__(self, adapter, **options: Any) -> None:
-        unknown = set(options) - set(self.defaults)
-        if unknown:
-            raise UsageError(f"{self.name} has no option {sorted(unknown)}; "
-                             f"its options are {sorted(self.defaults)}")
         self.adapter = adapter
-        self.options = {**self.defaults, **options}
-        self.validate_options()
+        self.options = self.resolve_options(options)
 
-    def validate_options(self) -> None:
+    @classmethod
+    def resolve_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The defaults updated with ``options``, checked (no model needed, so callers fail fast)."""
+        unknown = set(options) - set(cls.defaults)
+        if unknown:
+            raise UsageError(f"{cls.name} has no option {sorted(unknown)}; "
+                             f"its options are {sorted(cls.defaults)}")
+        resolved = {**cls.defaults, **options}
+        cls.validate_options(resolved)
+        return resolved
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> None:
         """Check option values; raise :class:`UsageError` with the fix."""
 
     def relevance(self, attention_probs: Sequence[torch.Tensor],

@@ -65,18 +65,25 @@ class ClipExplainer:
     """
 
     def __init__(self, adapter, method: str, **options: Any) -> None:
+        self.adapter = adapter
+        self.spec = METHODS[method]
+        self.options = self.resolve_options(method, options)
+        image_options = {k: v for k, v in self.options.items() if k != "text_start_layer"}
+        method_class = self.spec.explainer_class()
+        self.image_method = method_class(adapter.vision, **image_options)
+        self.text_method = method_class(adapter.text, **{**image_options,
+                                                         "start_layer": self.options["text_start_layer"]})
+
+    @staticmethod
+    def resolve_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
+        """The method's CLIP defaults updated with ``options``, checked; no model needed."""
         if method not in METHODS:
             raise UsageError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
         spec = METHODS[method]
+        options = dict(options)
         text_start = options.pop("text_start_layer", None)
-        options = {**spec.defaults, **spec.clip_defaults, **options}
-        method_class = spec.explainer_class()
-        self.adapter = adapter
-        self.spec = spec
-        self.image_method = method_class(adapter.vision, **options)
-        self.text_method = method_class(adapter.text, **{**options, "start_layer": (
-            options["start_layer"] if text_start is None else text_start)})
-        self.options = {**options, "text_start_layer": self.text_method.options["start_layer"]}
+        resolved = spec.explainer_class().resolve_options({**spec.clip_defaults, **options})
+        return {**resolved, "text_start_layer": resolved["start_layer"] if text_start is None else text_start}
 
     def explain(self, images: torch.Tensor, texts: Sequence[str]) -> ClipExplanation:
         """Explain every image against every text.

@@ -24,8 +24,9 @@ class GradRollout(Explainer):
     needs_gradients = METHODS["grad-rollout"].needs_gradients
     defaults = METHODS["grad-rollout"].defaults
 
-    def validate_options(self) -> None:
-        check_discard_ratio(self.options["discard_ratio"])
+    @classmethod
+    def validate_options(cls, options) -> None:
+        check_discard_ratio(options["discard_ratio"])
 
     def relevance(self, attention_probs: Sequence[torch.Tensor],
                   attention_grads: Sequence[torch.Tensor], start: int) -> torch.Tensor:

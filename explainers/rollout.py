@@ -57,11 +57,11 @@ class Rollout(Explainer):
     needs_gradients = METHODS["rollout"].needs_gradients
     defaults = METHODS["rollout"].defaults
 
-    def validate_options(self) -> None:
-        if self.options["head_fusion"] not in HEAD_FUSIONS:
-            raise UsageError(f"unknown head fusion {self.options['head_fusion']!r}; "
-                             f"use one of {', '.join(HEAD_FUSIONS)}")
-        check_discard_ratio(self.options["discard_ratio"])
+    @classmethod
+    def validate_options(cls, options) -> None:
+        if options["head_fusion"] not in HEAD_FUSIONS:
+            raise UsageError(f"unknown head fusion {options['head_fusion']!r}; use one of {', '.join(HEAD_FUSIONS)}")
+        check_discard_ratio(options["discard_ratio"])
 
     def relevance(self, attention_probs: Sequence[torch.Tensor], attention_grads, start: int) -> torch.Tensor:
         protect = self.adapter.class_token_index

@@ -84,7 +84,11 @@ def create_demo_classifier(checkpoint: str | Path | None = None) -> tuple[torch.
     if not config_path.is_file():
         raise HeatmapError(f"the demo classifier is missing from this installation ({config_path})")
     config = json.loads(config_path.read_text())
-    model = VisionTransformer(**config["model_args"])
+    extra = {}
+    if config.get("patch_embed") == "conv_stem":
+        from heatmap.models.demo.conv_stem import ConvStemPatchEmbed
+        extra["embed_layer"] = ConvStemPatchEmbed
+    model = VisionTransformer(**config["model_args"], **extra)
     source = checkpoint if checkpoint is not None else DEMO_DIR / "classifier.safetensors"
     state = read_state_dict(source)
     check_fits(model, state, str(source), "the demo classifier")
