@@ -1,0 +1,1 @@
+"""Shipped demo models: the shapes-world scene generator and the ViT classifier trained on it."""
