@@ -1,9 +1,9 @@
 """How faithful the maps are: the pointing game on shapes-world scenes.
 
-For each (scene, object) pair the target is the object's class; a hit is a
-map whose maximum, upsampled to the picture as the overlay is, falls on one
-of the object's own pixels. Scenes carry exact masks, so this needs no
-human judgement.
+For each (scene, object) pair the target is the object's class (classifier)
+or its caption (CLIP); a hit is a map whose maximum, upsampled to the picture
+as the overlay is, falls on one of the object's own pixels. Scenes carry
+exact masks, so this needs no human judgement.
 """
 
 from __future__ import annotations
@@ -60,6 +60,31 @@ def pointing_game(adapter, scenes: Sequence[Scene], method: str, **options) -> P
         explanation = explainer.explain(tensor, targets)
         for k, obj in enumerate(scene.objects):
             x, y = peak_pixel(explanation.maps[0, k].numpy(), boxes[0], scene.image.size)
+            hits += bool(obj.mask[y, x])
+            pairs += 1
+    return PointingResult(method, hits, pairs)
+
+
+def clip_pointing_game(adapter, scenes: Sequence[Scene], method: str, **options) -> PointingResult:
+    """Score ``method`` on ``scenes`` with a CLIP adapter: each object's caption is a text.
+
+    Args:
+        adapter: a CLIP adapter that knows the shapes world's captions.
+        scenes: shapes-world scenes.
+        method: a name of ``METHODS``.
+        **options: the method's options (CLIP defaults otherwise).
+    """
+    from heatmap.explainers.clip import ClipExplainer
+
+    explainer = ClipExplainer(adapter, method, **options)
+    hits = pairs = 0
+    for scene in scenes:
+        if not scene.objects:
+            continue
+        tensor, boxes = adapter.preprocess([scene.image])
+        explanation = explainer.explain(tensor, [obj.caption for obj in scene.objects])
+        for t, obj in enumerate(scene.objects):
+            x, y = peak_pixel(explanation.maps[0, t].numpy(), boxes[0], scene.image.size)
             hits += bool(obj.mask[y, x])
             pairs += 1
     return PointingResult(method, hits, pairs)

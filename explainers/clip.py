@@ -60,12 +60,17 @@ class ClipExplainer:
     Args:
         adapter: the CLIP adapter.
         method: a name of ``METHODS``.
+        batched_backward: take the T + B gradients in two vectorised
+            backward passes (``is_grads_batched``) instead of T + B passes
+            through a retained graph; same numbers (benchmarks/clip_texts.py
+            measures both).
         **options: the method's options; ``start_layer`` applies to both
             towers unless ``text_start_layer`` sets the text tower's.
     """
 
-    def __init__(self, adapter, method: str, **options: Any) -> None:
+    def __init__(self, adapter, method: str, batched_backward: bool = False, **options: Any) -> None:
         self.adapter = adapter
+        self.batched_backward = batched_backward
         self.spec = METHODS[method]
         self.options = self.resolve_options(method, options)
         image_options = {k: v for k, v in self.options.items() if k != "text_start_layer"}
@@ -104,18 +109,16 @@ class ClipExplainer:
                             text_start if needs_gradients else None) as text_probe:
             with torch.set_grad_enabled(needs_gradients):
                 logits = adapter.logits(images, tokens)
-                per_text = logits.sum(dim=0).unbind()
-                per_image = logits.sum(dim=1).unbind()
+                per_text = logits.sum(dim=0)  # [T]: image tower gradients, per text
+                per_image = logits.sum(dim=1)  # [B]: text tower gradients, per image
             image_probs = [p.detach().float() for p in image_probe.attention_probs]
             text_probs = [p.detach().float() for p in text_probe.attention_probs]
             if needs_gradients:
-                image_relevance = [self.image_method.relevance(
-                    image_probs, [g.float() for g in image_probe.attention_grads(objective, retain_graph=True)],
-                    image_start) for objective in per_text]
-                text_relevance = [self.text_method.relevance(
-                    text_probs, [g.float() for g in text_probe.attention_grads(
-                        objective, retain_graph=b + 1 < len(per_image))], text_start)
-                    for b, objective in enumerate(per_image)]
+                image_grads, text_grads = self._gradients(image_probe, text_probe, per_text, per_image)
+                image_relevance = [self.image_method.relevance(image_probs, grads, image_start)
+                                   for grads in image_grads]
+                text_relevance = [self.text_method.relevance(text_probs, grads, text_start)
+                                  for grads in text_grads]
             else:  # class-agnostic: one matrix per tower serves every pair
                 image_relevance = [self.image_method.relevance(image_probs, None, image_start)] * len(texts)
                 text_relevance = [self.text_method.relevance(text_probs, None, text_start)] * images.shape[0]
@@ -130,3 +133,19 @@ class ClipExplainer:
             maps=maps.float().cpu(), logits=logits.detach().float().cpu(), texts=list(texts),
             word_pieces=adapter.word_pieces(tokens.cpu()), text_relevance=token_relevance,
             method=self.spec.name, options=dict(self.options))
+
+    def _gradients(self, image_probe, text_probe, per_text: torch.Tensor, per_image: torch.Tensor):
+        """Per text, the image tower's gradients; per image, the text tower's (float32 lists)."""
+        with torch.enable_grad():  # indexing the scores must stay in the graph, even under no_grad
+            return self._gradients_with_grad(image_probe, text_probe, per_text, per_image)
+
+    def _gradients_with_grad(self, image_probe, text_probe, per_text, per_image):
+        if self.batched_backward:
+            image = image_probe.attention_grads_batched(per_text, retain_graph=True)
+            text = text_probe.attention_grads_batched(per_image)
+            return ([[g[t].float() for g in image] for t in range(len(per_text))],
+                    [[g[b].float() for g in text] for b in range(len(per_image))])
+        image = [[g.float() for g in image_probe.attention_grads(score, retain_graph=True)] for score in per_text]
+        text = [[g.float() for g in text_probe.attention_grads(score, retain_graph=b + 1 < len(per_image))]
+                for b, score in enumerate(per_image)]
+        return image, text

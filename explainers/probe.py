@@ -95,6 +95,22 @@ class AttentionProbe:
         tracked = self.attention_probs[self.track_from:]
         return list(torch.autograd.grad(score, tracked, retain_graph=retain_graph))
 
+    def attention_grads_batched(self, scores: torch.Tensor, retain_graph: bool = False) -> list[torch.Tensor]:
+        """The gradients of each of K scalar ``scores`` at once, vectorised over K.
+
+        The same numbers as K calls of :meth:`attention_grads`, from one
+        vmapped backward pass (``is_grads_batched``).
+
+        Returns:
+            one tensor ``[K, B, H, N, N]`` per tracked block.
+        """
+        if self.track_from is None:
+            raise RuntimeError("the probe was opened without track_from; no gradients were tracked")
+        tracked = self.attention_probs[self.track_from:]
+        one_hot = torch.eye(scores.shape[0], dtype=scores.dtype, device=scores.device)
+        return list(torch.autograd.grad(scores, tracked, grad_outputs=one_hot, is_grads_batched=True,
+                                        retain_graph=retain_graph))
+
     # -- instrumentation ---------------------------------------------------
 
     def _freeze_parameters(self, stack: ExitStack) -> None:

@@ -1,8 +1,10 @@
-"""Pointing game of every method with the demo classifier on held-out scenes.
+"""Pointing game of every method with the demo models on held-out scenes.
 
     python scripts/pointing_game.py [--scenes 100] [--seed 777]
 
-Prints a Markdown table (the one in README.md comes from this script).
+For each held-out scene with two or three objects and each object: does the
+map for that object's class (classifier) or caption (CLIP) peak on the
+object's own pixels? Prints Markdown tables (README.md's come from here).
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import argparse
 
 import heatmap
-from heatmap.evaluation import pointing_game
+from heatmap.evaluation import clip_pointing_game, pointing_game
 from heatmap.explainers import METHODS
+from heatmap.models import load_clip
 from heatmap.models.demo.shapes_world import make_scenes
 
 
@@ -20,13 +23,15 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=777, help="held out: training uses other seeds")
     args = parser.parse_args()
-    adapter = heatmap.load("demo", device="cpu")
     scenes = make_scenes(args.scenes, seed=args.seed, num_objects=(2, 3))
     print(f"{args.scenes} scenes with 2-3 objects, seed {args.seed}\n")
-    print("| method | hits / pairs | pointing game |\n|---|---|---|")
-    for method in METHODS:
-        result = pointing_game(adapter, scenes, method)
-        print(f"| {method} | {result.hits} / {result.pairs} | {result.rate:.1%} |")
+    for title, adapter, game in (("demo classifier", heatmap.load("demo", device="cpu"), pointing_game),
+                                 ("demo CLIP", load_clip("demo", device="cpu"), clip_pointing_game)):
+        print(f"| {title}: method | hits / pairs | pointing game |\n|---|---|---|")
+        for method in METHODS:
+            result = game(adapter, scenes, method)
+            print(f"| {method} | {result.hits} / {result.pairs} | {result.rate:.1%} |")
+        print()
 
 
 if __name__ == "__main__":

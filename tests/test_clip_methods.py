@@ -75,11 +75,14 @@ def relative_error(actual, expected):
     return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-6))
 
 
+@pytest.mark.parametrize("batched_backward", [False, True])
 @pytest.mark.parametrize("method,options", CASES)
-def test_clip_maps_and_token_relevance_match_reference(method, options, images):
+def test_clip_maps_and_token_relevance_match_reference(method, options, batched_backward, images):
     model = tiny_clip()
     tokens = tokens_of(TEXTS)
-    result = ClipExplainer(adapter_for(model), method, **dict(options)).explain(images, TEXTS)
+    explainer = ClipExplainer(adapter_for(model), method, batched_backward=batched_backward, **dict(options))
+    with torch.no_grad():  # a caller's no_grad must not stop the gradient methods
+        result = explainer.explain(images, TEXTS)
     assert result.maps.shape == (2, 3, 4, 4)
     for b in range(2):
         for t in range(3):

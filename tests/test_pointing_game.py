@@ -42,3 +42,12 @@ def test_other_methods_do_better_than_chance(demo, two_object_scenes, method):
     result = pointing_game(demo, two_object_scenes, method)
     object_area = np.mean([obj.mask.mean() for scene in two_object_scenes for obj in scene.objects])
     assert result.rate > 3 * object_area
+
+
+def test_demo_clip_points_at_the_object_of_each_caption(two_object_scenes):
+    from heatmap.evaluation import clip_pointing_game
+    from heatmap.models import load_clip
+
+    result = clip_pointing_game(load_clip("demo", device="cpu"), two_object_scenes, "chefer-generic")
+    assert result.pairs >= 200
+    assert result.rate >= 0.85, f"{result.hits}/{result.pairs}"
