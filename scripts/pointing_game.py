@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 import heatmap
+from heatmap.errors import HeatmapError
 from heatmap.evaluation import clip_pointing_game, pointing_game
 from heatmap.explainers import METHODS
 from heatmap.models import load_clip
@@ -25,8 +26,14 @@ def main() -> None:
     args = parser.parse_args()
     scenes = make_scenes(args.scenes, seed=args.seed, num_objects=(2, 3))
     print(f"{args.scenes} scenes with 2-3 objects, seed {args.seed}\n")
-    for title, adapter, game in (("demo classifier", heatmap.load("demo", device="cpu"), pointing_game),
-                                 ("demo CLIP", load_clip("demo", device="cpu"), clip_pointing_game)):
+    models = [("demo classifier", lambda: heatmap.load("demo", device="cpu"), pointing_game),
+              ("demo CLIP", lambda: load_clip("demo", device="cpu"), clip_pointing_game)]
+    for title, load, game in models:
+        try:
+            adapter = load()
+        except HeatmapError as error:
+            print(f"{title}: {error}\n")
+            continue
         print(f"| {title}: method | hits / pairs | pointing game |\n|---|---|---|")
         for method in METHODS:
             result = game(adapter, scenes, method)

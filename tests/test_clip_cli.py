@@ -18,6 +18,8 @@ from heatmap.cli.app import app
 from heatmap.models.demo.shapes_world import make_scenes
 
 runner = CliRunner()
+DEMO_CLIP_SHIPPED = (Path(__file__).parents[1] / "models" / "demo" / "clip.safetensors").is_file()
+needs_demo_clip = pytest.mark.skipif(not DEMO_CLIP_SHIPPED, reason="the demo CLIP weights are not shipped yet")
 TINY_CONFIG = {
     "embed_dim": 16,
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 8, "patch_size": 8},
@@ -81,7 +83,7 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(tiny_clip_name, sce
     ([], 2, "give at least one --text"),
     (["--text", "x", "-m", "ViT-B-33"], 2, "unknown CLIP model 'ViT-B-33'; did you mean ViT-B-32"),
     (["--text", "x", "-m", "ViT-B-32", "--pretrained", "nonsense"], 2, "ViT-B-32 has no pretrained tag 'nonsense'"),
-    (["--text", "x", "-m", "demo", "--method", "chefer-generic", "--head-fusion", "max"], 2,
+    (["--text", "x", "--method", "chefer-generic", "--head-fusion", "max"], 2,
      "chefer-generic has no option ['head_fusion']"),
 ])
 def test_bad_clip_options(scene_path, args, code, message):
@@ -100,6 +102,7 @@ def test_default_model_missing_from_cache_says_how_to_get_it(scene_path, tmp_pat
     assert "--model demo" in result.stderr
 
 
+@needs_demo_clip
 def test_console_script_with_demo_clip_and_three_texts(scene_path, tmp_path):
     scene = make_scenes(1, seed=99, num_objects=3)[0]
     texts = [obj.caption for obj in scene.objects]
