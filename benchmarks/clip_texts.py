@@ -20,27 +20,16 @@ Median of ``--repeats`` after one warm-up.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-
 import open_clip
 import torch
 
 from heatmap.explainers.clip import ClipExplainer
 from heatmap.models import adapter_for
+from timing import median_seconds
 
 TEXTS = ["a photo of a cat", "a dog on a sofa", "a red car", "two people talking", "a bowl of soup",
          "a mountain lake", "a plate of food", "a bald man"]
 
-
-def median_seconds(function, repeats: int) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

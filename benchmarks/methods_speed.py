@@ -12,24 +12,13 @@ what a user pays. Median of ``--repeats`` runs after one warm-up.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-
 import timm
 import torch
 
 from heatmap.explainers import METHODS
 from heatmap.models import adapter_for
+from timing import median_seconds
 
-
-def median_seconds(function, repeats: int) -> float:
-    function()  # warm-up: allocator, kernels, lazy init
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
