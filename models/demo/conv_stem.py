@@ -1,11 +1,11 @@
-"""A convolutional patch embedding for the demo classifier.
+"""A convolutional patch embedding for the demo models.
 
 A ViT trained from scratch on a few minutes of CPU learns far faster when its
-patches are embedded by a few small strided convolutions instead of one large
-linear projection (Xiao et al., "Early Convolutions Help Transformers See
-Better", 2021). The grid is the same as a plain patch embedding's (each token
-is one 8x8 patch of the input), and the transformer blocks, which the
-explainers read, are timm's own.
+patches are embedded by a few small convolutions instead of one large linear
+projection (Xiao et al., "Early Convolutions Help Transformers See Better",
+2021). The grid is the same as a plain patch embedding's (one token per 8x8
+patch of the input), and the transformer blocks, which the explainers read,
+are timm's or open_clip's own.
 """
 
 from __future__ import annotations
@@ -13,21 +13,32 @@ from __future__ import annotations
 from torch import nn
 from timm.layers import PatchEmbed
 
+PATCH_SIZE = 8
+
+
+def conv_stem(in_chans: int, embed_dim: int) -> nn.Sequential:
+    """Images ``[B, in_chans, H, W]`` -> patch features ``[B, embed_dim, H/8, W/8]``.
+
+    Three stride-2 3x3 convolutions make the 8x8 patches; one more 3x3
+    convolution at the patch grid widens each token's view from 15 to 31
+    pixels, the size of a whole shape; a 1x1 convolution projects.
+    """
+    widths = (in_chans, embed_dim // 4, embed_dim // 2, embed_dim)
+    layers: list[nn.Module] = []
+    for c_in, c_out in zip(widths[:-1], widths[1:]):
+        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.GELU()]
+    layers += [nn.Conv2d(embed_dim, embed_dim, 3, padding=1), nn.BatchNorm2d(embed_dim), nn.GELU()]
+    return nn.Sequential(*layers, nn.Conv2d(embed_dim, embed_dim, 1))
+
 
 class ConvStemPatchEmbed(PatchEmbed):
-    """timm's ``PatchEmbed`` whose projection is three stride-2 3x3 convolutions and a 1x1.
+    """timm's ``PatchEmbed`` whose projection is ``conv_stem``.
 
-    Takes the arguments of ``PatchEmbed``; ``patch_size`` must be 8 (the
-    three stride-2 convolutions).
+    Takes the arguments of ``PatchEmbed``; ``patch_size`` must be 8.
     """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if tuple(self.patch_size) != (8, 8):
+        if tuple(self.patch_size) != (PATCH_SIZE, PATCH_SIZE):
             raise ValueError("the convolutional stem makes 8x8 patches")
-        in_chans, embed_dim = self.proj.in_channels, self.proj.out_channels
-        widths = (in_chans, embed_dim // 4, embed_dim // 2, embed_dim)
-        layers: list[nn.Module] = []
-        for c_in, c_out in zip(widths[:-1], widths[1:]):
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.GELU()]
-        self.proj = nn.Sequential(*layers, nn.Conv2d(embed_dim, embed_dim, 1))
+        self.proj = conv_stem(self.proj.in_channels, self.proj.out_channels)
