@@ -122,7 +122,9 @@ class ClipAdapter:
 
     def grid(self, images: torch.Tensor) -> tuple[int, int]:
         """``(gh, gw)`` of the image tower, from its patch size and the input size."""
-        patch = self.model.visual.conv1.kernel_size
+        # The tower's own patch size, not conv1's kernel: the demo CLIP embeds
+        # its patches with a convolutional stem in conv1's place.
+        patch = self.model.visual.patch_size
         return images.shape[-2] // patch[0], images.shape[-1] // patch[1]
 
     def query_weights(self, num_tokens: int) -> torch.Tensor:

@@ -53,13 +53,13 @@ def create_clip(name: str, pretrained: str | Path | None):
     return model, tokenizer, preprocess
 
 
-def create_demo_clip_with_transform():
-    """The shipped demo CLIP, its tokenizer and its eval transform."""
+def create_demo_clip_with_transform(folder=None):
+    """The shipped demo CLIP (or the one in ``folder``), its tokenizer and its eval transform."""
     import open_clip
 
     from heatmap.models.demo.clip_demo import create_demo_clip
 
-    model, tokenizer, config = create_demo_clip()
+    model, tokenizer, config = create_demo_clip(folder)
     settings = config["preprocess"]
     preprocess = open_clip.image_transform(settings["image_size"], is_train=False,
                                            mean=settings["mean"], std=settings["std"])

@@ -1,20 +1,36 @@
 """Train the shipped demo CLIP contrastively on shapes-world scenes.
 
-    python scripts/train_demo_clip.py [--out models/demo] [--steps 1000] [--minutes 25]
+    python scripts/train_demo_clip.py [--steps 700] [--out models/demo]
 
-Each step draws a fresh batch of scenes, pairs every scene with the caption of
-ONE of its objects (mostly "a red circle", sometimes "red circle" or
-"a photo of a red circle") and minimises open_clip's symmetric InfoNCE loss
-with a learnable logit scale. A caption can be true of several images of a
-batch (two scenes may both hold a red circle) and an image can match several
-captions; those pairs are all treated as positives (a multi-positive target),
-not as negatives. The result is evaluated on held-out scenes (another seed)
-and written as ``clip.json`` + ``clip.safetensors`` for
-``heatmap.models.demo.clip_demo.create_demo_clip``.
+The model is an ``open_clip.CLIP``: a 4-block image tower of the demo
+classifier's size and a 2-block causal text tower over open_clip's own
+tokenizer. The image tower starts from the shipped demo classifier
+(``models/demo/classifier.*``, trained by ``scripts/train_demo_classifier.py``):
+its convolutional stem takes ``conv1``'s place and its blocks, class token,
+position embedding and norms are copied into open_clip's modules, which
+have the same layout. Starting the image tower from a trained image model
+and the text tower from scratch is how LiT (Zhai et al., 2022) trains CLIPs
+cheaply; here the image tower is fine-tuned too, so that it learns colours,
+which the classifier never needed.
 
-Deterministic for a given thread count: fixed seeds, two threads, and the
-number of steps (not the clock) decides when training ends; ``--minutes`` is
-only a safety stop on a slow machine and is reported when it fires.
+Two losses, summed:
+
+- symmetric InfoNCE (open_clip's ClipLoss) with a learnable logit scale
+  between the scenes of a batch and their captions: every scene gets the
+  caption of one of its objects ("a red circle", sometimes "red circle" or
+  "a photo of a red circle"), and the main-form caption of every colour and
+  shape follows. A caption true of several scenes, or a scene that several
+  captions describe, counts every true pair as a positive;
+- token labels (as in Jiang et al., 2021, "All Tokens Matter"): each patch
+  token whose centre pixel lies on an object, projected like the pooled
+  embedding, is classified against the captions of all colour-shape pairs.
+
+Deterministic for a given thread count: fixed seeds, two threads, a fixed
+number of steps. Writes ``clip.json`` and ``clip.safetensors`` (the rows of
+the token embedding that no caption uses are left out; the loader restores
+them as zeros), then evaluates the written files through the loader:
+image-text retrieval on 1,000 held-out scenes and the pointing game of
+chefer-generic on the tests' 100 held-out two-to-three-object scenes.
 """
 
 from __future__ import annotations
@@ -29,20 +45,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from heatmap.models.demo.clip_demo import USED_IDS_KEY, USED_ROWS_KEY, create_demo_clip
-from heatmap.models.demo.shapes_world import COLORS, SHAPES, make_scene, make_scenes
+from heatmap.models.demo.clip_demo import USED_IDS_KEY, USED_ROWS_KEY, build_demo_clip
+from heatmap.models.demo.shapes_world import COLORS, SHAPES, make_scenes
 
-IMAGE_SIZE = 96
+DEMO_DIR = Path(__file__).resolve().parents[1] / "models" / "demo"
 CONTEXT_LENGTH = 16
 VOCAB_SIZE = 49408
-MODEL_CONFIG = {
-    "embed_dim": 128,
-    "vision_cfg": {"image_size": IMAGE_SIZE, "patch_size": 8, "width": 128, "layers": 6, "head_width": 32,
-                   "mlp_ratio": 4.0},
-    "text_cfg": {"context_length": CONTEXT_LENGTH, "vocab_size": VOCAB_SIZE, "width": 128, "heads": 4,
-                 "layers": 2},
-    "quick_gelu": False,
-}
 # Caption forms and how often each is drawn. "{a}" is the article of the
 # colour ("a red", "an orange"); the first form is the main one, the one
 # shapes_world.SceneObject.caption writes and the evaluation uses.
@@ -52,7 +60,8 @@ TEMPLATES = (
     ("a photo of {a} {color} {shape}", 0.15),
     ("a picture of {a} {color} {shape}", 0.1),
 )
-HELD_OUT_SEED = 777
+KEYS: list[tuple[str, str]] = [(color, shape) for color in COLORS for shape in SHAPES]
+TRAIN_SEED, HELD_OUT_SEED, POINTING_SEED = 4321, 424242, 777
 
 
 def caption(template: str, color: str, shape: str) -> str:
@@ -63,8 +72,7 @@ def caption(template: str, color: str, shape: str) -> str:
 
 def all_captions() -> list[str]:
     """Every caption the training can draw: all templates x colours x shapes."""
-    return [caption(template, color, shape)
-            for template, _ in TEMPLATES for color in COLORS for shape in SHAPES]
+    return [caption(template, color, shape) for template, _ in TEMPLATES for color, shape in KEYS]
 
 
 class CompactVocabulary:
@@ -91,84 +99,54 @@ class CompactVocabulary:
         return compact
 
 
-def to_tensor(images: list, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """PIL images -> normalised float tensor ``[B, 3, H, W]`` (what open_clip.image_transform gives)."""
-    pixels = torch.from_numpy(np.stack([np.asarray(image) for image in images]))
-    return (pixels.permute(0, 3, 1, 2).float() / 255.0 - mean[:, None, None]) / std[:, None, None]
+class ScenePool:
+    """Scenes drawn once, as tensors: images, which colour-shape pairs each holds, token labels."""
+
+    def __init__(self, count: int, seed: int, patch: int):
+        scenes = make_scenes(count, seed=seed)
+        self.images = torch.from_numpy(np.stack([np.asarray(s.image) for s in scenes])).permute(0, 3, 1, 2)
+        self.objects = [[KEYS.index((o.color, o.shape)) for o in s.objects] for s in scenes]
+        self.present = torch.zeros(count, len(KEYS), dtype=torch.bool)
+        centre = np.arange(patch // 2, scenes[0].image.size[0], patch)
+        labels = np.full((count, len(centre), len(centre)), -1, dtype=np.int64)
+        for n, scene in enumerate(scenes):
+            for obj, key in zip(scene.objects, self.objects[n]):
+                self.present[n, key] = True
+                labels[n][obj.mask[np.ix_(centre, centre)]] = key
+        self.patch_labels = torch.from_numpy(labels)
 
 
-def pixel_statistics(seed: int, count: int = 512) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation (in 0..1) of ``count`` scenes."""
-    pixels = np.stack([np.asarray(scene.image) for scene in make_scenes(count, seed)]).reshape(-1, 3) / 255.0
-    return [round(float(v), 4) for v in pixels.mean(0)], [round(float(v), 4) for v in pixels.std(0)]
-
-
-KEYS: list[tuple[str, str]] = [(color, shape) for color in COLORS for shape in SHAPES]
-
-
-def draw_batch(rng: np.random.Generator, batch_size: int, patch_size: int):
-    """Fresh scenes, one caption each, which (image, caption) pairs are true, and patch labels.
-
-    The B scene captions are followed by the main-form caption of every
-    colour-shape combination (``KEYS``, E of them): the text tower is cheap,
-    and each image then learns against all the captions it could be confused
-    with, not only the ones its batch happened to draw.
-
-    Args:
-        rng: the generator the scenes, captions and flips are drawn from.
-        batch_size: B, the number of scenes.
-        patch_size: side of the model's patches in pixels.
+def draw_batch(pool: ScenePool, rng: np.random.Generator, batch_size: int):
+    """A batch of the pool under one random quarter turn and flip, with its captions.
 
     Returns:
-        images (PIL, ``[B]``); captions (``[B + E]`` strings); positives, bool
-        ``[B, B + E]``: ``positives[i, j]`` is True when scene i holds the
-        colour and shape that caption j names; and patch labels, long
-        ``[B, G]`` (G patches in row-major order): the index into ``KEYS`` of
-        the object covering at least half of the patch, or -1.
+        images (uint8 ``[B, 3, H, W]``); captions (``[B + E]`` strings: one per
+        scene, then the main form of every colour-shape pair); positives, bool
+        ``[B, B + E]``: scene i holds the pair caption j names; and token
+        labels, long ``[B, gh, gw]``: the ``KEYS`` index of the object under
+        each patch's centre pixel, or -1.
     """
+    index = rng.integers(len(pool.images), size=batch_size)
     probabilities = np.array([p for _, p in TEMPLATES])
-    grid = IMAGE_SIZE // patch_size
-    images, captions, keys, contents, patch_labels = [], [], [], [], []
-    for _ in range(batch_size):
-        scene = make_scene(rng, size=IMAGE_SIZE)
-        obj = scene.objects[int(rng.integers(len(scene.objects)))]
+    keys, captions = [], []
+    for n in index:
+        key = pool.objects[n][int(rng.integers(len(pool.objects[n])))]
         template = TEMPLATES[int(rng.choice(len(TEMPLATES), p=probabilities))][0]
-        # A mirror image keeps every shape's class (the heart is only tilted
-        # a little, never upside down), so it is free extra data.
-        flip = bool(rng.random() < 0.5)
-        images.append(scene.image.transpose(0) if flip else scene.image)  # 0 = FLIP_LEFT_RIGHT
-        captions.append(caption(template, obj.color, obj.shape))
-        keys.append((obj.color, obj.shape))
-        contents.append({(o.color, o.shape) for o in scene.objects})
-        labels = np.full((grid, grid), -1, dtype=np.int64)
-        for o in scene.objects:
-            mask = o.mask[:, ::-1] if flip else o.mask
-            coverage = mask.reshape(grid, patch_size, grid, patch_size).mean(axis=(1, 3))
-            labels[coverage >= 0.5] = KEYS.index((o.color, o.shape))
-        patch_labels.append(labels.reshape(-1))
+        keys.append(key)
+        captions.append(caption(template, *KEYS[key]))
     captions += [caption(TEMPLATES[0][0], color, shape) for color, shape in KEYS]
-    keys += KEYS
-    positives = torch.tensor([[key in content for key in keys] for content in contents])
-    return images, captions, positives, torch.from_numpy(np.stack(patch_labels))
+    keys += range(len(KEYS))
+    index_t = torch.from_numpy(index)
+    turns, flip = int(rng.integers(4)), bool(rng.integers(2))
+    images = torch.rot90(pool.images[index_t], turns, dims=(2, 3))
+    labels = torch.rot90(pool.patch_labels[index_t], turns, dims=(1, 2))
+    if flip:
+        images, labels = images.flip(3), labels.flip(2)
+    return images, captions, pool.present[index_t][:, keys], labels
 
 
-def patch_caption_loss(patch_emb: torch.Tensor, key_text_emb: torch.Tensor, logit_scale: torch.Tensor,
-                       patch_labels: torch.Tensor) -> torch.Tensor:
-    """Cross entropy of each object patch against the captions of all colour-shape combinations.
-
-    Args:
-        patch_emb: ``[B, G, D]``, the patch tokens after ``ln_post`` and ``proj``.
-        key_text_emb: ``[E, D]``, unit text embeddings of the ``KEYS`` captions.
-        logit_scale: the model's (exponentiated) logit scale.
-        patch_labels: long ``[B, G]``, an index into ``KEYS`` or -1 (background,
-            left out).
-
-    Returns:
-        The mean cross entropy over the object patches of the batch.
-    """
-    on_object = patch_labels >= 0
-    logits = logit_scale * F.normalize(patch_emb[on_object], dim=-1) @ key_text_emb.T
-    return F.cross_entropy(logits, patch_labels[on_object])
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return (images.float() / 255.0 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
 
 
 def multi_positive_clip_loss(logits_per_image: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
@@ -191,60 +169,94 @@ def multi_positive_clip_loss(logits_per_image: torch.Tensor, positives: torch.Te
     return (image_to_text + text_to_image) / 2
 
 
-def init_vision_tower(visual: torch.nn.Module) -> None:
-    """ViT-style initialisation of the image tower (truncated normal, std 0.02).
+def token_label_loss(patch_embeddings: torch.Tensor, key_text_embeddings: torch.Tensor,
+                     logit_scale: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross entropy of each object patch against the captions of all colour-shape pairs.
 
-    open_clip leaves its vision transformer at PyTorch's defaults (it is
-    meant to load pretrained weights); trained from scratch, a small normal
-    init makes the blocks start near the identity and learn much faster.
+    Args:
+        patch_embeddings: ``[B, G, D]``, patch tokens after ``ln_post`` and ``proj``, as the
+            class token is projected.
+        key_text_embeddings: ``[E, D]``, unit text embeddings of the ``KEYS`` captions.
+        logit_scale: the model's (exponentiated) logit scale.
+        labels: long ``[B, gh, gw]``, an index into ``KEYS`` or -1 (background, left out).
     """
-    for module in visual.modules():
-        if isinstance(module, torch.nn.Linear):
-            torch.nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
-        elif isinstance(module, torch.nn.MultiheadAttention):
-            torch.nn.init.trunc_normal_(module.in_proj_weight, std=0.02)
-            torch.nn.init.zeros_(module.in_proj_bias)
-    if visual.positional_embedding.requires_grad:  # a fixed sin-cos table stays as built
-        torch.nn.init.trunc_normal_(visual.positional_embedding, std=0.02)
-    torch.nn.init.trunc_normal_(visual.class_embedding, std=0.02)
+    labels = labels.flatten(1)
+    on_object = labels >= 0
+    logits = logit_scale * F.normalize(patch_embeddings[on_object], dim=-1) @ key_text_embeddings.T
+    return F.cross_entropy(logits, labels[on_object])
 
 
-def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to zero."""
+def classifier_config(folder: Path) -> dict:
+    """``classifier.json``, checked to be the pre-norm, class-token, conv-stem ViT the transfer needs."""
+    config = json.loads((folder / "classifier.json").read_text())
+    args = config["model_args"]
+    if config.get("patch_embed") != "conv_stem" or not args.get("pre_norm") or args.get("global_pool") != "token":
+        raise SystemExit(f"{folder / 'classifier.json'}: the image tower starts from a pre-norm, class-token "
+                         "demo classifier with the convolutional stem; train one with train_demo_classifier.py")
+    return config
+
+
+def image_tower_from_classifier(visual: torch.nn.Module, classifier: dict[str, torch.Tensor]) -> None:
+    """Copy a timm ``VisionTransformer`` state (pre-norm, class token) into open_clip's ``VisionTransformer``.
+
+    timm's and open_clip's pre-norm blocks compute the same function: qkv is
+    ``in_proj``, the attention's proj is ``out_proj``, fc1/fc2 are c_fc/c_proj.
+    ``proj`` (width -> embedding) has no counterpart and stays as initialised.
+    """
+    names = {"cls_token": "class_embedding", "pos_embed": "positional_embedding",
+             "norm_pre.weight": "ln_pre.weight", "norm_pre.bias": "ln_pre.bias",
+             "norm.weight": "ln_post.weight", "norm.bias": "ln_post.bias"}
+    block_parts = {"norm1": "ln_1", "attn.qkv.weight": "attn.in_proj_weight", "attn.qkv.bias": "attn.in_proj_bias",
+                   "attn.proj": "attn.out_proj", "norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    state = {}
+    for key, value in classifier.items():
+        if key.startswith("patch_embed.proj."):
+            state["conv1." + key.removeprefix("patch_embed.proj.")] = value
+        elif key in names:
+            state[names[key]] = value.reshape(-1) if key == "cls_token" else value.reshape(value.shape[-2:])
+        elif key.startswith("blocks."):
+            _, index, rest = key.split(".", 2)
+            for timm_part, clip_part in block_parts.items():
+                if rest.startswith(timm_part):
+                    rest = clip_part + rest.removeprefix(timm_part)
+                    break
+            state[f"transformer.resblocks.{index}.{rest}"] = value
+    missing, unexpected = visual.load_state_dict(state, strict=False)
+    if unexpected or set(missing) != {"proj"}:
+        raise SystemExit(f"the classifier does not fit the image tower: missing {missing}, unexpected {unexpected}")
+
+
+def learning_rate(step: int, steps: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to zero: a factor of the peak rate."""
     if step < warmup:
-        return peak * (step + 1) / warmup
-    return 0.5 * peak * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, mean: torch.Tensor, std: torch.Tensor, seed: int, count: int) -> dict:
+def retrieval(model, tokenizer, mean: torch.Tensor, std: torch.Tensor, seed: int, count: int) -> dict:
     """Retrieval on held-out scenes, with the main caption form ``"a <color> <shape>"``.
 
     image->text: for every (scene, object) pair, the object's caption must
-    score above every caption of a colour-shape combination the scene does not
-    hold (the captions of the scene's other objects are also true, so they
-    are left out of the ranking). text->image: for every combination present
-    in at least one held-out scene, the best-scoring scene must hold it.
+    score above every caption of a colour-shape pair the scene does not hold
+    (the captions of the scene's other objects are also true, so they are
+    left out of the ranking). text->image: for every pair present in at
+    least one held-out scene, the best-scoring scene must hold it.
     """
-    scenes = make_scenes(count, seed, size=IMAGE_SIZE)
-    keys = [(color, shape) for color in COLORS for shape in SHAPES]
-    texts = tokenizer([caption(TEMPLATES[0][0], color, shape) for color, shape in keys])
-    text_emb = model.encode_text(texts, normalize=True)
-    image_emb = torch.cat([model.encode_image(to_tensor([s.image for s in scenes[i:i + 256]], mean, std),
-                                              normalize=True) for i in range(0, count, 256)])
-    similarity = image_emb @ text_emb.T  # [scenes, combinations]
-    present = torch.tensor([[key in {(o.color, o.shape) for o in s.objects} for key in keys] for s in scenes])
+    pool = ScenePool(count, seed, patch=8)
+    text_embeddings = model.encode_text(tokenizer([caption(TEMPLATES[0][0], c, s) for c, s in KEYS]),
+                                        normalize=True)
+    image_embeddings = torch.cat([model.encode_image(normalize(pool.images[i:i + 250], mean, std), normalize=True)
+                                  for i in range(0, count, 250)])
+    similarity = image_embeddings @ text_embeddings.T  # [scenes, pairs]
     hits = pairs = 0
-    for index, scene in enumerate(scenes):
-        absent_best = similarity[index][~present[index]].max()
-        for obj in scene.objects:
+    for n, keys in enumerate(pool.objects):
+        absent_best = similarity[n][~pool.present[n]].max()
+        for key in keys:
             pairs += 1
-            hits += int(similarity[index, keys.index((obj.color, obj.shape))] > absent_best)
-    best_scene = similarity.argmax(0)
-    queried = present.any(0)
-    text_hits = present[best_scene, torch.arange(len(keys))][queried]
+            hits += int(similarity[n, key] > absent_best)
+    queried = pool.present.any(0)
+    text_hits = pool.present[similarity.argmax(0), torch.arange(len(KEYS))][queried]
     return {
         "heldout_seed": seed,
         "heldout_scenes": count,
@@ -257,138 +269,121 @@ def evaluate(model, tokenizer, mean: torch.Tensor, std: torch.Tensor, seed: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "models" / "demo")
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--minutes", type=float, default=25.0, help="safety stop; steps decide normally")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--weight-decay", type=float, default=0.1)
-    parser.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dense-weight", type=float, default=1.0,
-                        help="weight of the patch-caption loss (0 = plain CLIP loss only)")
-    parser.add_argument("--pos-embed", default="sin_cos_2d", choices=["sin_cos_2d", "learnable"])
-    parser.add_argument("--default-init", action="store_true")
-    parser.add_argument("--vision-width", type=int, default=MODEL_CONFIG["vision_cfg"]["width"])
-    parser.add_argument("--vision-layers", type=int, default=MODEL_CONFIG["vision_cfg"]["layers"])
-    parser.add_argument("--eval-scenes", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=DEMO_DIR)
+    parser.add_argument("--classifier", type=Path, default=DEMO_DIR, help="folder of classifier.json/.safetensors")
+    parser.add_argument("--steps", type=int, default=700)
+    parser.add_argument("--batch", type=int, default=96)
+    parser.add_argument("--pool", type=int, default=12000, help="training scenes drawn once, then augmented")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak rate of the text tower and projections")
+    parser.add_argument("--image-lr", type=float, default=1e-3, help="peak rate of the image tower")
+    parser.add_argument("--token-weight", type=float, default=1.0, help="weight of the token-label loss")
     args = parser.parse_args()
-    if args.seed == HELD_OUT_SEED:
-        raise SystemExit(f"--seed {HELD_OUT_SEED} is the held-out evaluation seed; pick another")
 
     import open_clip
     from open_clip.tokenizer import SimpleTokenizer
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     torch.set_num_threads(2)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    # A separate seed for the statistics, so they do not depend on --steps.
-    mean_list, std_list = pixel_statistics(seed=args.seed + 1)
-    mean, std = torch.tensor(mean_list), torch.tensor(std_list)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(1)
+    started = time.time()
 
-    vocabulary = CompactVocabulary(SimpleTokenizer(context_length=CONTEXT_LENGTH), all_captions())
-    model_config = json.loads(json.dumps(MODEL_CONFIG))
-    model_config["vision_cfg"].update(width=args.vision_width, layers=args.vision_layers,
-                                      pos_embed_type=args.pos_embed)
-    compact_config = json.loads(json.dumps(model_config))
-    compact_config["text_cfg"]["vocab_size"] = len(vocabulary.used_ids)
-    model = open_clip.CLIP(**compact_config)
-    if not args.default_init:
-        init_vision_tower(model.visual)
-    model.train()
-
-    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in trained if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in trained if not (p.ndim >= 2 and "embedding" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
-    warmup = max(1, args.steps // 20)
-    print(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters "
-          f"for {args.steps} steps of {args.batch_size}; vocabulary {len(vocabulary.used_ids)} tokens")
-
-    # The patch tokens come back (un-projected) next to the pooled embedding;
-    # the dense loss needs them. Not saved: the loader builds a fresh model.
-    model.visual.output_tokens = True
-    patch_size = model_config["vision_cfg"]["patch_size"]
-    start = time.monotonic()
-    steps_done, running_loss, stopped_early = 0, None, False
-    for step in range(args.steps):
-        if time.monotonic() - start > args.minutes * 60:
-            stopped_early = True
-            print(f"stopping at step {step}: --minutes {args.minutes} reached")
-            break
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, args.steps, args.lr, warmup)
-        images, captions, positives, patch_labels = draw_batch(rng, args.batch_size, patch_size)
-        image_emb, patch_tokens = model.visual(to_tensor(images, mean, std))
-        image_emb = F.normalize(image_emb, dim=-1)
-        text_emb = model.encode_text(vocabulary(captions), normalize=True)
-        logit_scale = model.logit_scale.exp()
-        clip_loss = multi_positive_clip_loss(logit_scale * image_emb @ text_emb.T, positives)
-        dense_loss = patch_caption_loss(patch_tokens @ model.visual.proj, text_emb[-len(KEYS):], logit_scale,
-                                        patch_labels) if args.dense_weight > 0 else torch.zeros(())
-        loss = clip_loss + args.dense_weight * dense_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        # Small batches of a from-scratch ViT give the odd huge gradient;
-        # clipping keeps one of them from undoing the attention learnt so far.
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-        optimizer.step()
-        with torch.no_grad():
-            # CLIP's cap on the temperature, which keeps the loss from
-            # sharpening into instability.
-            model.logit_scale.clamp_(0, math.log(100))
-        steps_done = step + 1
-        losses = np.array([clip_loss.item(), dense_loss.item()])
-        running_loss = losses if running_loss is None else 0.95 * running_loss + 0.05 * losses
-        if step % 25 == 0 or steps_done == args.steps:
-            print(f"step {step:5d}  clip loss {running_loss[0]:.4f}  patch loss {running_loss[1]:.4f}  logit scale {logit_scale.item():6.2f}  "
-                  f"lr {optimizer.param_groups[0]['lr']:.2e}  {time.monotonic() - start:7.1f}s", flush=True)
-    train_seconds = time.monotonic() - start
-
-    state = {key: value.detach().float().contiguous() for key, value in model.state_dict().items()}
-    used_rows = state.pop("token_embedding.weight")
-    state[USED_IDS_KEY] = vocabulary.used_ids.clone()
-    state[USED_ROWS_KEY] = used_rows
-    args.out.mkdir(parents=True, exist_ok=True)
+    classifier = classifier_config(args.classifier)
+    vision = classifier["model_args"]
+    mean, std = torch.tensor(classifier["pretrained_cfg"]["mean"]), torch.tensor(classifier["pretrained_cfg"]["std"])
     config = {
         "name": "demo-clip",
-        **model_config,
-        "preprocess": {"mean": mean_list, "std": std_list, "image_size": IMAGE_SIZE},
-        "training": {
-            "script": "scripts/train_demo_clip.py",
-            "steps": steps_done,
-            "stopped_by_minutes": stopped_early,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "weight_decay": args.weight_decay,
-            "clip_grad": args.clip_grad,
-            "seed": args.seed,
-            "templates": {template: p for template, p in TEMPLATES},
-            "loss": "symmetric InfoNCE, learnable logit scale, multi-positive targets",
-            "caption_set_in_every_batch": True,
-            "dense_weight": args.dense_weight,
-            "augmentation": "horizontal flip",
-            "final_clip_loss": round(float(running_loss[0]), 4),
-            "final_patch_loss": round(float(running_loss[1]), 4),
-            "minutes": round(train_seconds / 60, 1),
-            "torch": torch.__version__,
-            "open_clip": open_clip.__version__,
-        },
+        "embed_dim": 128,
+        "vision_cfg": {"image_size": vision["img_size"], "patch_size": vision["patch_size"],
+                       "width": vision["embed_dim"], "layers": vision["depth"],
+                       "head_width": vision["embed_dim"] // vision["num_heads"], "mlp_ratio": vision["mlp_ratio"]},
+        "text_cfg": {"context_length": CONTEXT_LENGTH, "vocab_size": VOCAB_SIZE, "width": 128, "heads": 4,
+                     "layers": 2},
+        "quick_gelu": False,
+        "patch_embed": "conv_stem",
+        "preprocess": {"mean": mean.tolist(), "std": std.tolist(), "image_size": vision["img_size"]},
     }
-    (args.out / "clip.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(state, str(args.out / "clip.safetensors"))
+    vocabulary = CompactVocabulary(SimpleTokenizer(context_length=CONTEXT_LENGTH), all_captions())
+    compact = json.loads(json.dumps(config))
+    compact["text_cfg"]["vocab_size"] = len(vocabulary.used_ids)
+    model = build_demo_clip(compact)
+    image_tower_from_classifier(model.visual, load_file(str(args.classifier / "classifier.safetensors")))
+    pool = ScenePool(args.pool, TRAIN_SEED, patch=vision["patch_size"])
+    print(f"{args.pool} training scenes drawn in {time.time() - started:.0f}s; "
+          f"vocabulary {len(vocabulary.used_ids)} tokens", flush=True)
 
-    # Evaluate the files as shipped: through the loader, with the full vocabulary.
-    shipped, tokenizer, _ = create_demo_clip(args.out)
-    config["metrics"] = evaluate(shipped, tokenizer, mean, std, seed=HELD_OUT_SEED, count=args.eval_scenes)
+    image_params = list(model.visual.parameters())
+    image_ids = {id(p) for p in image_params}
+    image_params = [p for p in image_params if p is not model.visual.proj]
+    other_params = [p for p in model.parameters() if id(p) not in image_ids or p is model.visual.proj]
+
+    def groups(params, lr):
+        decay = [p for p in params if p.ndim >= 2]
+        return [{"params": decay, "lr": lr, "peak": lr, "weight_decay": 0.05},
+                {"params": [p for p in params if p.ndim < 2], "lr": lr, "peak": lr, "weight_decay": 0.0}]
+
+    optimizer = torch.optim.AdamW(groups(image_params, args.image_lr) + groups(other_params, args.lr),
+                                  betas=(0.9, 0.98), eps=1e-6)
+    warmup = max(1, args.steps // 20)
+    # The patch tokens come back (un-projected) next to the pooled embedding,
+    # for the token labels.
+    model.visual.output_tokens = True
+    model.train()
+    for step in range(args.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = group["peak"] * learning_rate(step, args.steps, warmup)
+        images, captions, positives, labels = draw_batch(pool, rng, args.batch)
+        image_embeddings, tokens = model.visual(normalize(images, mean, std))
+        text_embeddings = model.encode_text(vocabulary(captions), normalize=True)
+        logit_scale = model.logit_scale.exp()
+        clip_loss = multi_positive_clip_loss(logit_scale * F.normalize(image_embeddings, dim=-1)
+                                             @ text_embeddings.T, positives)
+        token_loss = token_label_loss(tokens @ model.visual.proj,  # tokens come after ln_post
+                                      text_embeddings[-len(KEYS):], logit_scale, labels)
+        loss = clip_loss + args.token_weight * token_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))  # CLIP's cap on the temperature
+        if step % 50 == 0 or step == args.steps - 1:
+            print(f"step {step:5d}  clip loss {clip_loss.item():.4f}  token loss {token_loss.item():.4f}  "
+                  f"logit scale {logit_scale.item():6.2f}  {time.time() - started:.0f}s", flush=True)
+    model.eval()  # BatchNorm in the stem: running statistics from here on
+    minutes = (time.time() - started) / 60
+
+    model.visual.output_tokens = False
+    state = {key: value.detach().float().contiguous() for key, value in model.state_dict().items()}
+    state[USED_IDS_KEY] = vocabulary.used_ids.clone()
+    state[USED_ROWS_KEY] = state.pop("token_embedding.weight")
+    config["training"] = {
+        "script": "scripts/train_demo_clip.py", "image_tower_from": "classifier.safetensors",
+        "train_seed": TRAIN_SEED, "torch_seed": 0, "steps": args.steps, "batch": args.batch, "pool": args.pool,
+        "lr": args.lr, "image_lr": args.image_lr, "token_weight": args.token_weight,
+        "templates": {template: p for template, p in TEMPLATES},
+        "minutes": round(minutes, 1), "torch": torch.__version__, "open_clip": open_clip.__version__,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(args.out / "clip.safetensors"))
+    (args.out / "clip.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    # Evaluate the files as written, through the loader and the adapter.
+    from heatmap.evaluation import clip_pointing_game
+    from heatmap.models.clip_adapter import ClipAdapter
+    from heatmap.models.clip_models import create_demo_clip_with_transform
+
+    shipped, tokenizer, preprocess = create_demo_clip_with_transform(args.out)
+    metrics = retrieval(shipped, tokenizer, mean, std, seed=HELD_OUT_SEED, count=1000)
+    pointing = clip_pointing_game(ClipAdapter(shipped, "demo", tokenizer, preprocess),
+                                  make_scenes(100, seed=POINTING_SEED, num_objects=(2, 3)), "chefer-generic")
+    metrics.update({"pointing_game_seed": POINTING_SEED, "pointing_game_pairs": pointing.pairs,
+                    "pointing_game_chefer_generic": round(pointing.rate, 4)})
+    config["metrics"] = metrics
     (args.out / "clip.json").write_text(json.dumps(config, indent=2) + "\n")
     size = (args.out / "clip.safetensors").stat().st_size
-    print(f"metrics {json.dumps(config['metrics'])}")
-    print(f"wrote {args.out / 'clip.json'} and {args.out / 'clip.safetensors'} ({size / 1e6:.2f} MB) "
-          f"after {train_seconds / 60:.1f} min")
+    print(json.dumps(metrics), flush=True)
+    print(f"wrote {args.out} ({size / 1e6:.2f} MB) in {(time.time() - started) / 60:.1f} min", flush=True)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,6 @@ from heatmap.cli.app import app
 from heatmap.models.demo.shapes_world import make_scenes
 
 runner = CliRunner()
-DEMO_CLIP_SHIPPED = (Path(__file__).parents[1] / "models" / "demo" / "clip.safetensors").is_file()
-needs_demo_clip = pytest.mark.skipif(not DEMO_CLIP_SHIPPED, reason="the demo CLIP weights are not shipped yet")
 TINY_CONFIG = {
     "embed_dim": 16,
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 8, "patch_size": 8},
@@ -102,7 +100,6 @@ def test_default_model_missing_from_cache_says_how_to_get_it(scene_path, tmp_pat
     assert "--model demo" in result.stderr
 
 
-@needs_demo_clip
 def test_console_script_with_demo_clip_and_three_texts(scene_path, tmp_path):
     scene = make_scenes(1, seed=99, num_objects=3)[0]
     texts = [obj.caption for obj in scene.objects]

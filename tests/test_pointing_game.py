@@ -48,7 +48,6 @@ def test_chefer_generic_points_at_the_target_object(chefer_generic_result):
     assert chefer_generic_result.rate >= 0.90, f"{chefer_generic_result.hits}/{chefer_generic_result.pairs}"
 
 
-@pytest.mark.skipif(not (DEMO_DIR / "clip.safetensors").is_file(), reason="the demo CLIP weights are not shipped yet")
 def test_demo_clip_points_at_the_object_of_each_caption(two_object_scenes):
     from heatmap.evaluation import clip_pointing_game
     from heatmap.models import load_clip

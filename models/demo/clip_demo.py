@@ -30,7 +30,8 @@ from heatmap.errors import HeatmapError
 if TYPE_CHECKING:
     import open_clip
 
-__all__ = ["DEMO_DIR", "USED_IDS_KEY", "USED_ROWS_KEY", "create_demo_clip", "expand_token_embedding"]
+__all__ = ["DEMO_DIR", "USED_IDS_KEY", "USED_ROWS_KEY", "build_demo_clip", "create_demo_clip",
+           "expand_token_embedding"]
 
 DEMO_DIR = Path(__file__).resolve().parent
 USED_IDS_KEY = "token_embedding.used_ids"
@@ -70,6 +71,23 @@ def expand_token_embedding(state: dict[str, torch.Tensor], vocab_size: int) -> d
     return expanded
 
 
+def build_demo_clip(config: dict) -> open_clip.CLIP:
+    """An untrained ``open_clip.CLIP`` of ``config`` (the contents of ``clip.json``).
+
+    With ``"patch_embed": "conv_stem"``, the image tower's patch projection
+    ``conv1`` is the demo classifier's convolutional stem: the same 8x8 grid,
+    so open_clip's forward and the explainers are unchanged.
+    """
+    import open_clip
+
+    model = open_clip.CLIP(**{key: config[key] for key in _MODEL_KEYS})
+    if config.get("patch_embed") == "conv_stem":
+        from heatmap.models.demo.conv_stem import conv_stem
+
+        model.visual.conv1 = conv_stem(3, config["vision_cfg"]["width"])
+    return model
+
+
 def create_demo_clip(
     folder: str | Path | None = None,
 ) -> tuple[open_clip.CLIP, Callable[[list[str]], torch.Tensor], dict]:
@@ -92,7 +110,6 @@ def create_demo_clip(
     Raises:
         HeatmapError: if the files are missing or do not fit the model.
     """
-    import open_clip
     from open_clip.tokenizer import SimpleTokenizer
 
     from heatmap.models.checkpoints import check_fits, read_state_dict
@@ -104,7 +121,7 @@ def create_demo_clip(
             raise HeatmapError(f"the demo CLIP is missing from this installation ({path}); "
                                "reinstall vit-heatmap or run scripts/train_demo_clip.py")
     config = json.loads(config_path.read_text())
-    model = open_clip.CLIP(**{key: config[key] for key in _MODEL_KEYS})
+    model = build_demo_clip(config)
     state = expand_token_embedding(read_state_dict(weights_path), config["text_cfg"]["vocab_size"])
     check_fits(model, state, str(weights_path), "the demo CLIP")
     model.load_state_dict(state, strict=True)
