@@ -99,7 +99,7 @@ def exit_with(run: Callable[[], int], debug: bool) -> None:
     raise typer.Exit(code)
 
 
-ClipMethod = Enum("ClipMethod", {name: name for name in METHODS}, type=str)
+ClipMethod = Enum("ClipMethod", {name: name for name, method in METHODS.items() if method.supports_clip}, type=str)
 _defaults = {name: method.defaults for name, method in METHODS.items()}
 
 
@@ -125,6 +125,13 @@ def chefer_generic(
     start_layer: StartLayer = _defaults["chefer-generic"]["start_layer"],
 ):
     """R = I, then R += mean_h((dA * A)+) @ R for each block from the start layer on."""
+
+
+@classifier_command("transformer-attribution")
+def transformer_attribution(
+    start_layer: StartLayer = _defaults["transformer-attribution"]["start_layer"],
+):
+    """LRP relevance of each block's attention times its gradient, rolled out (CVPR 2021)."""
 
 
 @app.command("clip", no_args_is_help=True)

@@ -119,8 +119,14 @@ class Explainer:
                     relevances.append(self.relevance(probs, [g.float() for g in grads], start))
                 else:  # class-agnostic: one matrix serves every target
                     relevances.append(relevances[0] if relevances else self.relevance(probs, None, start))
+        return self._explanation(images, relevances, targets, scores)
+
+    def _explanation(self, images: torch.Tensor, relevances: Sequence[torch.Tensor], targets: torch.Tensor,
+                     scores: torch.Tensor) -> Explanation:
+        """The maps of the K relevance matrices ``[B, N, N]``, one per target, as an :class:`Explanation`."""
+        adapter = self.adapter
         grid = adapter.grid(images)
-        query = adapter.query_weights(probs[0].shape[-1])
+        query = adapter.query_weights(relevances[0].shape[-1])
         maps = torch.stack([query_map(r, query, adapter.num_prefix_tokens, grid) for r in relevances], dim=1)
         return Explanation(
             maps=maps.float().cpu(), targets=targets.cpu(), scores=scores.detach().float().cpu(),

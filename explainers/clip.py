@@ -82,8 +82,10 @@ class ClipExplainer:
     @staticmethod
     def resolve_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
         """The method's CLIP defaults updated with ``options``, checked; no model needed."""
-        if method not in METHODS:
-            raise UsageError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+        clip_methods = [name for name, spec in METHODS.items() if spec.supports_clip]
+        if method not in clip_methods:
+            known = "not for CLIP yet" if method in METHODS else "unknown"
+            raise UsageError(f"method {method!r} is {known}; use one of {', '.join(clip_methods)}")
         spec = METHODS[method]
         options = dict(options)
         text_start = options.pop("text_start_layer", None)

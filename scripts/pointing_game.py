@@ -35,7 +35,9 @@ def main() -> None:
             print(f"{title}: {error}\n")
             continue
         print(f"| {title}: method | hits / pairs | pointing game |\n|---|---|---|")
-        for method in METHODS:
+        for method, spec in METHODS.items():
+            if game is clip_pointing_game and not spec.supports_clip:
+                continue
             result = game(adapter, scenes, method)
             print(f"| {method} | {result.hits} / {result.pairs} | {result.rate:.1%} |")
         print()

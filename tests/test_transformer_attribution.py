@@ -1,0 +1,333 @@
+"""transformer-attribution equals a plain, module-by-module reading of docs/METHODS.md.
+
+The reference below runs each image alone through a manual forward pass and
+applies the LRP rules as METHODS.md words them (gradient times input taken
+with autograd, plain loops over blocks); it imports nothing from
+heatmap.explainers.lrp. The models are the tiny random ViTs of conftest.py
+with peaked attention, and random biases, so that ignoring them matters.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from timm.layers import SwiGLU
+from timm.models.deit import VisionTransformerDistilled
+from timm.models.vision_transformer import VisionTransformer
+
+import heatmap
+import reference
+from conftest import sharpen_attention, tiny_vit
+from heatmap.errors import HeatmapError
+from heatmap.explainers.lrp import ActivationCapture, check_supported, lrp_pass, unsupported_operation
+from heatmap.explainers.probe import AttentionProbe
+from heatmap.explainers.transformer_attribution import TransformerAttribution
+from heatmap.models import adapter_for
+
+TARGETS = torch.tensor([1, 4, 2])
+
+
+def prepared(model, head_gain):
+    """Random biases; the head scaled by ``head_gain``.
+
+    The head gain scales every dA_l (LRP relevance is scale-free), so that
+    ``mean_h((dA * RA)+)`` is not negligible next to the identity in
+    ``rownorm(Abar + I)`` and the maps show the LRP part, not just I.
+    """
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and module.bias is not None:
+                module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.3)
+        model.head.weight.mul_(head_gain)
+    return model.eval()
+
+
+# name -> (model factory, query of docs/METHODS.md)
+MODELS = {
+    "class-token": (lambda: prepared(tiny_vit(), 1e3), ("token", 0)),
+    "4-prefix-tokens": (lambda: prepared(tiny_vit(reg_tokens=3), 1e3), ("token", 0)),
+    "layer-scale": (lambda: prepared(tiny_vit(init_values=0.5), 1e3), ("token", 0)),
+    "mean-pooled": (lambda: prepared(tiny_vit(global_pool="avg"), 1e5), ("mean", 1)),
+    "mean-pooled-4-registers": (lambda: prepared(tiny_vit(class_token=False, reg_tokens=4, global_pool="avg"), 1e5),
+                                ("mean", 4)),
+    "mean-pooled-with-prefix": (lambda: prepared(tiny_vit(global_pool="avg", pool_include_prefix=True), 1e5),
+                                ("mean", 0)),
+}
+
+
+# -- the independent reference ------------------------------------------------
+
+def ref_safe_divide(a, b):
+    """a / b where b != 0 (denominator b + 1e-9 * sign(b)), else 0."""
+    out = a / (b + 1e-9 * torch.sign(b)).masked_fill(b == 0, 1.0)
+    return out.masked_fill(b == 0, 0.0)
+
+
+def ref_linear(x, weight, R):
+    """Alpha 1, beta 0, bias ignored: each sign part's gradient times input."""
+    weight = weight.detach()
+    x_pos = x.clamp(min=0).requires_grad_(True)
+    x_neg = x.clamp(max=0).requires_grad_(True)
+    with torch.enable_grad():
+        Z = F.linear(x_pos, weight.clamp(min=0)) + F.linear(x_neg, weight.clamp(max=0))
+        grad_pos, grad_neg = torch.autograd.grad(Z, (x_pos, x_neg), ref_safe_divide(R, Z.detach()))
+    return (x_pos * grad_pos + x_neg * grad_neg).detach()
+
+
+def ref_product(x, y, R):
+    """Both operands of x @ y: operand * d(x @ y)/d(operand) applied to R / (x @ y), halved."""
+    x = x.detach().clone().requires_grad_(True)
+    y = y.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        Z = x @ y
+        grad_x, grad_y = torch.autograd.grad(Z, (x, y), ref_safe_divide(R, Z.detach()))
+    return (x * grad_x / 2).detach(), (y * grad_y / 2).detach()
+
+
+def ref_add(a, b, R):
+    """Residual add of ONE image (so plain .sum() is the per-image sum)."""
+    Ra = a * ref_safe_divide(R, a + b)
+    Rb = b * ref_safe_divide(R, a + b)
+    sa, sb = Ra.sum(), Rb.sum()
+    Ra = Ra * ref_safe_divide(ref_safe_divide(sa.abs(), sa.abs() + sb.abs()) * R.sum(), sa)
+    Rb = Rb * ref_safe_divide(ref_safe_divide(sb.abs(), sa.abs() + sb.abs()) * R.sum(), sb)
+    return Ra, Rb
+
+
+def ref_forward(model, image):
+    """One image [1, 3, H, W] through the model by hand, keeping each block's operands."""
+    with torch.no_grad():
+        x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(image))))
+        blocks = []
+        for block in model.blocks:
+            attn = block.attn
+            h = block.norm1(x)
+            _, N, _ = h.shape
+            qkv = attn.qkv(h).reshape(1, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0] * attn.scale, qkv[1], qkv[2]
+            A = torch.softmax(q @ k.transpose(-2, -1), dim=-1)
+            merged = (A @ v).transpose(1, 2).reshape(1, N, -1)
+            attn_out = block.ls1(attn.proj(merged))
+            mid = x + attn_out
+            h2 = block.norm2(mid)
+            hidden = block.mlp.act(block.mlp.fc1(h2))
+            mlp_out = block.ls2(block.mlp.fc2(hidden))
+            blocks.append(dict(x=x, h=h, q=q, k=k, v=v, A=A, merged=merged, attn_out=attn_out,
+                               mid=mid, h2=h2, hidden=hidden, mlp_out=mlp_out))
+            x = mid + mlp_out
+        tokens = model.norm(x)
+        if model.global_pool == "token":
+            pooled = tokens[:, 0]
+        else:
+            first = 0 if model.pool_include_prefix else model.num_prefix_tokens
+            pooled = tokens[:, first:].mean(dim=1)
+        head_input = model.fc_norm(pooled)
+    return dict(blocks=blocks, tokens=tokens, head_input=head_input, logits=model.head(head_input))
+
+
+def ref_lrp(model, image, target):
+    """RA per block, the block-0 input relevance and per-add (leaving, entering) sums, one image."""
+    fwd = ref_forward(model, image)
+    R = torch.zeros_like(fwd["logits"])
+    R[0, target] = 1.0
+    R = ref_linear(fwd["head_input"], model.head.weight, R)  # fc_norm, head_drop: identity
+    tokens = fwd["tokens"]
+    R_tokens = torch.zeros_like(tokens)
+    if model.global_pool == "token":
+        R_tokens[0, 0] = R[0]
+    else:  # the z-rule of a mean (not in METHODS.md; see explainers/lrp.py)
+        first = 0 if model.pool_include_prefix else model.num_prefix_tokens
+        total = tokens[0, first:].sum(dim=0)
+        for i in range(first, tokens.shape[1]):
+            R_tokens[0, i] = tokens[0, i] * ref_safe_divide(R[0], total)
+    R = R_tokens  # final norm: identity
+    RA, sums = [None] * len(model.blocks), []
+    for index in reversed(range(len(model.blocks))):
+        block, f = model.blocks[index], fwd["blocks"][index]
+        R_mid, R_mlp = ref_add(f["mid"], f["mlp_out"], R)
+        sums.append((R.sum(), R_mid.sum() + R_mlp.sum()))
+        R_hidden = ref_linear(f["hidden"], block.mlp.fc2.weight, R_mlp)
+        R_h2 = ref_linear(f["h2"], block.mlp.fc1.weight, R_hidden)
+        R = R_mid + R_h2
+        R_x, R_attn = ref_add(f["x"], f["attn_out"], R)
+        sums.append((R.sum(), R_x.sum() + R_attn.sum()))
+        R_merged = ref_linear(f["merged"], block.attn.proj.weight, R_attn)
+        heads, head_dim = block.attn.num_heads, block.attn.head_dim
+        R_o = R_merged.reshape(1, -1, heads, head_dim).transpose(1, 2)
+        R_A, R_v = ref_product(f["A"], f["v"], R_o)
+        RA[index] = R_A[0]
+        R_q, R_kT = ref_product(f["q"], f["k"].transpose(-2, -1), R_A)  # softmax: identity
+        R_qkv = torch.stack([R_q, R_kT.transpose(-2, -1), R_v]).permute(1, 3, 0, 2, 4).reshape(1, R_q.shape[2], -1)
+        R = R_x + ref_linear(f["h"], block.attn.qkv.weight, R_qkv)
+    return RA, R[0], sums
+
+
+def ref_maps(model, images, targets, query, start_layer=0):
+    """Per image: Abar_l = mean_h((dA * RA)+), R = prod rownorm(Abar + I), query row over the patches."""
+    _, _, grads = reference.gradients(model, images, targets)
+    num_blocks = len(model.blocks)
+    start = start_layer % num_blocks
+    prefix = model.num_prefix_tokens
+    gh, gw = model.patch_embed.grid_size
+    maps = []
+    for b in range(images.shape[0]):
+        RA, _, _ = ref_lrp(model, images[b:b + 1], int(targets[b]))
+        N = RA[0].shape[-1]
+        R = torch.eye(N)
+        for layer in range(start, num_blocks):
+            Abar = (grads[layer][b] * RA[layer]).clamp(min=0).mean(dim=0)
+            M = Abar + torch.eye(N)
+            for i in range(N):
+                M[i] = M[i] / M[i].sum()
+            R = M @ R
+        maps.append(reference.query_row(R, query)[prefix:].reshape(gh, gw))
+    return torch.stack(maps)
+
+
+# -- helpers -------------------------------------------------------------------
+
+def run_lrp(model, images, targets):
+    """The package's LRP pass on one forward pass (no second forward)."""
+    with AttentionProbe(model, [block.attn for block in model.blocks], "tiny") as probe, \
+            ActivationCapture(model) as capture, torch.no_grad():
+        model(images)
+    with torch.no_grad():
+        return lrp_pass(model, capture.activations(), [p.float() for p in probe.attention_probs], targets)
+
+
+def assert_close_scaled(actual, expected, tolerance=1e-5):
+    """Equal to ``tolerance`` relative to the largest magnitude of ``expected``."""
+    assert actual.shape == expected.shape
+    scale = expected.abs().max().clamp_min(1e-12)
+    assert ((actual - expected).abs() / scale).max() < tolerance
+
+
+@pytest.fixture(params=list(MODELS))
+def model_case(request):
+    factory, query = MODELS[request.param]
+    return factory(), query
+
+
+# -- the tests -------------------------------------------------------------------
+
+def test_attention_relevance_matches_reference(model_case, images):
+    model, _ = model_case
+    result = run_lrp(model, images, TARGETS)
+    assert len(result.attention_relevance) == len(model.blocks)
+    for b in range(images.shape[0]):
+        RA, input_relevance, _ = ref_lrp(model, images[b:b + 1], int(TARGETS[b]))
+        for layer, expected in enumerate(RA):
+            assert_close_scaled(result.attention_relevance[layer][b], expected)
+        assert_close_scaled(result.input_relevance[b], input_relevance)
+
+
+@pytest.mark.parametrize("start_layer", [0, 1, -1])
+def test_map_matches_reference(model_case, images, start_layer):
+    model, query = model_case
+    expected = ref_maps(model, images, TARGETS, query, start_layer)
+    result = heatmap.explain(model, images, "transformer-attribution", target=TARGETS.tolist(),
+                             start_layer=start_layer)
+    assert result.maps.dtype == torch.float32
+    assert_close_scaled(result.maps, expected)
+    # the maps are not just the identity's query row: the LRP part shows
+    assert (expected - expected.mean(dim=(-2, -1), keepdim=True)).abs().amax() > 1e-3 * expected.abs().amax()
+
+
+def test_several_targets_per_image_reuse_one_forward(images):
+    factory, query = MODELS["class-token"]
+    model = factory()
+    forwards = []
+    model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    targets = torch.tensor([[1, 3], [4, 0], [2, 2]])
+    result = TransformerAttribution(adapter_for(model)).explain(images, targets)
+    assert len(forwards) == 1
+    for k in range(2):
+        assert_close_scaled(result.maps[:, k], ref_maps(model, images, targets[:, k], query))
+
+
+def test_relevance_is_conserved_through_every_residual_add(model_case, images):
+    model, _ = model_case
+    result = run_lrp(model, images, TARGETS)
+    assert len(result.residual_sums) == 2 * len(model.blocks)
+    for leaving, entering in result.residual_sums:
+        assert leaving.shape == (3,)  # one sum per image, never over the batch
+        assert (leaving - entering).abs().max() < 1e-4
+
+
+def test_input_relevance_sums_to_the_start_relevance(model_case, images):
+    # Tolerance 1e-4 (start relevance 1.0 per image). With alpha = 1, beta = 0
+    # and the bias left out of Z, every Linear's Z is a sum of non-negative
+    # terms, so it loses relevance only at outputs where Z == 0 exactly; the
+    # residual adds are rescaled to keep their total, the products and the
+    # pooling are z-rules that conserve where the product is non-zero. What is
+    # left is the 1e-9 stabiliser and float32 round-off, amplified where
+    # q.k is near zero: measured below 1e-6 on these models, so 1e-4 leaves
+    # two orders of margin and still catches a lost share (e.g. a missing
+    # branch or an unhalved operand changes the sum by >= 1e-2).
+    model, _ = model_case
+    result = run_lrp(model, images, TARGETS)
+    sums = result.input_relevance.sum(dim=(1, 2))
+    assert (sums - 1.0).abs().max() < 1e-4
+
+
+def test_attention_relevance_is_finite_and_shaped_like_the_attention(model_case, images):
+    model, _ = model_case
+    result = run_lrp(model, images, TARGETS)
+    _, attentions = reference.manual_forward(model, images)
+    for relevance, attention in zip(result.attention_relevance, attentions, strict=True):
+        assert relevance.shape == attention.shape
+        assert relevance.dtype == torch.float32
+        assert torch.isfinite(relevance).all()
+
+
+def test_batch_equals_one_by_one_and_runs_repeat_exactly(model_case, images):
+    model, _ = model_case
+    targets = [0, 2, 4]
+    batch = heatmap.explain(model, images, "transformer-attribution", target=targets)
+    singles = torch.cat([heatmap.explain(model, images[i:i + 1], "transformer-attribution",
+                                         target=[targets[i]]).maps for i in range(3)])
+    for b in range(3):
+        assert_close_scaled(batch.maps[b], singles[b])
+    again = heatmap.explain(model, images, "transformer-attribution", target=targets)
+    assert batch.maps.numpy().tobytes() == again.maps.numpy().tobytes()
+
+
+def test_default_target_is_top1(images):
+    model = MODELS["class-token"][0]()
+    result = heatmap.explain(model, images, "transformer-attribution")
+    assert result.targets.tolist() == model(images).argmax(dim=1).tolist()
+
+
+def test_attention_pool_head_is_refused():
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=5,
+                              global_pool="map").eval()
+    assert "attn_pool" in unsupported_operation(model)
+    with pytest.raises(HeatmapError, match="attn_pool.*not supported for transformer-attribution.*"
+                                           "rollout, grad-rollout and chefer-generic"):
+        check_supported(model, "tiny-map")
+
+
+def distilled_vit():
+    torch.manual_seed(0)
+    return sharpen_attention(VisionTransformerDistilled(img_size=32, patch_size=8, embed_dim=32, depth=2,
+                                                        num_heads=4, num_classes=5))
+
+
+@pytest.mark.parametrize("factory,operation", [
+    (lambda: tiny_vit(qk_norm=True), "q_norm"),
+    (distilled_vit, "distillation head"),
+    (lambda: tiny_vit(mlp_layer=SwiGLU), "MLP type SwiGLU"),
+])
+def test_unsupported_structure_is_refused_before_any_work(factory, operation, images):
+    model = factory()
+    forwards = []
+    model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    with pytest.raises(HeatmapError) as error:
+        heatmap.explain(model, images, "transformer-attribution", target=0)
+    message = str(error.value)
+    assert operation in message and "transformer-attribution" in message
+    assert "rollout, grad-rollout and chefer-generic work" in message and "\n" not in message
+    assert not forwards  # refused before the forward pass
