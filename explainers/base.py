@@ -8,7 +8,8 @@ matrix ``R``. Everything else, shared by all methods, happens here once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Mapping, Sequence
+from contextlib import nullcontext
+from typing import Any, ClassVar, ContextManager, Mapping, Sequence
 
 import torch
 
@@ -89,6 +90,15 @@ class Explainer:
         """
         raise NotImplementedError
 
+    def recording(self, start: int) -> ContextManager[Any]:
+        """What the method records during the forward pass besides attention (nothing by default)."""
+        return nullcontext()
+
+    def target_relevance(self, attention_probs: Sequence[torch.Tensor], attention_grads: Sequence[torch.Tensor],
+                         start: int, recorded: Any, target: torch.Tensor) -> torch.Tensor:
+        """``R`` of one target (class indices ``[B]``); ``recorded`` is what :meth:`recording` gave."""
+        return self.relevance(attention_probs, attention_grads, start)
+
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None = None,
                 top_k: int = 1) -> Explanation:
         """Explain each image for each of its targets.
@@ -104,7 +114,8 @@ class Explainer:
         adapter = self.adapter
         start = resolve_start_layer(self.options.get("start_layer", 0), adapter.num_blocks)
         with AttentionProbe(adapter.model, adapter.attention_modules, adapter.name,
-                            track_from=start if self.needs_gradients else None) as probe:
+                            track_from=start if self.needs_gradients else None) as probe, \
+                self.recording(start) as recorded:
             # Also under a caller's torch.no_grad(): the gradient methods need a graph.
             with torch.set_grad_enabled(self.needs_gradients):
                 logits = adapter.logits(images)
@@ -116,7 +127,8 @@ class Explainer:
             for k, objective in enumerate(objectives):
                 if self.needs_gradients:
                     grads = probe.attention_grads(objective, retain_graph=k + 1 < len(objectives))
-                    relevances.append(self.relevance(probs, [g.float() for g in grads], start))
+                    relevances.append(self.target_relevance(probs, [g.float() for g in grads], start,
+                                                            recorded, targets[:, k]))
                 else:  # class-agnostic: one matrix serves every target
                     relevances.append(relevances[0] if relevances else self.relevance(probs, None, start))
         return self._explanation(images, relevances, targets, scores)

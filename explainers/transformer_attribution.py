@@ -16,10 +16,9 @@ import torch
 
 from heatmap.errors import HeatmapError
 from heatmap.explainers import METHODS
-from heatmap.explainers.aggregation import normalized_rollout, resolve_start_layer
-from heatmap.explainers.base import Explainer, Explanation
+from heatmap.explainers.aggregation import normalized_rollout
+from heatmap.explainers.base import Explainer
 from heatmap.explainers.lrp import ActivationCapture, check_supported, lrp_pass
-from heatmap.explainers.probe import AttentionProbe
 
 
 def attribution_relevance(attention_grads: Sequence[torch.Tensor],
@@ -53,32 +52,16 @@ class TransformerAttribution(Explainer):
         check_supported(adapter.model, adapter.name)
 
     def relevance(self, attention_probs, attention_grads, start):
-        # The LRP pass needs the forward's activations, which only explain() has.
+        # The LRP pass needs the forward's activations: target_relevance has them.
         raise HeatmapError("transformer-attribution needs its LRP pass: use explain()")
 
-    def explain(self, images: torch.Tensor, targets: torch.Tensor | None = None,
-                top_k: int = 1) -> Explanation:
-        """As :meth:`Explainer.explain`; the forward pass also records what the LRP pass reads.
+    def recording(self, start: int) -> ActivationCapture:
+        """The activations the LRP pass reads, recorded during the one forward pass."""
+        return ActivationCapture(self.adapter.model, first_block=start)
 
-        Per target: one backward pass for ``dA_l`` and one LRP pass for ``RA_l``,
-        both reusing the single forward pass.
-        """
-        adapter = self.adapter
-        start = resolve_start_layer(self.options["start_layer"], adapter.num_blocks)
-        with AttentionProbe(adapter.model, adapter.attention_modules, adapter.name, track_from=start) as probe, \
-                ActivationCapture(adapter.model, first_block=start) as capture:
-            with torch.enable_grad():  # also under a caller's no_grad: the gradients need a graph
-                logits = adapter.logits(images)
-                targets = self._resolve_targets(logits.detach(), targets, top_k)
-                scores = logits.gather(1, targets)
-                objectives = scores.sum(dim=0).unbind()  # per target, summed over independent images
-            probs = [p.detach().float() for p in probe.attention_probs]
-            activations = capture.activations()
-            relevances = []
-            for k, objective in enumerate(objectives):
-                grads = probe.attention_grads(objective, retain_graph=k + 1 < len(objectives))
-                with torch.no_grad():
-                    lrp = lrp_pass(adapter.model, activations, probs, targets[:, k])
-                    relevances.append(attribution_relevance([g.float() for g in grads],
-                                                            lrp.attention_relevance))
-        return self._explanation(images, relevances, targets, scores)
+    def target_relevance(self, attention_probs: Sequence[torch.Tensor], attention_grads: Sequence[torch.Tensor],
+                         start: int, recorded: ActivationCapture, target: torch.Tensor) -> torch.Tensor:
+        """One LRP pass for ``target`` gives ``RA_l``; weighted by ``dA_l`` and rolled out."""
+        with torch.no_grad():
+            lrp = lrp_pass(self.adapter.model, recorded.activations(), attention_probs, target)
+            return attribution_relevance(attention_grads, lrp.attention_relevance)
