@@ -99,7 +99,7 @@ def exit_with(run: Callable[[], int], debug: bool) -> None:
     raise typer.Exit(code)
 
 
-ClipMethod = Enum("ClipMethod", {name: name for name, method in METHODS.items() if method.supports_clip}, type=str)
+ClipMethod = Enum("ClipMethod", {name: name for name in METHODS}, type=str)
 _defaults = {name: method.defaults for name, method in METHODS.items()}
 
 

@@ -26,7 +26,6 @@ class Method:
     location: str = field(repr=False)  # "module:Class"
     needs_gradients: bool = True
     clip_defaults: Mapping[str, Any] = field(default_factory=dict)  # overrides for CLIP models
-    supports_clip: bool = True
 
     def explainer_class(self):
         """The Explainer subclass (imports torch)."""
@@ -48,10 +47,9 @@ METHODS: dict[str, Method] = {method.name: method for method in (
            clip_defaults={"start_layer": -1}),
     Method("transformer-attribution",
            "Transformer attribution: LRP relevance of the attention times its gradient, rolled out "
-           "(Chefer, Gur & Wolf, CVPR 2021); timm ViT classifiers.",
+           "(Chefer, Gur & Wolf, CVPR 2021).",
            {"start_layer": 0},
-           "heatmap.explainers.transformer_attribution:TransformerAttribution",
-           supports_clip=False),
+           "heatmap.explainers.transformer_attribution:TransformerAttribution"),
 )}
 
 

@@ -96,7 +96,11 @@ class Explainer:
 
     def target_relevance(self, attention_probs: Sequence[torch.Tensor], attention_grads: Sequence[torch.Tensor],
                          start: int, recorded: Any, target: torch.Tensor) -> torch.Tensor:
-        """``R`` of one target (class indices ``[B]``); ``recorded`` is what :meth:`recording` gave."""
+        """``R`` of one target; ``recorded`` is what :meth:`recording` gave.
+
+        ``target``: class indices ``[B]``; for a CLIP tower, ``[B, E]``, the
+        score's gradient with respect to the tower's unit embedding.
+        """
         return self.relevance(attention_probs, attention_grads, start)
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None = None,

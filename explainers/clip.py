@@ -82,10 +82,8 @@ class ClipExplainer:
     @staticmethod
     def resolve_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
         """The method's CLIP defaults updated with ``options``, checked; no model needed."""
-        clip_methods = [name for name, spec in METHODS.items() if spec.supports_clip]
-        if method not in clip_methods:
-            known = "not for CLIP yet" if method in METHODS else "unknown"
-            raise UsageError(f"method {method!r} is {known}; use one of {', '.join(clip_methods)}")
+        if method not in METHODS:
+            raise UsageError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
         spec = METHODS[method]
         options = dict(options)
         text_start = options.pop("text_start_layer", None)
@@ -108,19 +106,31 @@ class ClipExplainer:
         with AttentionProbe(adapter.model, adapter.vision.attention_modules, adapter.name,
                             image_start if needs_gradients else None) as image_probe, \
              AttentionProbe(adapter.model, adapter.text.attention_modules, adapter.name,
-                            text_start if needs_gradients else None) as text_probe:
+                            text_start if needs_gradients else None) as text_probe, \
+             self.image_method.recording(image_start) as image_recorded, \
+             self.text_method.recording(text_start) as text_recorded:
             with torch.set_grad_enabled(needs_gradients):
-                logits = adapter.logits(images, tokens)
+                image_embedding, text_embedding = adapter.embeddings(images, tokens)
+                logits = adapter.score(image_embedding, text_embedding)
                 per_text = logits.sum(dim=0)  # [T]: image tower gradients, per text
                 per_image = logits.sum(dim=1)  # [B]: text tower gradients, per image
             image_probs = [p.detach().float() for p in image_probe.attention_probs]
             text_probs = [p.detach().float() for p in text_probe.attention_probs]
             if needs_gradients:
                 image_grads, text_grads = self._gradients(image_probe, text_probe, per_text, per_image)
-                image_relevance = [self.image_method.relevance(image_probs, grads, image_start)
-                                   for grads in image_grads]
-                text_relevance = [self.text_method.relevance(text_probs, grads, text_start)
-                                  for grads in text_grads]
+                # What an LRP pass starts from: the score's gradient with respect to
+                # the tower's unit embedding, s times the other tower's (docs/METHODS.md).
+                scale = adapter.logit_scale.detach().float()
+                toward_text = scale * text_embedding.detach().float()  # [T, E]
+                toward_image = scale * image_embedding.detach().float()  # [B, E]
+                image_relevance = [
+                    self.image_method.target_relevance(image_probs, grads, image_start, image_recorded,
+                                                       toward_text[t].expand(len(images), -1))
+                    for t, grads in enumerate(image_grads)]
+                text_relevance = [
+                    self.text_method.target_relevance(text_probs, grads, text_start, text_recorded,
+                                                      toward_image[b].expand(len(texts), -1))
+                    for b, grads in enumerate(text_grads)]
             else:  # class-agnostic: one matrix per tower serves every pair
                 image_relevance = [self.image_method.relevance(image_probs, None, image_start)] * len(texts)
                 text_relevance = [self.text_method.relevance(text_probs, None, text_start)] * images.shape[0]

@@ -1,4 +1,4 @@
-"""Transformer attribution (Chefer, Gur & Wolf, CVPR 2021), for timm ViT classifiers.
+"""Transformer attribution (Chefer, Gur & Wolf, CVPR 2021), for timm ViTs and CLIP towers.
 
 docs/METHODS.md#transformer-attribution: after the forward pass, per target,
 the gradients ``dA_l`` and an LRP pass (:mod:`heatmap.explainers.lrp`) that
@@ -18,7 +18,8 @@ from heatmap.errors import HeatmapError
 from heatmap.explainers import METHODS
 from heatmap.explainers.aggregation import normalized_rollout
 from heatmap.explainers.base import Explainer
-from heatmap.explainers.lrp import ActivationCapture, check_supported, lrp_pass
+from heatmap.explainers.lrp import lrp_pass
+from heatmap.models.lrp_view import ActivationCapture
 
 
 def attribution_relevance(attention_grads: Sequence[torch.Tensor],
@@ -35,9 +36,12 @@ def attribution_relevance(attention_grads: Sequence[torch.Tensor],
 class TransformerAttribution(Explainer):
     """LRP relevance of the attention, weighted by its gradient, rolled out.
 
+    Works on any adapter with an ``lrp_view()``: a timm classifier, or one
+    tower of a CLIP (through :class:`~heatmap.explainers.clip.ClipExplainer`).
+
     Raises:
         HeatmapError: at construction, before any work, for a model with an
-            operation the LRP rules do not cover (see :func:`heatmap.explainers.lrp.check_supported`).
+            operation the LRP rules do not cover, naming it.
     """
 
     name = "transformer-attribution"
@@ -46,10 +50,7 @@ class TransformerAttribution(Explainer):
 
     def __init__(self, adapter, **options: Any) -> None:
         super().__init__(adapter, **options)
-        if getattr(adapter, "model", None) is None:  # a CLIP tower (CLIP support comes later)
-            raise HeatmapError("transformer-attribution supports timm VisionTransformer classifiers only, "
-                               "not CLIP yet; rollout, grad-rollout and chefer-generic work for this model")
-        check_supported(adapter.model, adapter.name)
+        self.view = adapter.lrp_view()
 
     def relevance(self, attention_probs, attention_grads, start):
         # The LRP pass needs the forward's activations: target_relevance has them.
@@ -57,11 +58,15 @@ class TransformerAttribution(Explainer):
 
     def recording(self, start: int) -> ActivationCapture:
         """The activations the LRP pass reads, recorded during the one forward pass."""
-        return ActivationCapture(self.adapter.model, first_block=start)
+        return self.view.capture(start)
 
     def target_relevance(self, attention_probs: Sequence[torch.Tensor], attention_grads: Sequence[torch.Tensor],
                          start: int, recorded: ActivationCapture, target: torch.Tensor) -> torch.Tensor:
-        """One LRP pass for ``target`` gives ``RA_l``; weighted by ``dA_l`` and rolled out."""
+        """One LRP pass for ``target`` gives ``RA_l``; weighted by ``dA_l`` and rolled out.
+
+        ``target``: class indices ``[B]``, or for a CLIP tower ``[B, E]``, the
+        score's gradient with respect to the unit embedding (see :func:`lrp_pass`).
+        """
         with torch.no_grad():
-            lrp = lrp_pass(self.adapter.model, recorded.activations(), attention_probs, target)
+            lrp = lrp_pass(self.view, recorded.activations(), attention_probs, target)
             return attribution_relevance(attention_grads, lrp.attention_relevance)

@@ -33,15 +33,31 @@ class Tower:
         attention_modules: each block's ``nn.MultiheadAttention``, in forward order.
         num_prefix_tokens: tokens before the patches (image: the class token; text: 0).
         class_token_index: the pooled class token, or None (mean pooling; text).
+        module: the tower (``visual``; the text tower's holder: the CLIP itself
+            or its ``text``).
+        kind: ``"image"`` or ``"text"``.
+        name: the model's name, for messages.
     """
 
     attention_modules: list[nn.Module]
     num_prefix_tokens: int
     class_token_index: int | None
+    module: nn.Module
+    kind: str
+    name: str
 
     @property
     def num_blocks(self) -> int:
         return len(self.attention_modules)
+
+    def lrp_view(self):
+        """The structure transformer-attribution's LRP pass reads (:mod:`heatmap.models.clip_lrp`).
+
+        Raises:
+            HeatmapError: naming the first operation the LRP rules do not cover.
+        """
+        from heatmap.models.clip_lrp import clip_lrp_view
+        return clip_lrp_view(self.module, self.kind, self.name)
 
 
 class ClipAdapter:
@@ -65,9 +81,10 @@ class ClipAdapter:
         pool = getattr(visual, "pool_type", "tok")
         self.vision = Tower([block.attn for block in visual.transformer.resblocks],
                             num_prefix_tokens=1 if getattr(visual, "class_embedding", None) is not None else 0,
-                            class_token_index=0 if pool == "tok" else None)
+                            class_token_index=0 if pool == "tok" else None, module=visual, kind="image", name=name)
         self.text = Tower([block.attn for block in self.text_tower_module.transformer.resblocks],
-                          num_prefix_tokens=0, class_token_index=None)
+                          num_prefix_tokens=0, class_token_index=None, module=self.text_tower_module, kind="text",
+                          name=name)
 
     def _check_supported(self, visual: nn.Module) -> None:
         problems = []
@@ -80,7 +97,7 @@ class ClipAdapter:
         text = self.text_tower_module
         if not hasattr(text, "transformer") or not hasattr(text.transformer, "resblocks"):
             problems.append(f"text tower {type(text).__name__} (only open_clip's own text transformer)")
-        elif getattr(text, "text_pool_type", getattr(self.model, "text_pool_type", "argmax")) != "argmax":
+        elif _text_pool_type(self.model, text) != "argmax":
             problems.append("text pooling other than the end-of-text token")
         for tower_name, blocks in (("image", getattr(getattr(visual, "transformer", None), "resblocks", [])),
                                    ("text", getattr(getattr(text, "transformer", None), "resblocks", []))):
@@ -136,11 +153,31 @@ class ClipAdapter:
             weights[self.vision.num_prefix_tokens:] = 1.0 / (num_tokens - self.vision.num_prefix_tokens)
         return weights
 
-    def logits(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """``logits_per_image [B, T]``: each image's vision forward runs once for all texts."""
-        image_embedding = self.model.encode_image(images, normalize=True)
-        text_embedding = self.model.encode_text(tokens, normalize=True)
-        logits = self.model.logit_scale.exp() * image_embedding @ text_embedding.T
+    def embeddings(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unit embeddings ``[B, E]`` and ``[T, E]``: each image's vision forward runs once for all texts."""
+        return self.model.encode_image(images, normalize=True), self.model.encode_text(tokens, normalize=True)
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """``s``, the scale of the cosine in the score."""
+        return self.model.logit_scale.exp()
+
+    def score(self, image_embedding: torch.Tensor, text_embedding: torch.Tensor) -> torch.Tensor:
+        """``logits_per_image [B, T]`` of unit embeddings."""
+        logits = self.logit_scale * image_embedding @ text_embedding.T
         if getattr(self.model, "logit_bias", None) is not None:
             logits = logits + self.model.logit_bias
         return logits.float()
+
+    def logits(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """``logits_per_image [B, T]``."""
+        return self.score(*self.embeddings(images, tokens))
+
+
+def _text_pool_type(model: nn.Module, text: nn.Module) -> str:
+    # CLIP keeps it as text_pool_type; CustomTextCLIP's TextTransformer as pool_type.
+    if hasattr(text, "text_pool_type"):
+        return text.text_pool_type
+    if text is not model and hasattr(text, "pool_type"):
+        return text.pool_type
+    return getattr(model, "text_pool_type", "argmax")

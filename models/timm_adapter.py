@@ -58,6 +58,15 @@ class TimmAdapter:
     def num_blocks(self) -> int:
         return len(self.model.blocks)
 
+    def lrp_view(self):
+        """The structure transformer-attribution's LRP pass reads (:mod:`heatmap.models.timm_lrp`).
+
+        Raises:
+            HeatmapError: naming the first operation the LRP rules do not cover.
+        """
+        from heatmap.models.timm_lrp import timm_lrp_view
+        return timm_lrp_view(self.model, self.name)
+
     @property
     def num_prefix_tokens(self) -> int:
         """P: class, distillation and register tokens before the patches."""

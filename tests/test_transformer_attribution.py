@@ -1,9 +1,9 @@
 """transformer-attribution equals a plain, module-by-module reading of docs/METHODS.md.
 
 The reference below runs each image alone through a manual forward pass and
-applies the LRP rules as METHODS.md words them (gradient times input taken
-with autograd, plain loops over blocks); it imports nothing from
-heatmap.explainers.lrp. The models are the tiny random ViTs of conftest.py
+applies the LRP rules as METHODS.md words them (lrp_reference.py: gradient
+times input taken with autograd; plain loops over blocks here); it imports
+nothing from heatmap.explainers.lrp. The models are the tiny random ViTs of conftest.py
 with peaked attention, and random biases, so that ignoring them matters.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from timm.layers import SwiGLU
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
@@ -20,10 +19,12 @@ import heatmap
 import reference
 from conftest import sharpen_attention, tiny_vit
 from heatmap.errors import HeatmapError
-from heatmap.explainers.lrp import ActivationCapture, check_supported, lrp_pass, unsupported_operation
+from heatmap.explainers.lrp import lrp_pass
 from heatmap.explainers.probe import AttentionProbe
 from heatmap.explainers.transformer_attribution import TransformerAttribution
 from heatmap.models import adapter_for
+from heatmap.models.timm_lrp import check_supported, timm_lrp_view, unsupported_operation
+from lrp_reference import assert_close_scaled, ref_add, ref_linear, ref_product, ref_safe_divide
 
 TARGETS = torch.tensor([1, 4, 2])
 
@@ -58,43 +59,6 @@ MODELS = {
 
 
 # -- the independent reference ------------------------------------------------
-
-def ref_safe_divide(a, b):
-    """a / b where b != 0 (denominator b + 1e-9 * sign(b)), else 0."""
-    out = a / (b + 1e-9 * torch.sign(b)).masked_fill(b == 0, 1.0)
-    return out.masked_fill(b == 0, 0.0)
-
-
-def ref_linear(x, weight, R):
-    """Alpha 1, beta 0, bias ignored: each sign part's gradient times input."""
-    weight = weight.detach()
-    x_pos = x.clamp(min=0).requires_grad_(True)
-    x_neg = x.clamp(max=0).requires_grad_(True)
-    with torch.enable_grad():
-        Z = F.linear(x_pos, weight.clamp(min=0)) + F.linear(x_neg, weight.clamp(max=0))
-        grad_pos, grad_neg = torch.autograd.grad(Z, (x_pos, x_neg), ref_safe_divide(R, Z.detach()))
-    return (x_pos * grad_pos + x_neg * grad_neg).detach()
-
-
-def ref_product(x, y, R):
-    """Both operands of x @ y: operand * d(x @ y)/d(operand) applied to R / (x @ y), halved."""
-    x = x.detach().clone().requires_grad_(True)
-    y = y.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        Z = x @ y
-        grad_x, grad_y = torch.autograd.grad(Z, (x, y), ref_safe_divide(R, Z.detach()))
-    return (x * grad_x / 2).detach(), (y * grad_y / 2).detach()
-
-
-def ref_add(a, b, R):
-    """Residual add of ONE image (so plain .sum() is the per-image sum)."""
-    Ra = a * ref_safe_divide(R, a + b)
-    Rb = b * ref_safe_divide(R, a + b)
-    sa, sb = Ra.sum(), Rb.sum()
-    Ra = Ra * ref_safe_divide(ref_safe_divide(sa.abs(), sa.abs() + sb.abs()) * R.sum(), sa)
-    Rb = Rb * ref_safe_divide(ref_safe_divide(sb.abs(), sa.abs() + sb.abs()) * R.sum(), sb)
-    return Ra, Rb
-
 
 def ref_forward(model, image):
     """One image [1, 3, H, W] through the model by hand, keeping each block's operands."""
@@ -190,18 +154,12 @@ def ref_maps(model, images, targets, query, start_layer=0):
 
 def run_lrp(model, images, targets):
     """The package's LRP pass on one forward pass (no second forward)."""
+    view = timm_lrp_view(model, "tiny")
     with AttentionProbe(model, [block.attn for block in model.blocks], "tiny") as probe, \
-            ActivationCapture(model) as capture, torch.no_grad():
+            view.capture(0) as capture, torch.no_grad():
         model(images)
     with torch.no_grad():
-        return lrp_pass(model, capture.activations(), [p.float() for p in probe.attention_probs], targets)
-
-
-def assert_close_scaled(actual, expected, tolerance=1e-5):
-    """Equal to ``tolerance`` relative to the largest magnitude of ``expected``."""
-    assert actual.shape == expected.shape
-    scale = expected.abs().max().clamp_min(1e-12)
-    assert ((actual - expected).abs() / scale).max() < tolerance
+        return lrp_pass(view, capture.activations(), [p.float() for p in probe.attention_probs], targets)
 
 
 @pytest.fixture(params=list(MODELS))

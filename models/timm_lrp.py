@@ -1,0 +1,142 @@
+"""The LRP view of a timm ``VisionTransformer`` classifier (see :mod:`heatmap.models.lrp_view`).
+
+Only the structure the rules of docs/METHODS.md were written for is accepted
+(timm's plain ``Block``, ``Attention`` and ``Mlp``, class-token or mean
+pooling, a Linear head); anything else is named, so that the user sees what
+is missing instead of a map made with the wrong rules.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import DropPath, LayerScale, Mlp
+from timm.layers.activations import GELU, GELUTanh, QuickGELU
+from timm.models.vision_transformer import Attention, Block, VisionTransformer
+from torch import nn
+
+from heatmap.errors import HeatmapError
+from heatmap.models.lrp_view import (ActivationCapture, BlockActivations, BlockWeights, HeadActivations, LrpView,
+                                     Slot)
+
+# Operations that pass relevance through unchanged (METHODS.md). Dropout and
+# drop-path are identities because the model runs in eval mode.
+NORMS = (nn.LayerNorm, nn.Identity)
+ACTIVATIONS = (nn.GELU, GELU, GELUTanh, QuickGELU)
+DROPOUTS = (nn.Dropout, nn.Identity)
+DROP_PATHS = (DropPath, nn.Identity)
+LAYER_SCALES = (LayerScale, nn.Identity)
+POOLS = ("token", "avg")
+
+ALTERNATIVES = "rollout, grad-rollout and chefer-generic work for this model"
+
+
+def unsupported_operation(model: nn.Module) -> str | None:
+    """The first operation of ``model`` that the LRP rules of METHODS.md do not cover, or None."""
+    if type(model) is not VisionTransformer:
+        if isinstance(model, VisionTransformer) and hasattr(model, "head_dist"):
+            return f"the distillation head of {type(model).__name__} (logits averaged over two heads)"
+        return f"the model class {type(model).__name__} (only timm's VisionTransformer is)"
+    if getattr(model, "attn_pool", None) is not None:
+        return f"the attention-pool head attn_pool ({type(model.attn_pool).__name__})"
+    if model.global_pool not in POOLS:
+        return f"global pooling {model.global_pool!r}"
+    if model.global_pool == "token" and not model.has_class_token:
+        return "token pooling without a class token"
+    if model.grad_checkpointing:
+        return "gradient checkpointing (it re-runs blocks during the backward pass)"
+    for where, module, allowed in (("the final norm", model.norm, NORMS), ("fc_norm", model.fc_norm, NORMS),
+                                   ("head_drop", model.head_drop, DROPOUTS)):
+        if not isinstance(module, allowed):
+            return f"{where} {type(module).__name__}"
+    if type(model.head) is not nn.Linear:
+        return f"the head {type(model.head).__name__} (a Linear classifier is needed)"
+    for index, block in enumerate(model.blocks):
+        problem = _unsupported_in_block(block)
+        if problem:
+            return f"block {index}: {problem}"
+    return None
+
+
+def _unsupported_in_block(block: nn.Module) -> str | None:
+    if type(block) is not Block:
+        return f"the block type {type(block).__name__}"
+    attn, mlp = block.attn, block.mlp
+    if type(attn) is not Attention:
+        return f"the attention type {type(attn).__name__}"
+    if type(mlp) is not Mlp:
+        return f"the MLP type {type(mlp).__name__}"
+    checks = [
+        ("norm1", block.norm1, NORMS), ("norm2", block.norm2, NORMS),
+        ("ls1", block.ls1, LAYER_SCALES), ("ls2", block.ls2, LAYER_SCALES),
+        ("drop_path1", block.drop_path1, DROP_PATHS), ("drop_path2", block.drop_path2, DROP_PATHS),
+        ("attn.attn_drop", attn.attn_drop, DROPOUTS), ("attn.proj_drop", attn.proj_drop, DROPOUTS),
+        ("mlp.act", mlp.act, ACTIVATIONS),
+        ("mlp.drop1", mlp.drop1, DROPOUTS), ("mlp.drop2", mlp.drop2, DROPOUTS),
+    ]
+    for where, module, allowed in checks:
+        if not isinstance(module, allowed):
+            return f"{where} {type(module).__name__}"
+    # Norms inside attention and the MLP, and the gate, are not in the original
+    # model the rules come from; refuse them rather than guess a rule.
+    for where, module in (("attn.q_norm (QK normalisation)", attn.q_norm),
+                          ("attn.k_norm (QK normalisation)", attn.k_norm),
+                          ("attn.norm (attention output norm)", attn.norm),
+                          ("mlp.norm (MLP hidden norm)", mlp.norm)):
+        if not isinstance(module, nn.Identity):
+            return f"{where} {type(module).__name__}"
+    if getattr(attn, "gate", None) is not None:
+        return "gated attention (attn.gate)"
+    for where, module in (("attn.qkv", attn.qkv), ("attn.proj", attn.proj), ("mlp.fc1", mlp.fc1), ("mlp.fc2", mlp.fc2)):
+        if type(module) is not nn.Linear:
+            return f"{where} {type(module).__name__}"
+    return None
+
+
+def check_supported(model: nn.Module, name: str) -> None:
+    """Raise :class:`HeatmapError` naming the first operation the LRP rules do not cover."""
+    problem = unsupported_operation(model)
+    if problem:
+        raise HeatmapError(f"{name}: {problem} is not supported for transformer-attribution; {ALTERNATIVES}")
+
+
+class TimmCapture(ActivationCapture):
+    """The activations of a supported timm ``VisionTransformer``'s forward pass."""
+
+    def __init__(self, model: VisionTransformer, first_block: int = 0, name: str = "model") -> None:
+        super().__init__(list(model.blocks), first_block, name)
+        self.model = model
+
+    def register_block(self, block: Block, slot: Slot) -> None:
+        self.hook(block.norm1, slot, inputs="block_input", output="attn_input")
+        self.hook(block.attn.qkv, slot, output="qkv")
+        self.hook(block.attn.proj, slot, inputs="proj_input")
+        # drop_path is the identity in eval mode; its output is what the add adds
+        self.hook(block.drop_path1, slot, output="attn_branch")
+        self.hook(block.norm2, slot, inputs="mid", output="mlp_input")
+        self.hook(block.mlp.fc2, slot, inputs="fc2_input")
+        self.hook(block.drop_path2, slot, output="mlp_branch")
+
+    def register_head(self, slot: Slot) -> None:
+        self.hook(self.model.head, slot, inputs="pooled", output="output")
+        if self.model.global_pool == "avg":
+            self.hook(self.model.norm, slot, output="tokens")
+
+    def head_activations(self, slot: Slot, last_block: BlockActivations) -> HeadActivations:
+        if "output" not in slot:
+            raise HeatmapError(f"{self.name}: the forward pass did not reach the head; no map can be made")
+        if self.model.global_pool == "token":  # the class token, first of the prefix tokens
+            return HeadActivations(slot["pooled"], slot["output"],
+                                   token_index=torch.zeros(len(slot["pooled"]), dtype=torch.long))
+        first = 0 if self.model.pool_include_prefix else self.model.num_prefix_tokens
+        return HeadActivations(slot["pooled"], slot["output"], pooled_tokens=slot["tokens"][:, first:],
+                               pooled_from=first)
+
+
+def timm_lrp_view(model: VisionTransformer, name: str) -> LrpView:
+    """The LRP view of ``model``; raises :class:`HeatmapError` for an unsupported structure."""
+    check_supported(model, name)
+    blocks = [BlockWeights(block.attn.qkv.weight, block.attn.proj.weight, block.mlp.fc1.weight,
+                           block.mlp.fc2.weight, block.attn.num_heads, block.attn.scale) for block in model.blocks]
+    pooling = "token" if model.global_pool == "token" else "mean"
+    return LrpView(blocks, model.head.weight, pooling, start="logit",
+                   capture=lambda first_block: TimmCapture(model, first_block, name))

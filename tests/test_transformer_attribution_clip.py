@@ -1,0 +1,272 @@
+"""transformer-attribution on CLIP equals a plain, module-by-module reading of docs/METHODS.md.
+
+For each (image, text) pair the reference runs the image alone and the text
+alone through a manual forward pass of each tower, starts the LRP pass at the
+embedding (``R_e = e * (s / ||e||) * t_hat``; the text tower symmetrically,
+with the image's unit embedding), and applies the rules of lrp_reference.py
+block by block. It imports nothing from heatmap.explainers.lrp.
+"""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+import clip_reference
+import heatmap
+from heatmap.explainers.clip import ClipExplainer
+from heatmap.explainers.lrp import lrp_pass
+from heatmap.explainers.probe import AttentionProbe
+from heatmap.models import adapter_for
+from lrp_reference import assert_close_scaled, ref_add, ref_linear, ref_product, ref_safe_divide
+from test_clip_methods import TEXTS, images, tiny_clip, tokens_of  # noqa: F401 (images is a fixture)
+
+
+def with_biases(model, logit_scale=None):
+    """Random biases everywhere, so that a rule that wrongly includes them shows.
+
+    A larger ``logit_scale`` scales every dA_l and RA_l (as the classifier
+    test's head gain does), so that ``mean_h((dA * RA)+)`` is not negligible
+    next to the identity in ``rownorm(Abar + I)`` and the maps show the LRP part.
+    """
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        if logit_scale is not None:
+            model.logit_scale.fill_(float(torch.tensor(logit_scale).log()))
+        for module in model.modules():
+            for name in ("bias", "in_proj_bias"):
+                bias = getattr(module, name, None)
+                if isinstance(bias, torch.nn.Parameter):
+                    bias.copy_(torch.randn(bias.shape, generator=generator) * 0.3)
+    return model
+
+
+# -- the independent reference ------------------------------------------------
+
+def ref_blocks_forward(blocks, x, attn_mask=None):
+    """One item [1, L, D] through open_clip blocks by hand, keeping each block's operands."""
+    kept = []
+    for block in blocks:
+        attn = block.attn
+        _, L, D = x.shape
+        H = attn.num_heads
+        h = block.ln_1(x)
+        q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (t.reshape(1, L, H, D // H).transpose(1, 2) for t in (q, k, v))
+        q = q * (D // H) ** -0.5
+        scores = q @ k.transpose(-2, -1)
+        if attn_mask is not None:
+            scores = scores + attn_mask
+        A = scores.softmax(dim=-1)
+        merged = (A @ v).transpose(1, 2).reshape(1, L, D)
+        attn_out = block.ls_1(attn.out_proj(merged))
+        mid = x + attn_out
+        h2 = block.ln_2(mid)
+        hidden = block.mlp.gelu(block.mlp.c_fc(h2))
+        mlp_out = block.ls_2(block.mlp.c_proj(hidden))
+        kept.append(dict(x=x, h=h, q=q, k=k, v=v, A=A, merged=merged, attn_out=attn_out, mid=mid, h2=h2,
+                         hidden=hidden, mlp_out=mlp_out))
+        x = mid + mlp_out
+    return kept, x
+
+
+def ref_blocks_lrp(blocks, kept, R):
+    """RA per block and the relevance at the first block's input, from the last block's output R."""
+    RA = [None] * len(blocks)
+    for index in reversed(range(len(blocks))):
+        block, f = blocks[index], kept[index]
+        R_mid, R_mlp = ref_add(f["mid"], f["mlp_out"], R)
+        R = R_mid + ref_linear(f["h2"], block.mlp.c_fc.weight, ref_linear(f["hidden"], block.mlp.c_proj.weight, R_mlp))
+        R_x, R_attn = ref_add(f["x"], f["attn_out"], R)
+        R_merged = ref_linear(f["merged"], block.attn.out_proj.weight, R_attn)
+        H, L = block.attn.num_heads, R_merged.shape[1]
+        R_o = R_merged.reshape(1, L, H, -1).transpose(1, 2)
+        R_A, R_v = ref_product(f["A"], f["v"], R_o)
+        RA[index] = R_A[0]
+        R_q, R_kT = ref_product(f["q"], f["k"].transpose(-2, -1), R_A)
+        R_qkv = torch.cat([t.transpose(1, 2).reshape(1, L, -1) for t in (R_q, R_kT.transpose(-2, -1), R_v)], dim=-1)
+        R = R_x + ref_linear(f["h"], block.attn.in_proj_weight, R_qkv)
+    return RA, R
+
+
+def ref_image(model, image):
+    """Image tower of one image: kept operands, pooled vector, embedding, final tokens."""
+    visual = model.visual
+    with torch.no_grad():
+        x = visual.conv1(image).flatten(2).transpose(1, 2)
+        x = torch.cat([visual.class_embedding.expand(1, 1, -1), x], dim=1) + visual.positional_embedding
+        kept, x = ref_blocks_forward(visual.transformer.resblocks, visual.ln_pre(x))
+        tokens = visual.ln_post(x)
+        pooled = tokens[:, 0] if visual.pool_type == "tok" else tokens[:, 1:].mean(dim=1)
+    return kept, tokens, pooled, pooled @ visual.proj
+
+
+def ref_text(model, tokens):
+    """Text tower of one text [1, L]: kept operands, end-of-text index, pooled vector, embedding."""
+    with torch.no_grad():
+        L = tokens.shape[1]
+        causal = torch.full((L, L), float("-inf")).triu(1)
+        x = model.token_embedding(tokens) + model.positional_embedding
+        kept, x = ref_blocks_forward(model.transformer.resblocks, x, causal)
+        eot = int(tokens[0].argmax())
+        pooled = model.ln_final(x)[:, eot]
+    return kept, eot, pooled, pooled @ model.text_projection
+
+
+def ref_start(model, embedding, other):
+    """R_e = e * (s / ||e||) * other_hat, s = the logit scale."""
+    scale = model.logit_scale.exp().detach()
+    return embedding * (scale / embedding.norm()) * other / other.norm()
+
+
+def ref_image_lrp(model, image, text_embedding):
+    kept, tokens, pooled, embedding = ref_image(model, image)
+    R_pooled = ref_linear(pooled, model.visual.proj.t(), ref_start(model, embedding, text_embedding))
+    R = torch.zeros_like(tokens)
+    if model.visual.pool_type == "tok":
+        R[0, 0] = R_pooled[0]
+    else:  # the z-rule of a mean over the patch tokens (not in METHODS.md)
+        total = tokens[0, 1:].sum(dim=0)
+        for i in range(1, tokens.shape[1]):
+            R[0, i] = tokens[0, i] * ref_safe_divide(R_pooled[0], total)
+    return ref_blocks_lrp(model.visual.transformer.resblocks, kept, R)
+
+
+def ref_text_lrp(model, tokens, image_embedding):
+    kept, eot, pooled, embedding = ref_text(model, tokens)
+    R_pooled = ref_linear(pooled, model.text_projection.t(), ref_start(model, embedding, image_embedding))
+    R = torch.zeros(1, tokens.shape[1], pooled.shape[-1])
+    R[0, eot] = R_pooled[0]
+    return ref_blocks_lrp(model.transformer.resblocks, kept, R), eot
+
+
+def ref_rollout(grads, RA, start):
+    N = RA[0].shape[-1]
+    R = torch.eye(N)
+    for layer in range(start, len(RA)):
+        M = (grads[layer] * RA[layer]).clamp(min=0).mean(dim=0) + torch.eye(N)
+        for i in range(N):
+            M[i] = M[i] / M[i].sum()
+        R = M @ R
+    return R
+
+
+def ref_pair(model, images, tokens, b, t, image_start=0, text_start=0):
+    """The image map and the text's token relevance of the pair (b, t)."""
+    _, image_grads, _, text_grads, _ = clip_reference.pair_gradients(model, images, tokens, b, t)
+    image_embedding = ref_image(model, images[b:b + 1])[3]
+    text_embedding = ref_text(model, tokens[t:t + 1])[3]
+    (image_RA, _) = ref_image_lrp(model, images[b:b + 1], text_embedding)
+    (text_RA, _), eot = ref_text_lrp(model, tokens[t:t + 1], image_embedding)
+    image_R = ref_rollout(image_grads, image_RA, image_start % len(image_RA))
+    text_R = ref_rollout(text_grads, text_RA, text_start % len(text_RA))
+    if model.visual.pool_type == "tok":
+        image_row = image_R[0]
+    else:
+        image_row = image_R[1:].mean(dim=0)
+    return image_row[1:].reshape(4, 4), text_R[eot, 1:eot]
+
+
+# -- the tests -------------------------------------------------------------------
+
+CASES = {
+    "class-token": dict(model=lambda: with_biases(tiny_clip()), options={}),
+    "mean-pooled-quick-gelu": dict(model=lambda: with_biases(tiny_clip(pool_type="avg", quick_gelu=True), 1e3),
+                                   options={}),
+    "start-layers": dict(model=lambda: with_biases(tiny_clip(seed=1)), options={"start_layer": 1,
+                                                                                "text_start_layer": -1}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_maps_and_token_relevance_match_reference(case, images):
+    model, options = CASES[case]["model"](), CASES[case]["options"]
+    tokens = tokens_of(TEXTS)
+    result = heatmap.explain(model, images, "transformer-attribution", texts=TEXTS, **options)
+    assert result.maps.shape == (2, 3, 4, 4)
+    for b in range(2):
+        for t in range(3):
+            image_map, token_relevance = ref_pair(model, images, tokens, b, t,
+                                                  options.get("start_layer", 0),
+                                                  options.get("text_start_layer", options.get("start_layer", 0)))
+            assert_close_scaled(result.maps[b, t], image_map)
+            # 1e-4, the contract's tolerance: a one-word text's relevance is a
+            # single small off-diagonal entry of R, so round-off weighs more
+            assert_close_scaled(result.text_relevance[b][t], token_relevance, tolerance=1e-4)
+    # the LRP part shows: the maps are not just the identity's class-token row
+    assert result.maps.std(dim=(-2, -1)).min() > 1e-4 * result.maps.abs().max()
+
+
+def tower_lrp(model, images, tokens, tower):
+    """The package's LRP pass on one tower of one forward pass, started towards text 0 / image 0."""
+    adapter = adapter_for(model)
+    view = getattr(adapter, tower).lrp_view()
+    attention = getattr(adapter, tower).attention_modules
+    with AttentionProbe(model, attention, "tiny") as probe, view.capture(0) as capture, torch.no_grad():
+        image_embedding, text_embedding = adapter.embeddings(images, tokens)
+    other = (text_embedding[0] if tower == "vision" else image_embedding[0]) * adapter.logit_scale
+    count = len(images) if tower == "vision" else len(tokens)
+    with torch.no_grad():
+        return lrp_pass(view, capture.activations(), [p.float() for p in probe.attention_probs],
+                        other.expand(count, -1)), adapter.score(image_embedding, text_embedding)
+
+
+@pytest.mark.parametrize("tower", ["vision", "text"])
+def test_relevance_is_conserved_and_sums_to_the_score(tower, images):
+    # The start relevance of each item sums to its score s cos(e, t) (the
+    # logit without bias); every residual add keeps its total per item to 1e-4,
+    # and the relevance at the first block's input keeps the start's sum to
+    # 1e-4 relative (the tolerance of the classifier test, for the same reasons).
+    model = with_biases(tiny_clip())
+    tokens = tokens_of(TEXTS)
+    result, logits = tower_lrp(model, images, tokens, tower)
+    expected = logits[:, 0] if tower == "vision" else logits[0, :]
+    assert torch.allclose(result.start_sums, expected, rtol=1e-5, atol=1e-5)
+    for leaving, entering in result.residual_sums:
+        assert (leaving - entering).abs().max() < 1e-4 * expected.abs().max()
+    sums = result.input_relevance.sum(dim=(1, 2))
+    assert ((sums - expected).abs() / expected.abs()).max() < 1e-4
+    for relevance in result.attention_relevance:
+        assert torch.isfinite(relevance).all()
+
+
+def test_batch_and_text_order_independence_and_determinism(images):
+    model = with_biases(tiny_clip())
+    explainer = ClipExplainer(adapter_for(model), "transformer-attribution")
+    both = explainer.explain(images, TEXTS)
+    for b in range(2):
+        alone = explainer.explain(images[b:b + 1], TEXTS[::-1])
+        assert_close_scaled(alone.maps[0], both.maps[b].flip(0))
+        for t in range(3):
+            assert_close_scaled(alone.text_relevance[0][2 - t], both.text_relevance[b][t])
+    again = explainer.explain(images, TEXTS)
+    assert both.maps.numpy().tobytes() == again.maps.numpy().tobytes()
+
+
+def test_sequence_first_towers_give_the_same_maps(images):
+    model = with_biases(tiny_clip())
+    expected = heatmap.explain(model, images, "transformer-attribution", texts=TEXTS)
+    # open_clip before 2.24 ran its blocks sequence-first: emulate that fully.
+    for transformer in (model.visual.transformer, model.transformer):
+        transformer.batch_first = False
+        for block in transformer.resblocks:
+            block.attn.batch_first = False
+    actual = heatmap.explain(model, images, "transformer-attribution", texts=TEXTS)
+    assert_close_scaled(actual.maps, expected.maps)
+    assert_close_scaled(torch.cat(actual.text_relevance[1]), torch.cat(expected.text_relevance[1]))
+
+
+def test_unsupported_tower_is_refused_before_any_work(images):
+    model = tiny_clip()
+    model.visual.transformer.resblocks[1].mlp = torch.nn.Sequential(
+        torch.nn.Linear(32, 128), torch.nn.SiLU(), torch.nn.Linear(128, 32))
+    forwards = []
+    model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    with pytest.raises(heatmap.HeatmapError) as error:
+        heatmap.explain(model, images, "transformer-attribution", texts=TEXTS)
+    message = str(error.value)
+    assert "image block 1" in message and "not supported for transformer-attribution" in message
+    assert "rollout, grad-rollout and chefer-generic work" in message and "\n" not in message
+    assert not forwards
