@@ -42,7 +42,7 @@ def explain(model, images, method: str = "chefer-generic", target=None, texts=No
         images: a preprocessed float tensor ``[B, 3, H, W]``, or a list of PIL
             images or paths (preprocessed with the model's own transform).
         method: ``rollout``, ``grad-rollout``, ``chefer-generic`` or
-            ``transformer-attribution`` (timm ViT classifiers only).
+            ``transformer-attribution``.
         target: classifiers: None (top-1 class), a class index for every
             image, or a list with one index per image.
         texts: CLIP: the texts to explain each image against.

@@ -45,7 +45,8 @@ def read_manifest(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
 
 
-def test_local_checkpoint_loads_and_explains(tiny_clip_name, scene_path, tmp_path):
+@pytest.mark.parametrize("method", ["grad-rollout", "transformer-attribution"])
+def test_local_checkpoint_loads_and_explains(method, tiny_clip_name, scene_path, tmp_path):
     torch.manual_seed(0)
     model = open_clip.create_model(tiny_clip_name)
     save_file(model.state_dict(), tmp_path / "tiny.safetensors")
@@ -53,9 +54,10 @@ def test_local_checkpoint_loads_and_explains(tiny_clip_name, scene_path, tmp_pat
     texts.write_text("a red circle\n\na blue star\n")
     result = runner.invoke(app, ["clip", str(scene_path), "-m", tiny_clip_name, "--pretrained",
                                  str(tmp_path / "tiny.safetensors"), "--texts-file", str(texts),
-                                 "--text", "a green square", "-o", str(tmp_path / "out"), "--method", "grad-rollout"])
+                                 "--text", "a green square", "-o", str(tmp_path / "out"), "--method", method])
     assert result.exit_code == 0, result.output
     entries = read_manifest(tmp_path / "out")
+    assert {e["method"] for e in entries} == {method}
     assert [e["text"] for e in entries] == ["a green square", "a red circle", "a blue star"]
     assert sum(e["probability"] for e in entries) == pytest.approx(1.0, abs=1e-5)
     for entry in entries:
