@@ -213,13 +213,21 @@ def tower_lrp(model, images, tokens, tower):
                         other.expand(count, -1)), adapter.score(image_embedding, text_embedding)
 
 
+def mean_pooled_norm_after_pool():
+    torch.manual_seed(0)
+    return open_clip.CLIP(embed_dim=16, vision_cfg=dict(image_size=32, patch_size=8, width=32, layers=3, head_width=8,
+                                                        pool_type="avg", final_ln_after_pool=True),
+                          text_cfg=dict(context_length=10, vocab_size=49408, width=32, heads=4, layers=3)).eval()
+
+
+@pytest.mark.parametrize("factory", [tiny_clip, mean_pooled_norm_after_pool], ids=["class-token", "mean-norm-after"])
 @pytest.mark.parametrize("tower", ["vision", "text"])
-def test_relevance_is_conserved_and_sums_to_the_score(tower, images):
+def test_relevance_is_conserved_and_sums_to_the_score(tower, factory, images):
     # The start relevance of each item sums to its score s cos(e, t) (the
     # logit without bias); every residual add keeps its total per item to 1e-4,
     # and the relevance at the first block's input keeps the start's sum to
     # 1e-4 relative (the tolerance of the classifier test, for the same reasons).
-    model = with_biases(tiny_clip())
+    model = with_biases(factory())
     tokens = tokens_of(TEXTS)
     result, logits = tower_lrp(model, images, tokens, tower)
     expected = logits[:, 0] if tower == "vision" else logits[0, :]
