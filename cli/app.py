@@ -5,10 +5,12 @@ options of ``cli/options.py`` plus the method's own. Nothing heavy is imported
 until a command runs, so ``heatmap --help`` answers at once.
 
 Exit codes: 0 all good, 1 some inputs failed (all others done) or the run
-failed, 2 a usage error.
+failed, 2 a usage error, 130 stopped by Ctrl-C (143 by SIGTERM).
 """
 
 import inspect
+import signal
+import threading
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -18,7 +20,9 @@ import typer
 from heatmap import __version__
 from heatmap.cli import console
 from heatmap.cli.options import (SHARED, Alpha, BatchSize, Colormap, ColormapOption, Debug, Device, DeviceOption,
-                                 DiscardRatio, HeadFusion, HeadFusionOption, Inputs, Out, StartLayer)
+                                 DiscardRatio, HeadFusion, HeadFusionOption, Inputs, Json, Out, Quiet, Recursive,
+                                 Shard, SkipExisting, StartLayer)
+from heatmap.comparison import Thresholds
 from heatmap.errors import HeatmapError
 from heatmap.explainers import METHODS
 
@@ -69,18 +73,43 @@ def classifier_command(method: str) -> Callable:
 
 
 def execute(method: str, options: dict, inputs, model, checkpoint, target, top_k, out, device,
-            batch_size, colormap, alpha, debug) -> None:
+            batch_size, colormap, alpha, recursive, skip_existing, shard, quiet, json, debug) -> None:
     """Run one classifier command."""
     from heatmap.cli.runner import ClassifierRequest, run_classifier
 
-    request = ClassifierRequest(method=method, options=options, inputs=list(inputs), model=model, out=out,
-                                device=device.value, batch_size=batch_size, colormap=colormap.value,
-                                alpha=alpha, checkpoint=checkpoint, targets=list(target or []), top_k=top_k)
-    exit_with(lambda: run_classifier(request), debug)
+    def run() -> int:
+        request = ClassifierRequest(method=method, options=options, inputs=list(inputs), model=model, out=out,
+                                    device=device.value, batch_size=batch_size, colormap=colormap.value,
+                                    alpha=alpha, checkpoint=checkpoint, targets=list(target or []), top_k=top_k,
+                                    **batch_options(recursive, skip_existing, shard, quiet, json))
+        return run_classifier(request).exit_code
+
+    exit_with(run, debug)
+
+
+def batch_options(recursive: bool, skip_existing: bool, shard: Optional[str], quiet: bool, json: bool) -> dict:
+    """The shared options of unattended runs, as ``RunRequest`` fields."""
+    from heatmap.cli.jobs import Shard as InputShard
+
+    return {"recursive": recursive, "skip_existing": skip_existing,
+            "shard": InputShard.parse(shard) if shard is not None else None,
+            "output": "json" if json else "quiet" if quiet else "normal"}
 
 
 def exit_with(run: Callable[[], int], debug: bool) -> None:
-    """Call ``run``; exit with its code, turning errors into one line and an exit code."""
+    """Call ``run``; exit with its code, turning errors into one line and an exit code.
+
+    Ctrl-C and SIGTERM (a scheduler's stop) end the run at once: the runner
+    keeps what is written (every file is whole) and exits 130 or 143.
+    """
+    from heatmap.cli.runner import Interrupted
+
+    def stop(signum, _frame):
+        raise Interrupted(128 + signum)
+
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)} \
+        if in_main_thread else {}
     try:
         code = run()
     except HeatmapError as error:
@@ -88,14 +117,17 @@ def exit_with(run: Callable[[], int], debug: bool) -> None:
             console.stderr.print_exception()
         console.say_error(str(error))
         raise typer.Exit(error.exit_code) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         console.say_error("interrupted; files already written are complete")
-        raise typer.Exit(130) from None
+        raise typer.Exit(getattr(interrupt, "exit_code", 130)) from None
     except Exception as error:  # a bug, not the user's doing: say so in one line
         if debug:
             console.stderr.print_exception()
         console.say_error(f"internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)")
         raise typer.Exit(1) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     raise typer.Exit(code)
 
 
@@ -162,6 +194,11 @@ def clip(
     batch_size: BatchSize = 8,
     colormap: ColormapOption = Colormap.jet,
     alpha: Alpha = 0.5,
+    recursive: Recursive = False,
+    skip_existing: SkipExisting = False,
+    shard: Shard = None,
+    quiet: Quiet = False,
+    json: Json = False,
     debug: Debug = False,
 ):
     """Image-text relevance for CLIP: which parts of each image matched each text, and which words mattered.
@@ -179,9 +216,48 @@ def clip(
             ("head_fusion", head_fusion), ("discard_ratio", discard_ratio)) if value is not None}
         return run_clip(ClipRequest(method=method.value, options=options, inputs=list(inputs), model=model,
                                     out=out, device=device.value, batch_size=batch_size,
-                                    colormap=colormap.value, alpha=alpha, pretrained=pretrained, texts=texts))
+                                    colormap=colormap.value, alpha=alpha, pretrained=pretrained, texts=texts,
+                                    **batch_options(recursive, skip_existing, shard, quiet, json))).exit_code
 
     exit_with(run, debug)
+
+
+_thresholds = Thresholds()
+
+
+@app.command("compare", no_args_is_help=True)
+def compare(
+    baseline: Annotated[Path, typer.Argument(
+        exists=True, file_okay=False, help="Output folder of the reference run (e.g. committed).", show_default=False)],
+    candidate: Annotated[Path, typer.Argument(
+        exists=True, file_okay=False, help="Output folder of the run to check.", show_default=False)],
+    max_diff: Annotated[float, typer.Option(
+        min=0.0, help="Largest allowed |difference| of the two maps, each scaled to max |value| = 1.")
+    ] = _thresholds.max_diff,
+    min_corr: Annotated[float, typer.Option(
+        min=-1.0, max=1.0, help="Smallest allowed Pearson correlation of the two maps.")] = _thresholds.min_corr,
+    min_top_iou: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Smallest allowed overlap (IoU) of the cells holding each map's top 10%.")
+    ] = _thresholds.min_top_iou,
+    report: Annotated[Optional[Path], typer.Option(
+        dir_okay=False, help="Write a JUnit XML report here: one test case per entry.", show_default=False)] = None,
+    diff_dir: Annotated[Optional[Path], typer.Option(
+        file_okay=False, help="Write baseline | candidate | difference pictures of the failed entries here.",
+        show_default=False)] = None,
+    quiet: Quiet = False,
+    json: Json = False,
+    debug: Debug = False,
+):
+    """Compare two output folders entry by entry: fails (exit 1) when maps drifted, or entries are missing or extra.
+
+    Entries are paired by input, model, method, options and target. For each pair: the largest difference,
+    the correlation and the top-10% overlap of the two maps, and the change of the target score.
+    """
+    from heatmap.cli.compare import CompareRequest, run_compare
+
+    request = CompareRequest(baseline, candidate, Thresholds(max_diff, min_corr, min_top_iou), report, diff_dir,
+                             "json" if json else "quiet" if quiet else "normal")
+    exit_with(lambda: run_compare(request), debug)
 
 
 def main() -> None:

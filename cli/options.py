@@ -1,4 +1,4 @@
-"""The options every classifier command shares, as Typer parameters.
+"""The options every explaining command shares, as Typer parameters.
 
 No torch here: these are read by ``heatmap --help``.
 """
@@ -32,6 +32,16 @@ BatchSize = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
 ColormapOption = Annotated[Colormap, typer.Option(help="Colormap of the overlay.")]
 Alpha = Annotated[float, typer.Option(min=0.0, max=1.0, help="Opacity of the heatmap over the image.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+Recursive = Annotated[bool, typer.Option("--recursive", "-r", help="Search folders in their subfolders too.")]
+SkipExisting = Annotated[bool, typer.Option(
+    "--skip-existing", help="Resume: leave out inputs whose maps for the same model, weights, method, "
+    "options and targets are already in --out (manifest line and whole files).")]
+Shard = Annotated[Optional[str], typer.Option(
+    metavar="K/N", help="Process only the K-th of N slices of the sorted inputs (K = 1..N), so that N jobs "
+    "split one folder with no overlap and no gap.", show_default=False)]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no table; errors still go to stderr.")]
+Json = Annotated[bool, typer.Option(
+    "--json", help="No progress bar; print a machine-readable summary (JSON) on stdout instead of tables.")]
 
 StartLayer = Annotated[int, typer.Option(
     help="First block to use, counted like a Python index (-1 = the last block only).")]
@@ -56,6 +66,11 @@ def shared_options(
     batch_size: BatchSize = 8,
     colormap: ColormapOption = Colormap.jet,
     alpha: Alpha = 0.5,
+    recursive: Recursive = False,
+    skip_existing: SkipExisting = False,
+    shard: Shard = None,
+    quiet: Quiet = False,
+    json: Json = False,
     debug: Debug = False,
 ):
     """Never called: its signature is the shared part of each command's."""

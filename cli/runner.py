@@ -2,11 +2,14 @@
 
 The math stays in the explainers and the files in ``heatmap.outputs``; this
 only moves things between them and tells the user how it went. A file that
-fails is reported in one line and the run goes on with the others.
+fails is reported in one line and the run goes on with the others; Ctrl-C
+stops the run at once, and every file already written is whole.
 """
 
 from __future__ import annotations
 
+import json
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from heatmap.cli import console
+from heatmap.cli.jobs import DoneMaps, Job, Shard, plan_jobs
 from heatmap.errors import HeatmapError, UsageError
 
 SUMMARY_ROWS = 40
@@ -33,6 +37,15 @@ class RunRequest:
     batch_size: int = 8
     colormap: str = "jet"
     alpha: float = 0.5
+    recursive: bool = False
+    skip_existing: bool = False
+    shard: Shard | None = None
+    output: str = "normal"  # "normal", "quiet" (no bar, no table) or "json" (no bar, JSON summary)
+
+    @property
+    def chatty(self) -> bool:
+        """Whether progress bars, spinners and tables are shown."""
+        return self.output == "normal"
 
 
 @dataclass
@@ -52,134 +65,219 @@ class ClipRequest(RunRequest):
     texts: list[str] = field(default_factory=list)
 
 
-def expand_inputs(inputs: list[Path]) -> tuple[list[Path], list[str]]:
-    """Each argument expanded on its own, so one bad argument loses no others."""
-    from heatmap.images import collect_inputs
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: stop now, keeping what is written (every file is already whole)."""
 
-    paths: dict[Path, Path] = {}
-    failures = []
-    for argument in inputs:
-        try:
-            for path in collect_inputs([argument]):
-                paths.setdefault(path.resolve(), path)
-        except HeatmapError as error:
-            failures.append(str(error))
-    return list(paths.values()), failures
+    def __init__(self, exit_code: int = 130) -> None:
+        super().__init__()
+        self.exit_code = exit_code
 
 
-class Batches:
-    """The inputs in batches of loaded pictures, with a progress bar and the failures.
+@dataclass
+class RunSummary:
+    """How a run went; what ``--json`` prints.
 
-    Iterating yields lists of ``(path, output stem, picture)``; a file that
-    cannot be read is reported at once and left out.
+    Attributes:
+        out_dir: the output folder.
+        total: inputs found over all shards.
+        inputs: inputs of this run (this shard).
+        explained, skipped: inputs explained now, and left out as already done.
+        maps: maps written.
+        failures: one line per input (or argument) that failed.
+        interrupted: the exit code of the signal that stopped the run (130 Ctrl-C, 143 SIGTERM), or 0.
+    """
+
+    out_dir: Path
+    total: int = 0
+    inputs: int = 0
+    explained: int = 0
+    skipped: int = 0
+    maps: int = 0
+    failures: list[str] = field(default_factory=list)
+    interrupted: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        """0 all done, 1 some inputs failed (the others done), 130/143 interrupted."""
+        return self.interrupted or (1 if self.failures else 0)
+
+    def as_json(self) -> str:
+        return json.dumps({"out": str(self.out_dir), "inputs_total": self.total, "inputs": self.inputs,
+                           "explained": self.explained, "skipped": self.skipped, "maps": self.maps,
+                           "failed": len(self.failures), "failures": self.failures,
+                           "interrupted": bool(self.interrupted), "exit_code": self.exit_code})
+
+
+class Run:
+    """One run's inputs, their progress and its summary.
+
+    Expands and orders the inputs (``cli/jobs.py``), reports each input that
+    fails in one line and goes on with the others, leaves out what
+    ``--skip-existing`` finds done, loads pictures batch by batch under a
+    progress bar, and turns Ctrl-C / SIGTERM into a clean stop.
     """
 
     def __init__(self, request: RunRequest) -> None:
-        from heatmap.outputs import output_stems
-
-        paths, self.failures = expand_inputs(request.inputs)
-        for failure in self.failures:
-            console.say_failed(failure)
-        if not paths:
+        self.request = request
+        jobs, total, failures = plan_jobs(request.inputs, request.recursive, request.shard)
+        self.summary = RunSummary(Path(request.out), total=total, inputs=len(jobs))
+        for failure in failures:
+            self.fail(failure)
+        if not total:
             raise HeatmapError("no images to explain; pass image files, folders or glob patterns")
-        self.jobs = list(zip(paths, output_stems(paths)))
-        self.size = request.batch_size
-        self.label = request.method
+        self.jobs = jobs
 
-    def __iter__(self) -> Iterator[list[tuple[Path, str, Any]]]:
+    def fail(self, message: str) -> None:
+        self.summary.failures.append(message)
+        console.say_failed(message)
+
+    def leave_out_done(self, is_done) -> None:
+        """Drop the jobs ``is_done(job)`` says are complete (``--skip-existing``)."""
+        remaining = [job for job in self.jobs if not is_done(job)]
+        self.summary.skipped = len(self.jobs) - len(remaining)
+        self.jobs = remaining
+        if self.summary.skipped and self.request.chatty:
+            console.stderr.print(f"{self.summary.skipped} input(s) already done in {self.request.out}; skipped")
+
+    def batches(self, batch_size: int) -> Iterator[list[tuple[Job, Any]]]:
+        """Lists of ``(job, picture)``; an unreadable file is reported and left out."""
         from heatmap.images import load_image
 
-        batches = [self.jobs[i:i + self.size] for i in range(0, len(self.jobs), self.size)]
+        batches = [self.jobs[i:i + batch_size] for i in range(0, len(self.jobs), batch_size)]
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), console=console.stderr, disable=len(batches) <= 1,
-                      transient=True) as progress:
-            task = progress.add_task(self.label, total=len(self.jobs))
+                      TimeRemainingColumn(), console=console.stderr,
+                      disable=not self.request.chatty or len(self.jobs) <= 1, transient=True) as progress:
+            task = progress.add_task(self.request.method, total=len(self.jobs))
             for batch in batches:
                 loaded = []
-                for path, stem in batch:
+                for job in batch:
                     try:
-                        loaded.append((path, stem, load_image(path)))
+                        loaded.append((job, load_image(job.path)))
                     except HeatmapError as error:
-                        self.failures.append(str(error))
-                        console.say_failed(str(error))
+                        self.fail(str(error))
                 if loaded:
                     yield loaded
+                    self.summary.explained += len(loaded)
                 progress.advance(task, len(batch))
 
-    def exit_code(self) -> int:
-        """0 when every input was explained, 1 when some failed (the others were written)."""
-        if self.failures:
-            console.stderr.print(f"[red]{len(self.failures)} input(s) failed[/]; the others were written.")
-        return 1 if self.failures else 0
+    def finish(self) -> RunSummary:
+        summary = self.summary
+        if self.request.output == "json":
+            # plain print: one line of JSON, no rich markup or wrapping
+            print(summary.as_json(), flush=True)
+        if summary.interrupted:
+            console.say_error(f"interrupted after {summary.explained} of {len(self.jobs)} input(s); files "
+                              "already written are complete: rerun with --skip-existing to finish")
+        elif summary.failures:
+            console.stderr.print(f"[red]{len(summary.failures)} input(s) failed[/]; the others were written.")
+        return summary
 
 
-def run_classifier(request: ClassifierRequest) -> int:
-    """Run a classifier command; return the exit code."""
+def forward_batch_size(request: RunRequest, device) -> int:
+    """Images per forward pass: 1 on CPU, so maps are byte-identical whatever ``--batch-size`` says.
+
+    CPU kernels may sum in another order for another batch shape; one image
+    per pass keeps every image's arithmetic the same (README, "Determinism").
+    """
+    return 1 if device.type == "cpu" else request.batch_size
+
+
+def run_classifier(request: ClassifierRequest) -> RunSummary:
+    """Run a classifier command."""
     from heatmap.explainers import METHODS
-    from heatmap.models import load
-    from heatmap.outputs import ResultWriter, target_names
+    from heatmap.models import load, weights_identity
+    from heatmap.outputs import ResultWriter, remove_stale_temporaries, target_names
 
     if request.targets and request.top_k != 1:
         raise UsageError("--target and --top-k exclude each other: name the classes, or ask for the top K")
     explainer_class = METHODS[request.method].explainer_class()
-    explainer_class.resolve_options(request.options)  # a bad option fails before the model loads
-    batches = Batches(request)
-    with console.stderr.status(f"loading {request.model or 'the default model'}..."):
+    options = explainer_class.resolve_options(request.options)  # a bad option fails before the model loads
+    run = Run(request)
+    with _loading(request, request.model or "the default model"):
         adapter = load(request.model, request.checkpoint, request.device)
         explainer = explainer_class(adapter, **request.options)
+    weights = weights_identity(request.model, request.checkpoint)
     targets = list(dict.fromkeys(adapter.class_index(t) for t in request.targets)) or None
+    if request.skip_existing:
+        done = DoneMaps(request.out, adapter.name, weights, request.method, options)
+        run.leave_out_done(lambda job: done.has_targets(job.path, "target", targets) if targets
+                           else done.has_top_k(job.path, request.top_k))
     names = target_names(adapter.labels)
     writer = ResultWriter(request.out, adapter.name, request.colormap, request.alpha)
+    remove_stale_temporaries(writer.out_dir)
     entries = []
-    for loaded in batches:
-        tensor, boxes = adapter.preprocess([picture for _, _, picture in loaded])
-        explanation = explainer.explain(tensor, None if targets is None else [targets] * len(loaded),
-                                        top_k=request.top_k)
-        for i, (path, stem, picture) in enumerate(loaded):
-            for k, target in enumerate(explanation.targets[i].tolist()):
-                entries.append(writer.write(
-                    path, stem, picture, boxes[i], explanation.maps[i, k].numpy(),
-                    method=request.method, target_name=names.get(target, str(target)),
-                    record={"options": explanation.options, "target": target,
-                            "label": explanation.labels[i][k], "score": float(explanation.scores[i, k])}))
-    _print_classifier_summary(entries, writer.out_dir)
-    return batches.exit_code()
+    try:
+        for loaded in run.batches(forward_batch_size(request, adapter.device)):
+            tensor, boxes = adapter.preprocess([picture for _, picture in loaded])
+            explanation = explainer.explain(tensor, None if targets is None else [targets] * len(loaded),
+                                            top_k=request.top_k)
+            for i, (job, picture) in enumerate(loaded):
+                for k, target in enumerate(explanation.targets[i].tolist()):
+                    chosen = {} if targets else {"top_k": request.top_k, "rank": k}
+                    entries.append(writer.write(
+                        job.path, job.stem, picture, boxes[i], explanation.maps[i, k].numpy(),
+                        method=request.method, target_name=names.get(target, str(target)),
+                        record={"weights": weights, "options": explanation.options, "target": target,
+                                "label": explanation.labels[i][k], "score": float(explanation.scores[i, k]),
+                                **chosen}))
+                    run.summary.maps += 1
+    except Interrupted as stop:
+        run.summary.interrupted = stop.exit_code
+    if request.chatty:
+        _print_classifier_summary(entries, writer.out_dir)
+    return run.finish()
 
 
-def run_clip(request: ClipRequest) -> int:
-    """Run ``heatmap clip``; return the exit code."""
+def run_clip(request: ClipRequest) -> RunSummary:
+    """Run ``heatmap clip``."""
     from heatmap.explainers.clip import ClipExplainer
-    from heatmap.models import load_clip
-    from heatmap.outputs import ResultWriter, target_names
+    from heatmap.models import load_clip, weights_identity
+    from heatmap.outputs import ResultWriter, remove_stale_temporaries, target_names
     from heatmap.render import text_strip
 
     if not request.texts:
         raise UsageError("give at least one --text (or --texts-file) to explain the images against")
-    ClipExplainer.resolve_options(request.method, request.options)  # fail before the model loads
-    batches = Batches(request)
-    with console.stderr.status(f"loading {request.model or 'ViT-B-32 (openai)'}..."):
+    options = ClipExplainer.resolve_options(request.method, request.options)  # fail before the model loads
+    run = Run(request)
+    with _loading(request, request.model or "ViT-B-32 (openai)"):
         adapter = load_clip(request.model, request.pretrained, request.device)
         explainer = ClipExplainer(adapter, request.method, **request.options)
+    weights = weights_identity(request.model, request.pretrained, clip=True)
+    if request.skip_existing:
+        done = DoneMaps(request.out, adapter.name, weights, request.method, options)
+        run.leave_out_done(lambda job: done.has_targets(job.path, "text", request.texts))
     names = target_names(request.texts)
     writer = ResultWriter(request.out, adapter.name, request.colormap, request.alpha)
-    for loaded in batches:
-        tensor, boxes = adapter.preprocess([picture for _, _, picture in loaded])
-        explanation = explainer.explain(tensor, request.texts)
-        probabilities = explanation.probabilities
-        for i, (path, stem, picture) in enumerate(loaded):
-            for t, text in enumerate(request.texts):
-                relevance = explanation.text_relevance[i][t]
-                writer.write(
-                    path, stem, picture, boxes[i], explanation.maps[i, t].numpy(),
-                    method=request.method, target_name=names[t],
-                    record={"options": explanation.options, "text": text, "text_index": t,
-                            "logit": float(explanation.logits[i, t]),
-                            "probability": float(probabilities[i, t]),
-                            "word_pieces": explanation.word_pieces[t], "token_relevance": relevance.tolist()},
-                    extra_images={"tokens": text_strip(explanation.word_pieces[t], relevance.numpy())})
-            _print_clip_table(path, request.texts, explanation.logits[i].tolist(), probabilities[i].tolist())
-    console.stderr.print(f"maps, overlays and token strips in {writer.out_dir}")
-    return batches.exit_code()
+    remove_stale_temporaries(writer.out_dir)
+    try:
+        for loaded in run.batches(forward_batch_size(request, adapter.device)):
+            tensor, boxes = adapter.preprocess([picture for _, picture in loaded])
+            explanation = explainer.explain(tensor, request.texts)
+            probabilities = explanation.probabilities
+            for i, (job, picture) in enumerate(loaded):
+                for t, text in enumerate(request.texts):
+                    relevance = explanation.text_relevance[i][t]
+                    writer.write(
+                        job.path, job.stem, picture, boxes[i], explanation.maps[i, t].numpy(),
+                        method=request.method, target_name=names[t],
+                        record={"weights": weights, "options": explanation.options, "text": text,
+                                "text_index": t, "logit": float(explanation.logits[i, t]),
+                                "probability": float(probabilities[i, t]),
+                                "word_pieces": explanation.word_pieces[t], "token_relevance": relevance.tolist()},
+                        extra_images={"tokens": text_strip(explanation.word_pieces[t], relevance.numpy())})
+                    run.summary.maps += 1
+                if request.chatty:
+                    _print_clip_table(job.path, request.texts, explanation.logits[i].tolist(),
+                                      probabilities[i].tolist())
+    except Interrupted as stop:
+        run.summary.interrupted = stop.exit_code
+    if request.chatty:
+        console.stderr.print(f"maps, overlays and token strips in {writer.out_dir}")
+    return run.finish()
+
+
+def _loading(request: RunRequest, what: str):
+    return console.stderr.status(f"loading {what}...") if request.chatty else nullcontext()
 
 
 def _print_classifier_summary(entries: list[dict], out_dir: Path) -> None:

@@ -16,6 +16,7 @@ import torch
 from heatmap.errors import UsageError
 from heatmap.explainers.aggregation import query_map, resolve_start_layer
 from heatmap.explainers.probe import AttentionProbe
+from heatmap.models.devices import full_float32
 
 
 @dataclass
@@ -117,8 +118,9 @@ class Explainer:
         """
         adapter = self.adapter
         start = resolve_start_layer(self.options.get("start_layer", 0), adapter.num_blocks)
-        with AttentionProbe(adapter.model, adapter.attention_modules, adapter.name,
-                            track_from=start if self.needs_gradients else None) as probe, \
+        with full_float32(), \
+                AttentionProbe(adapter.model, adapter.attention_modules, adapter.name,
+                               track_from=start if self.needs_gradients else None) as probe, \
                 self.recording(start) as recorded:
             # Also under a caller's torch.no_grad(): the gradient methods need a graph.
             with torch.set_grad_enabled(self.needs_gradients):

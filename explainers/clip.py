@@ -23,6 +23,7 @@ from heatmap.errors import UsageError
 from heatmap.explainers import METHODS
 from heatmap.explainers.aggregation import query_map, resolve_start_layer
 from heatmap.explainers.probe import AttentionProbe
+from heatmap.models.devices import full_float32
 
 
 @dataclass
@@ -103,7 +104,8 @@ class ClipExplainer:
         tokens = adapter.tokenize(texts)
         image_start = resolve_start_layer(self.image_method.options["start_layer"], adapter.vision.num_blocks)
         text_start = resolve_start_layer(self.text_method.options["start_layer"], adapter.text.num_blocks)
-        with AttentionProbe(adapter.model, adapter.vision.attention_modules, adapter.name,
+        with full_float32(), \
+             AttentionProbe(adapter.model, adapter.vision.attention_modules, adapter.name,
                             image_start if needs_gradients else None) as image_probe, \
              AttentionProbe(adapter.model, adapter.text.attention_modules, adapter.name,
                             text_start if needs_gradients else None) as text_probe, \

@@ -64,6 +64,26 @@ def load_clip(name: str | None = None, pretrained: str | Path | None = None,
     return ClipAdapter(model.to(device), name, tokenizer, preprocess)
 
 
+def weights_identity(name: str | None, weights: str | Path | None = None, clip: bool = False) -> str | None:
+    """What identifies a model's weights beyond its name, for the manifest.
+
+    A local weight file (``--checkpoint``, or ``--pretrained`` given a path) and
+    the shipped demo models are identified by their file's sha256, so that a
+    resumed run notices retrained weights at the same path; a pretrained tag by
+    its name; a hub or timm name alone by None (the name says it).
+    """
+    from heatmap.models.checkpoints import file_digest
+
+    if weights is not None and Path(weights).is_file():
+        return file_digest(Path(weights))
+    if weights is not None:
+        return str(weights)
+    if name == DEMO:
+        demo_dir = Path(__file__).parent / "demo"
+        return file_digest(demo_dir / ("clip.safetensors" if clip else "classifier.safetensors"))
+    return None
+
+
 def is_clip(model) -> bool:
     """Whether ``model`` is an open_clip model (object) rather than a classifier."""
     return hasattr(model, "visual") and hasattr(model, "encode_text")
@@ -86,4 +106,4 @@ def adapter_for(model: torch.nn.Module, name: str | None = None):
 
 
 __all__ = ["DEFAULT_MODEL", "DEMO", "ClipAdapter", "TimmAdapter", "adapter_for", "is_clip", "load", "load_clip",
-           "resolve_device"]
+           "resolve_device", "weights_identity"]

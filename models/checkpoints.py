@@ -6,6 +6,7 @@ a pickle that needs code to load is refused, never executed.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from pathlib import Path
@@ -16,6 +17,15 @@ from heatmap.errors import HeatmapError
 
 # Keys under which training scripts commonly nest the weights.
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "module")
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """``sha256:<hex>`` of a file, read in chunks (a weight file's identity in the manifest)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

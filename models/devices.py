@@ -1,6 +1,8 @@
-"""Choosing the device: ``auto`` picks cuda, then mps, then cpu."""
+"""Choosing the device (``auto`` picks cuda, then mps, then cpu), and full float32 on it."""
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 
@@ -23,3 +25,20 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if kind == "mps" and not mps_ok:
         raise UsageError("--device mps: MPS is not available on this machine; use --device cpu (or auto)")
     return torch.device(name)
+
+
+@contextmanager
+def full_float32():
+    """Within: CUDA matmuls and convolutions in full float32, not TF32; the settings restored after.
+
+    PyTorch lets cuDNN convolutions use TF32 (a 10-bit mantissa) by default,
+    which moves maps of a GPU run away from a CPU run of the same model far
+    more than float32 round-off does; explanations run without it.
+    """
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn

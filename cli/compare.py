@@ -1,0 +1,91 @@
+"""``heatmap compare``: two result folders, entry by entry, for CI.
+
+The metrics are in ``heatmap.comparison``, the JUnit XML and the difference
+pictures in ``heatmap.comparison_reports``; this reads the user's options,
+prints the worst entries and returns the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.table import Table
+
+from heatmap.cli import console
+from heatmap.comparison import Thresholds
+
+WORST_ROWS = 20
+
+
+@dataclass
+class CompareRequest:
+    """What ``heatmap compare`` was asked."""
+
+    baseline: Path
+    candidate: Path
+    thresholds: Thresholds
+    report: Path | None = None
+    diff_dir: Path | None = None
+    output: str = "normal"  # "normal", "quiet" or "json"
+
+
+def run_compare(request: CompareRequest) -> int:
+    """Compare, report, and return 0 when every entry passes, else 1."""
+    from heatmap.comparison import compare_folders
+    from heatmap.comparison_reports import junit_xml, write_difference_pictures
+    from heatmap.errors import HeatmapError
+    from heatmap.outputs import write_atomically
+
+    try:
+        comparison = compare_folders(request.baseline, request.candidate, request.thresholds)
+    except FileNotFoundError as error:
+        raise HeatmapError(str(error)) from None
+    if request.report is not None:
+        request.report.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(request.report, junit_xml(comparison))
+    pictures = write_difference_pictures(comparison, request.diff_dir) if request.diff_dir is not None else []
+    if request.output == "json":
+        print(json.dumps(_summary(comparison, pictures)), flush=True)
+    elif request.output == "normal":
+        _print_table(comparison)
+        if pictures:
+            console.stderr.print(f"{len(pictures)} difference picture(s) in {request.diff_dir}")
+    if not comparison.passed and request.output != "json":
+        missing = sum(entry.candidate is None for entry in comparison.entries)
+        extra = sum(entry.baseline is None for entry in comparison.entries)
+        console.say_error(f"{len(comparison.failed)} of {len(comparison.entries)} entries differ "
+                          f"({missing} missing, {extra} extra) beyond max-diff {request.thresholds.max_diff:g}, "
+                          f"min-corr {request.thresholds.min_corr:g}, min-top-iou {request.thresholds.min_top_iou:g}")
+    return 0 if comparison.passed else 1
+
+
+def _summary(comparison, pictures: list[Path]) -> dict:
+    entries = []
+    for entry in comparison.worst_first():
+        metrics = entry.metrics
+        entries.append({"entry": entry.name, "passed": entry.passed, "problems": entry.problems,
+                        "max_diff": metrics.max_diff if metrics else None, "corr": metrics.corr if metrics else None,
+                        "top_iou": metrics.top_iou if metrics else None, "score_change": entry.score_change})
+    return {"baseline": str(comparison.baseline_dir), "candidate": str(comparison.candidate_dir),
+            "entries": len(comparison.entries), "failed": len(comparison.failed), "passed": comparison.passed,
+            "difference_pictures": [str(path) for path in pictures], "results": entries}
+
+
+def _print_table(comparison) -> None:
+    worst = comparison.worst_first()
+    table = Table(title=f"{len(comparison.entries) - len(comparison.failed)} of {len(comparison.entries)} "
+                        f"entries agree", title_justify="left")
+    for column in ("entry", "max-diff", "corr", "top-iou", "score change", "result"):
+        table.add_column(column, justify="left" if column in ("entry", "result") else "right", overflow="fold")
+    for entry in worst[:WORST_ROWS]:
+        metrics = entry.metrics
+        cells = ([f"{metrics.max_diff:.2g}", f"{metrics.corr:.6f}", f"{metrics.top_iou:.2f}"] if metrics
+                 else ["-", "-", "-"])
+        change = f"{entry.score_change:+.3g}" if entry.score_change is not None else "-"
+        result = "[green]ok[/]" if entry.passed else f"[red]{'; '.join(entry.problems)}[/]"
+        table.add_row(entry.name, *cells, change, result)
+    if len(worst) > WORST_ROWS:
+        table.caption = f"the {WORST_ROWS} worst of {len(worst)}"
+    console.stdout.print(table)

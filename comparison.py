@@ -1,0 +1,227 @@
+"""Comparing maps: two runs' result folders, or a map and its snapshot.
+
+``heatmap compare`` and the pytest fixture (``heatmap.pytest_plugin``) use the
+same metrics and thresholds. Each map is first scaled to max |value| = 1, so
+that a map scaled by a constant (a larger logit) is the same map:
+
+- ``max-diff``: the largest absolute difference of the scaled maps;
+- ``corr``: the Pearson correlation of their cells;
+- ``top-iou``: the overlap (intersection over union) of the cells holding the
+  top 10% of each map's values.
+
+The defaults pass for reruns of the same model on the same kind of machine
+(byte-identical on CPU) and for float32 round-off between devices, and fail
+for a real change of the weights; README "CI regression snapshots" has the
+measurements behind them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy and the manifest readers are imported where used: the CLI reads the
+# threshold defaults below for `heatmap compare --help`, which must stay quick.
+
+TOP_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When two maps count as the same (README documents the defaults)."""
+
+    max_diff: float = 0.005
+    min_corr: float = 0.999
+    min_top_iou: float = 0.6
+
+
+@dataclass(frozen=True)
+class MapMetrics:
+    """How two maps differ (see the module docstring)."""
+
+    max_diff: float
+    corr: float
+    top_iou: float
+
+    def failures(self, thresholds: Thresholds) -> list[str]:
+        """One phrase per metric outside its threshold, naming the metric; [] when the maps agree."""
+        failed = []
+        if not self.max_diff <= thresholds.max_diff:  # "not <=" also catches NaN
+            failed.append(f"max-diff {self.max_diff:.4g} > {thresholds.max_diff:g}")
+        if not self.corr >= thresholds.min_corr:
+            failed.append(f"corr {self.corr:.6g} < {thresholds.min_corr:g}")
+        if not self.top_iou >= thresholds.min_top_iou:
+            failed.append(f"top-iou {self.top_iou:.3g} < {thresholds.min_top_iou:g}")
+        return failed
+
+
+def scaled(heatmap: np.ndarray) -> np.ndarray:
+    """``heatmap`` over its max |value| (float64); an all-zero map stays zero."""
+    import numpy as np
+
+    values = np.asarray(heatmap, dtype=np.float64)
+    peak = np.abs(values).max() if values.size else 0.0
+    return values / peak if peak > 0 else values
+
+
+def top_cells(values: np.ndarray) -> set[int]:
+    """The flat indices of the ``ceil(10%)`` largest cells (ties broken by position)."""
+    import numpy as np
+
+    count = max(1, math.ceil(TOP_FRACTION * values.size))
+    return set(np.argsort(-values.ravel(), kind="stable")[:count].tolist())
+
+
+def compare_maps(baseline: np.ndarray, candidate: np.ndarray) -> MapMetrics:
+    """The metrics of two maps of the same shape.
+
+    Raises:
+        ValueError: when the shapes differ.
+    """
+    import numpy as np
+
+    if np.shape(baseline) != np.shape(candidate):
+        raise ValueError(f"map shapes differ: {tuple(np.shape(baseline))} vs {tuple(np.shape(candidate))}")
+    a, b = scaled(baseline), scaled(candidate)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return MapMetrics(math.nan, math.nan, math.nan)
+    max_diff = float(np.abs(a - b).max()) if a.size else 0.0
+    if a.std() == 0 or b.std() == 0:  # Pearson is undefined for a constant map
+        corr = 1.0 if np.array_equal(a, b) else 0.0
+    else:
+        corr = float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+    top_a, top_b = top_cells(a), top_cells(b)
+    return MapMetrics(max_diff, corr, len(top_a & top_b) / len(top_a | top_b))
+
+
+def entry_score(entry: dict[str, Any]) -> float | None:
+    """The target score a manifest entry records: the logit (CLIP) or the class score."""
+    value = entry.get("logit", entry.get("score"))
+    return float(value) if value is not None else None
+
+
+@dataclass
+class EntryComparison:
+    """One entry of the baseline or the candidate, and how it compares.
+
+    Attributes:
+        key: the entry's :func:`~heatmap.outputs.entry_key`.
+        baseline, candidate: the manifest entries (None where it is missing).
+        metrics: the map metrics, when both maps could be read.
+        score_change: candidate minus baseline target score.
+        problems: why the entry fails; empty when it passes.
+    """
+
+    key: tuple
+    baseline: dict[str, Any] | None
+    candidate: dict[str, Any] | None
+    metrics: MapMetrics | None = None
+    score_change: float | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    @property
+    def name(self) -> str:
+        """``input [method, target]``, how a person names the entry."""
+        from heatmap.outputs import entry_target
+
+        entry = self.baseline or self.candidate
+        target = " ".join(str(part) for part in (entry_target(entry), entry.get("label")) if part is not None)
+        return f"{entry['input']} [{entry['method']}, {target}]"
+
+
+@dataclass
+class FolderComparison:
+    """Every entry of two result folders, paired."""
+
+    baseline_dir: Path
+    candidate_dir: Path
+    thresholds: Thresholds
+    entries: list[EntryComparison]
+
+    @property
+    def failed(self) -> list[EntryComparison]:
+        return [entry for entry in self.entries if not entry.passed]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
+
+    def worst_first(self) -> list[EntryComparison]:
+        """Failures first, then by falling correlation and rising max-diff."""
+        def badness(entry: EntryComparison):
+            metrics = entry.metrics
+            if metrics is None:
+                return (entry.passed, -math.inf, math.inf)
+            corr = -math.inf if math.isnan(metrics.corr) else metrics.corr
+            return (entry.passed, corr, -metrics.max_diff if not math.isnan(metrics.max_diff) else -math.inf)
+        return sorted(self.entries, key=badness)
+
+
+def compare_folders(baseline_dir: Path, candidate_dir: Path, thresholds: Thresholds = Thresholds()
+                    ) -> FolderComparison:
+    """Pair the entries of two result folders by (input, model, method, options, target) and compare each.
+
+    An entry of the baseline with no partner in the candidate is "missing",
+    one of the candidate with none in the baseline "extra"; both fail.
+
+    Raises:
+        FileNotFoundError: when a folder has no manifest.
+    """
+    from heatmap.outputs import latest_entries, read_manifest
+
+    baseline_dir, candidate_dir = Path(baseline_dir), Path(candidate_dir)
+    sides = {}
+    for label, folder in (("baseline", baseline_dir), ("candidate", candidate_dir)):
+        entries = read_manifest(folder)
+        if not entries:
+            raise FileNotFoundError(f"{label} {folder} has no manifest.jsonl with entries; "
+                                    "give a folder a heatmap run wrote")
+        sides[label] = latest_entries(entries)
+    baseline, candidate = sides["baseline"], sides["candidate"]
+    results = []
+    for key in [*baseline, *(key for key in candidate if key not in baseline)]:
+        results.append(_compare_entry(key, baseline.get(key), candidate.get(key), baseline_dir, candidate_dir,
+                                      thresholds))
+    return FolderComparison(baseline_dir, candidate_dir, thresholds, results)
+
+
+def _compare_entry(key, baseline, candidate, baseline_dir: Path, candidate_dir: Path,
+                   thresholds: Thresholds) -> EntryComparison:
+    import numpy as np
+
+    result = EntryComparison(key, baseline, candidate)
+    if candidate is None:
+        result.problems.append("missing in the candidate")
+        return result
+    if baseline is None:
+        result.problems.append("extra in the candidate (not in the baseline)")
+        return result
+    maps = []
+    for label, folder, entry in (("baseline", baseline_dir, baseline), ("candidate", candidate_dir, candidate)):
+        try:
+            maps.append(np.load(folder / entry["files"]["npy"], allow_pickle=False))
+        except (OSError, ValueError, KeyError) as error:
+            result.problems.append(f"{label} map unreadable: {error}")
+    scores = entry_score(baseline), entry_score(candidate)
+    if None not in scores:
+        result.score_change = scores[1] - scores[0]
+    if len(maps) == 2:
+        try:
+            result.metrics = compare_maps(*maps)
+        except ValueError as error:
+            result.problems.append(str(error))
+        else:
+            result.problems.extend(result.metrics.failures(thresholds))
+    return result
+
+
+__all__ = ["EntryComparison", "FolderComparison", "MapMetrics", "Thresholds", "compare_folders", "compare_maps"]

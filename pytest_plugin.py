@@ -1,0 +1,473 @@
+"""pytest plugin: snapshot tests of heatmaps (the ``heatmap_snapshot`` fixture).
+
+Installed with vit-heatmap and registered as the ``pytest11`` entry point
+``heatmap``, so any test suite can write::
+
+    def test_cat(heatmap_snapshot):
+        heatmap_snapshot("demo", "cat.png", method="chefer-generic", target="heart")
+
+The first run writes the map beside the test (``tests/test_model.py::test_cat``
+-> ``tests/test_model/test_cat.npy`` and ``test_cat.json``, what made it) and
+fails once so that the new files get reviewed; later runs compare against them
+with :func:`heatmap.comparison.compare_maps` and the same thresholds as
+``heatmap compare``. ``pytest --heatmap-update`` rewrites the snapshots.
+
+This module is imported by every pytest session of an environment that has
+vit-heatmap installed, so it imports only the standard library and pytest at
+import time; numpy, torch and the models load when a test calls the fixture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
+
+import pytest
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from heatmap.comparison import Thresholds
+
+UPDATE_OPTION = "--heatmap-update"
+# ini option -> the Thresholds field it sets; the per-call keyword has the field's name.
+INI_THRESHOLDS = {"heatmap_max_diff": "max_diff", "heatmap_min_corr": "min_corr",
+                  "heatmap_min_top_iou": "min_top_iou"}
+ACCEPT_HINT = f"If the new maps are right, run `pytest {UPDATE_OPTION}` to accept them, then review and commit the files."
+MAX_NAME_LENGTH = 80
+
+_USED_SNAPSHOTS = pytest.StashKey[dict]()  # snapshot path -> node id of the test that used it
+_WRITTEN = pytest.StashKey[list]()  # snapshot paths written this session, for the summary
+_ADAPTERS = pytest.StashKey[dict]()  # models loaded by name, once per session
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add ``--heatmap-update`` and the threshold ini options."""
+    group = parser.getgroup("heatmap", "heatmap snapshots (vit-heatmap)")
+    group.addoption(UPDATE_OPTION, action="store_true", default=False,
+                    help="write the heatmap_snapshot files anew instead of comparing against them")
+    for ini_name, field_name in INI_THRESHOLDS.items():
+        # "string", not "float": pytest before 8.4 has no float ini type.
+        parser.addini(ini_name, f"heatmap_snapshot threshold {field_name} (default: heatmap.comparison.Thresholds)",
+                      default="")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_USED_SNAPSHOTS] = {}
+    config.stash[_WRITTEN] = []
+    config.stash[_ADAPTERS] = {}
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """List the snapshot files this session wrote, so they are easy to review."""
+    written = config.stash.get(_WRITTEN, [])
+    if written:
+        terminalreporter.write_sep("-", f"heatmap snapshots written: {len(written)}")
+        for path in written:
+            terminalreporter.write_line(f"  {path}")
+
+
+@pytest.fixture
+def heatmap_snapshot(request: pytest.FixtureRequest) -> "HeatmapSnapshot":
+    """Compare heatmaps with snapshots stored beside the test; see :class:`HeatmapSnapshot`."""
+    return HeatmapSnapshot(request)
+
+
+@dataclass(frozen=True)
+class SnapshotFiles:
+    """The two files of one snapshot: the map(s) and what made them.
+
+    Attributes:
+        npy: the maps, float32 ``[gh, gw]`` (classifier) or ``[T, gh, gw]`` (CLIP).
+        json: the record: method, options, target(s) or texts, scores, shape, versions.
+        shown: how messages name the ``.npy`` (relative to the rootdir where possible).
+    """
+
+    npy: Path
+    json: Path
+    shown: str
+
+    def exist(self) -> bool:
+        return self.npy.is_file() and self.json.is_file()
+
+
+@dataclass
+class Computed:
+    """The maps of one fixture call and their record.
+
+    Attributes:
+        maps: float32 ``[K, gh, gw]``: K = 1 for a classifier, one per text for CLIP.
+        names: per map, how messages name it (``target 5 (heart)``, ``text 'a cat'``).
+        scores: per map, the target score or the CLIP logit.
+        record: what the ``.json`` holds.
+        clip: whether the maps are a CLIP's (stored ``[T, gh, gw]``).
+    """
+
+    maps: "np.ndarray"
+    names: list[str]
+    scores: list[float]
+    record: dict[str, Any]
+    clip: bool
+
+    @property
+    def stored(self) -> "np.ndarray":
+        """The array as the ``.npy`` holds it."""
+        return self.maps if self.clip else self.maps[0]
+
+
+class HeatmapSnapshot:
+    """The callable behind the ``heatmap_snapshot`` fixture, one per test.
+
+    Args:
+        request: the test's fixture request (for its name, path and options).
+    """
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        self.request = request
+        self.config = request.config
+        self.names_used: set[str | None] = set()
+
+    def __call__(self, model: Any, image: Any, method: str = "chefer-generic", target: int | str | None = None,
+                 texts: Sequence[str] | None = None, name: str | None = None, max_diff: float | None = None,
+                 min_corr: float | None = None, min_top_iou: float | None = None,
+                 **options: Any) -> "np.ndarray":
+        """Explain one image and compare the map(s) with the test's snapshot.
+
+        Args:
+            model: what :func:`heatmap.explain` takes: a timm ViT or open_clip
+                CLIP object (run on the device it is on), an adapter, or a name
+                (``"demo"``, loaded on the CPU so that snapshots are deterministic).
+            image: a path, a PIL image, or a preprocessed float tensor
+                ``[3, H, W]`` or ``[1, 3, H, W]``.
+            method: ``rollout``, ``grad-rollout``, ``chefer-generic`` or
+                ``transformer-attribution``.
+            target: classifiers: the class, by index or label; None = the top-1 class.
+            texts: CLIP: the texts, one map each.
+            name: tells several snapshots of one test apart (``test_cat-second``).
+            max_diff, min_corr, min_top_iou: this call's thresholds; unset ones
+                come from the ini options ``heatmap_max_diff`` ... or
+                :class:`~heatmap.comparison.Thresholds`.
+            **options: the method's options (``start_layer``, ``head_fusion``, ...).
+
+        Returns:
+            the computed maps, float32: ``[gh, gw]``, or ``[T, gh, gw]`` for CLIP.
+        """
+        thresholds = self.thresholds(max_diff=max_diff, min_corr=min_corr, min_top_iou=min_top_iou)
+        files = self.claim(name)
+        computed = compute(model, image, method, target, texts, options, self.config.stash[_ADAPTERS])
+        if self.config.getoption(UPDATE_OPTION):
+            self.write(files, computed)
+        elif not files.exist():
+            self.write(files, computed)
+            fail(f"heatmap snapshot written: {files.shown} and {files.json.name} beside it "
+                 f"({computed.record['method']}, {', '.join(computed.names)}). There was no snapshot to compare "
+                 "with, so this test fails once: review the new map, commit both files and rerun the test; "
+                 "later runs compare against them.")
+        else:
+            check_snapshot(files, computed, thresholds)
+        return computed.stored
+
+    # -- where -------------------------------------------------------------------
+
+    def claim(self, name: str | None) -> SnapshotFiles:
+        """The files of this call's snapshot; fails when another call of the session uses them.
+
+        Two names can slug to the same file (``test[a b]``, ``test[a_b]``), and a
+        test can call the fixture twice without ``name=``: either would compare
+        two different maps against one file.
+        """
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            fail(f"heatmap_snapshot: name= must be a non-empty string, got {name!r}")
+        if name in self.names_used:
+            fail(f"heatmap_snapshot was called twice in {self.request.node.nodeid} with "
+                 f"{'no name=' if name is None else f'name={name!r}'}; give each call its own name=")
+        self.names_used.add(name)
+        node = self.request.node
+        module = Path(self.request.path)
+        stem = snapshot_stem(node, name)
+        folder = module.parent / module.stem  # the folder named after the test module
+        npy = folder / f"{stem}.npy"
+        used = self.config.stash[_USED_SNAPSHOTS]
+        owner = used.setdefault(npy, node.nodeid)
+        if owner != node.nodeid:
+            fail(f"heatmap_snapshot: {owner} and {node.nodeid} both map to the snapshot {self.shown(npy)}; "
+                 "give one of them a name=")
+        return SnapshotFiles(npy, npy.with_suffix(".json"), self.shown(npy))
+
+    def shown(self, path: Path) -> str:
+        """``path`` relative to the rootdir when it is below it."""
+        try:
+            return path.relative_to(self.config.rootpath).as_posix()
+        except ValueError:
+            return str(path)
+
+    # -- thresholds --------------------------------------------------------------
+
+    def thresholds(self, **per_call: float | None) -> "Thresholds":
+        """The defaults, updated by the ini options, updated by this call's keywords."""
+        from heatmap.comparison import Thresholds
+
+        values = {}
+        for ini_name, field_name in INI_THRESHOLDS.items():
+            text = str(self.config.getini(ini_name)).strip()
+            if text:
+                values[field_name] = as_threshold(text, f"ini option {ini_name}")
+        for field_name, value in per_call.items():
+            if value is not None:
+                values[field_name] = as_threshold(value, f"heatmap_snapshot({field_name}=...)")
+        return dataclasses.replace(Thresholds(), **values)
+
+    # -- writing -----------------------------------------------------------------
+
+    def write(self, files: SnapshotFiles, computed: Computed) -> None:
+        """Write the ``.npy``, then the ``.json``: a snapshot missing either counts as missing."""
+        import numpy as np
+
+        from heatmap.outputs import npy_bytes, write_atomically
+
+        files.npy.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(files.npy, npy_bytes(np.ascontiguousarray(computed.stored, dtype=np.float32)))
+        text = json.dumps(computed.record, indent=2, sort_keys=True) + "\n"
+        write_atomically(files.json, text.encode("utf-8"))
+        self.config.stash[_WRITTEN].append(files.shown)
+
+
+def fail(message: str) -> NoReturn:
+    """Fail the test with ``message`` alone: the traceback would only show the plugin."""
+    pytest.fail(message, pytrace=False)
+
+
+def as_threshold(value: Any, source: str) -> float:
+    """``value`` as a finite float; fails naming ``source`` otherwise."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        fail(f"{source} must be a number, got {value!r}")
+    return number
+
+
+# -- snapshot names ------------------------------------------------------------
+
+
+def snapshot_stem(node: pytest.Item, name: str | None) -> str:
+    """The file stem of a test's snapshot: ``test_cat``, ``TestZoo.test_cat-demo-0``, ``test_cat-second``.
+
+    Class names and the test function's name are kept as they are (they are
+    identifiers); the parametrize id and ``name`` are made file-name-safe.
+    """
+    classes = [item.name for item in node.listchain() if isinstance(item, pytest.Class)]
+    parts = [".".join([*classes, getattr(node, "originalname", node.name)])]
+    callspec = getattr(node, "callspec", None)
+    if callspec is not None and callspec.id:
+        parts.append(safe_name(callspec.id))
+    if name is not None:
+        parts.append(safe_name(name))
+    return "-".join(parts)
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe form of ``text``: ``"demo-0"`` stays, ``"a red/cat"`` -> ``"a_red_cat"``.
+
+    Long names are cut and get a hash of the whole, so they stay distinct.
+    """
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._-")  # no leading dot: no hidden files
+    if safe and len(safe) <= MAX_NAME_LENGTH:
+        return safe
+    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+    return f"{safe[:MAX_NAME_LENGTH - 9]}_{digest}" if safe else digest
+
+
+# -- computing -----------------------------------------------------------------
+
+
+def compute(model: Any, image: Any, method: str, target: int | str | None, texts: Sequence[str] | None,
+            options: dict[str, Any], adapters: dict) -> Computed:
+    """Explain ``image`` with ``model`` and return the maps with their record.
+
+    Args:
+        model, image, method, target, texts, options: as the fixture takes them.
+        adapters: the session's models loaded by name (so each loads once).
+    """
+    import heatmap
+    from heatmap.errors import HeatmapError
+
+    if texts is not None and (isinstance(texts, str) or not texts):
+        fail(f"heatmap_snapshot: texts= must be a non-empty list of strings, got {texts!r}")
+    if texts is not None and target is not None:
+        fail("heatmap_snapshot: target= is for classifiers; a CLIP model gets one map per text in texts=")
+    try:
+        adapter = as_adapter(model, clip=texts is not None, adapters=adapters)
+        batch, described = as_batch(image)
+        if texts is not None:
+            return clip_maps(heatmap.explain(adapter, batch, method, texts=list(texts), **options),
+                             adapter, described)
+        index = None if target is None else adapter.class_index(str(target))
+        result = heatmap.explain(adapter, batch, method, target=index, **options)
+    except HeatmapError as error:
+        fail(f"heatmap_snapshot: {error}")
+    return classifier_maps(result, adapter, described, target)
+
+
+def as_adapter(model: Any, clip: bool, adapters: dict) -> Any:
+    """``model`` as an adapter: a name is loaded once per session, on the CPU."""
+    import torch
+
+    from heatmap.models import adapter_for, load, load_clip
+
+    if isinstance(model, str):
+        key = (model, clip)
+        if key not in adapters:
+            adapters[key] = load_clip(model, device="cpu") if clip else load(model, device="cpu")
+        return adapters[key]
+    if isinstance(model, torch.nn.Module):
+        return adapter_for(model)
+    return model
+
+
+def as_batch(image: Any) -> tuple[Any, str]:
+    """``image`` as what :func:`heatmap.explain` takes for one image, and how the record names it."""
+    import torch
+
+    if isinstance(image, torch.Tensor):
+        if image.dim() == 3:
+            image = image.unsqueeze(0)
+        if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3:
+            fail(f"heatmap_snapshot: a tensor image must be [3, H, W] or [1, 3, H, W], got {list(image.shape)}")
+        return image, f"tensor {list(image.shape)}"
+    if isinstance(image, (str, os.PathLike)):
+        return [Path(image)], Path(image).as_posix()
+    if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
+        return [image], f"PIL image {image.size[0]}x{image.size[1]} {image.mode}"
+    fail(f"heatmap_snapshot: image must be a path, a PIL image or a [3, H, W] tensor, got {type(image).__name__}")
+
+
+def base_record(adapter: Any, described: str, method: str, options: dict[str, Any], shape: Sequence[int]
+                ) -> dict[str, Any]:
+    """What every snapshot records, classifier or CLIP."""
+    import torch
+
+    import heatmap
+
+    return {"vit_heatmap": heatmap.__version__, "torch": torch.__version__, "model": adapter.name,
+            "image": described, "method": method, "options": json_round_trip(options), "map_shape": list(shape)}
+
+
+def classifier_maps(result: Any, adapter: Any, described: str, requested: int | str | None) -> Computed:
+    """The :class:`Computed` of a classifier's explanation of one image."""
+    maps = result.maps.numpy().astype("float32")  # [1, gh, gw]: one image, one target
+    index, label, score = int(result.targets[0]), result.labels[0], float(result.scores[0])
+    record = base_record(adapter, described, result.method, result.options, maps.shape[1:])
+    record.update(target=index, label=label, requested_target=requested, score=score)
+    return Computed(maps, [target_name(index, label)], [score], record, clip=False)
+
+
+def clip_maps(result: Any, adapter: Any, described: str) -> Computed:
+    """The :class:`Computed` of a CLIP's explanation of one image against its texts."""
+    maps = result.maps[0].numpy().astype("float32")  # [T, gh, gw]
+    logits = [float(value) for value in result.logits[0]]
+    record = base_record(adapter, described, result.method, result.options, maps.shape)
+    record.update(texts=list(result.texts), logits=logits)
+    return Computed(maps, [f"text {text!r}" for text in result.texts], logits, record, clip=True)
+
+
+def target_name(index: int, label: str | None) -> str:
+    return f"target {index} ({label})" if label else f"target {index}"
+
+
+def json_round_trip(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists), so records compare equal."""
+    return json.loads(json.dumps(value))
+
+
+# -- comparing -----------------------------------------------------------------
+
+
+def check_snapshot(files: SnapshotFiles, computed: Computed, thresholds: "Thresholds") -> None:
+    """Fail the test unless ``computed`` matches the snapshot in ``files``."""
+    stored, maps = read_snapshot(files)
+    differences = record_differences(stored, computed.record)
+    if list(maps.shape) != list(computed.stored.shape) and not differences:
+        differences.append(f"map shape: snapshot {list(maps.shape)}, now {list(computed.stored.shape)}")
+    if differences:
+        fail(f"heatmap snapshot {files.shown} was made differently from what the test now computes: "
+             f"{'; '.join(differences)}. If the test's new arguments are intended, run "
+             f"`pytest {UPDATE_OPTION}` to rewrite the snapshot, then review and commit it.")
+    baseline = maps if computed.clip else maps[None]
+    lines, failed = compare_each(baseline, computed, stored, thresholds)
+    if failed:
+        fail(f"heatmap snapshot {files.shown}: the maps differ ({computed.record['method']}, "
+             f"options {json.dumps(computed.record['options'], sort_keys=True)}):\n" + "\n".join(lines) +
+             f"\nthresholds: max-diff <= {thresholds.max_diff:g}, corr >= {thresholds.min_corr:g}, "
+             f"top-iou >= {thresholds.min_top_iou:g}.\n{ACCEPT_HINT}")
+
+
+def read_snapshot(files: SnapshotFiles) -> tuple[dict[str, Any], "np.ndarray"]:
+    """The record and maps of a snapshot; fails with the file's name when either is unreadable."""
+    import numpy as np
+
+    try:
+        record = json.loads(files.json.read_text(encoding="utf-8"))
+        maps = np.load(files.npy, allow_pickle=False)
+    except (OSError, ValueError) as error:  # JSONDecodeError is a ValueError
+        fail(f"heatmap snapshot {files.shown} is unreadable ({error}); "
+             f"run `pytest {UPDATE_OPTION}` to write it anew")
+    if not isinstance(record, dict):
+        fail(f"heatmap snapshot {files.json.name} is not a JSON object; run `pytest {UPDATE_OPTION}` to write it anew")
+    return record, maps
+
+
+def record_differences(stored: dict[str, Any], record: dict[str, Any]) -> list[str]:
+    """What made the snapshot and what the test computes, where they differ (maps aside)."""
+    differences = []
+    for key in ("method", "options", "texts", "map_shape"):
+        if stored.get(key) != record.get(key):
+            differences.append(f"{key.replace('_', ' ')}: snapshot {show(stored.get(key))}, now {show(record.get(key))}")
+    if "target" in record and stored.get("target") != record["target"]:
+        was = target_name(stored.get("target"), stored.get("label"))
+        now = target_name(record["target"], record["label"])
+        if record["requested_target"] is None:  # the top-1 class moved: the maps explain different classes
+            differences.append(f"the top-1 class changed: snapshot {was}, now {now}")
+        else:
+            differences.append(f"target: snapshot {was}, now {now}")
+    return differences
+
+
+def show(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def compare_each(baseline: "np.ndarray", computed: Computed, stored: dict[str, Any], thresholds: "Thresholds"
+                 ) -> tuple[list[str], bool]:
+    """One message line per map (target or text), and whether any map failed."""
+    from heatmap.comparison import compare_maps
+
+    stored_scores = stored.get("logits") if computed.clip else [stored.get("score")]
+    score_word = "logit" if computed.clip else "score"
+    lines, any_failed = [], False
+    for k, name in enumerate(computed.names):
+        metrics = compare_maps(baseline[k], computed.maps[k])
+        failures = metrics.failures(thresholds)
+        any_failed = any_failed or bool(failures)
+        verdict = "; ".join(failures) if failures else "ok"
+        measured = f"max-diff {metrics.max_diff:.4g}, corr {metrics.corr:.6g}, top-iou {metrics.top_iou:.3g}"
+        lines.append(f"  {name}: {verdict} ({measured}); "
+                     f"{score_change(score_word, stored_scores, k, computed.scores[k])}")
+    return lines, any_failed
+
+
+def score_change(word: str, stored_scores: Any, k: int, now: float) -> str:
+    """``score 3.792 -> 3.51 (-0.282)``, or just the new score when the snapshot has none."""
+    try:
+        was = float(stored_scores[k])
+    except (TypeError, ValueError, IndexError, KeyError):
+        return f"{word} now {now:.4g}"
+    return f"{word} {was:.4g} -> {now:.4g} ({now - was:+.3g})"
