@@ -35,7 +35,7 @@ TOP_FRACTION = 0.1
 class Thresholds:
     """When two maps count as the same (README documents the defaults)."""
 
-    max_diff: float = 0.005
+    max_diff: float = 0.002
     min_corr: float = 0.999
     min_top_iou: float = 0.6
 

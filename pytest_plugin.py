@@ -40,12 +40,13 @@ UPDATE_OPTION = "--heatmap-update"
 # ini option -> the Thresholds field it sets; the per-call keyword has the field's name.
 INI_THRESHOLDS = {"heatmap_max_diff": "max_diff", "heatmap_min_corr": "min_corr",
                   "heatmap_min_top_iou": "min_top_iou"}
-ACCEPT_HINT = f"If the new maps are right, run `pytest {UPDATE_OPTION}` to accept them, then review and commit the files."
+ACCEPT_HINT = (f"If the new maps are right, run `pytest {UPDATE_OPTION}` to accept them, "
+               "then review and commit the files.")
 MAX_NAME_LENGTH = 80
 
-_USED_SNAPSHOTS = pytest.StashKey[dict]()  # snapshot path -> node id of the test that used it
-_WRITTEN = pytest.StashKey[list]()  # snapshot paths written this session, for the summary
-_ADAPTERS = pytest.StashKey[dict]()  # models loaded by name, once per session
+_USED_SNAPSHOTS = pytest.StashKey[dict[Path, str]]()  # snapshot .npy -> node id of the test that used it
+_WRITTEN = pytest.StashKey[list[str]]()  # snapshots written this session, for the summary
+_ADAPTERS = pytest.StashKey[dict[tuple[str, bool], Any]]()  # models loaded by name, once per session
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -132,7 +133,7 @@ class HeatmapSnapshot:
     def __init__(self, request: pytest.FixtureRequest) -> None:
         self.request = request
         self.config = request.config
-        self.names_used: set[str | None] = set()
+        self.files_used: set[Path] = set()
 
     def __call__(self, model: Any, image: Any, method: str = "chefer-generic", target: int | str | None = None,
                  texts: Sequence[str] | None = None, name: str | None = None, max_diff: float | None = None,
@@ -179,23 +180,22 @@ class HeatmapSnapshot:
     def claim(self, name: str | None) -> SnapshotFiles:
         """The files of this call's snapshot; fails when another call of the session uses them.
 
-        Two names can slug to the same file (``test[a b]``, ``test[a_b]``), and a
-        test can call the fixture twice without ``name=``: either would compare
-        two different maps against one file.
+        A test that calls the fixture twice without ``name=``, or two names
+        that slug alike (``test[a b]``, ``test[a_b]``), would compare two
+        different maps against one file.
         """
         if name is not None and (not isinstance(name, str) or not name.strip()):
             fail(f"heatmap_snapshot: name= must be a non-empty string, got {name!r}")
-        if name in self.names_used:
-            fail(f"heatmap_snapshot was called twice in {self.request.node.nodeid} with "
-                 f"{'no name=' if name is None else f'name={name!r}'}; give each call its own name=")
-        self.names_used.add(name)
         node = self.request.node
         module = Path(self.request.path)
-        stem = snapshot_stem(node, name)
         folder = module.parent / module.stem  # the folder named after the test module
-        npy = folder / f"{stem}.npy"
-        used = self.config.stash[_USED_SNAPSHOTS]
-        owner = used.setdefault(npy, node.nodeid)
+        npy = folder / f"{snapshot_stem(node, name)}.npy"
+        if npy in self.files_used:
+            fail(f"heatmap_snapshot: two calls in {node.nodeid} share the snapshot {self.shown(npy)}; "
+                 "give each call its own name=")
+        self.files_used.add(npy)
+        # Across tests, by node id: a test run again in one session (a rerun plugin) keeps its files.
+        owner = self.config.stash[_USED_SNAPSHOTS].setdefault(npy, node.nodeid)
         if owner != node.nodeid:
             fail(f"heatmap_snapshot: {owner} and {node.nodeid} both map to the snapshot {self.shown(npy)}; "
                  "give one of them a name=")
@@ -421,7 +421,8 @@ def read_snapshot(files: SnapshotFiles) -> tuple[dict[str, Any], "np.ndarray"]:
         fail(f"heatmap snapshot {files.shown} is unreadable ({error}); "
              f"run `pytest {UPDATE_OPTION}` to write it anew")
     if not isinstance(record, dict):
-        fail(f"heatmap snapshot {files.json.name} is not a JSON object; run `pytest {UPDATE_OPTION}` to write it anew")
+        fail(f"heatmap snapshot {files.shown}: its .json is not a JSON object; "
+             f"run `pytest {UPDATE_OPTION}` to write it anew")
     return record, maps
 
 
@@ -429,8 +430,15 @@ def record_differences(stored: dict[str, Any], record: dict[str, Any]) -> list[s
     """What made the snapshot and what the test computes, where they differ (maps aside)."""
     differences = []
     for key in ("method", "options", "texts", "map_shape"):
-        if stored.get(key) != record.get(key):
-            differences.append(f"{key.replace('_', ' ')}: snapshot {show(stored.get(key))}, now {show(record.get(key))}")
+        was, now = stored.get(key), record.get(key)
+        if was == now:
+            continue
+        if key == "options" and isinstance(was, dict):  # name the options that changed, not all of them
+            differences.extend(f"option {option}: snapshot {show(was.get(option, '(unset)'))}, "
+                               f"now {show(now.get(option, '(unset)'))}"
+                               for option in sorted({*was, *now}) if was.get(option) != now.get(option))
+        else:
+            differences.append(f"{key.replace('_', ' ')}: snapshot {show(was)}, now {show(now)}")
     if "target" in record and stored.get("target") != record["target"]:
         was = target_name(stored.get("target"), stored.get("label"))
         now = target_name(record["target"], record["label"])
@@ -457,9 +465,16 @@ def compare_each(baseline: "np.ndarray", computed: Computed, stored: dict[str, A
         metrics = compare_maps(baseline[k], computed.maps[k])
         failures = metrics.failures(thresholds)
         any_failed = any_failed or bool(failures)
-        verdict = "; ".join(failures) if failures else "ok"
-        measured = f"max-diff {metrics.max_diff:.4g}, corr {metrics.corr:.6g}, top-iou {metrics.top_iou:.3g}"
-        lines.append(f"  {name}: {verdict} ({measured}); "
+        # The metrics that passed too: how far inside its threshold each was tells a drift from a break.
+        measured = {"max-diff": f"{metrics.max_diff:.4g}", "corr": f"{metrics.corr:.6g}",
+                    "top-iou": f"{metrics.top_iou:.3g}"}
+        passed = [f"{metric} {value}" for metric, value in measured.items()
+                  if not any(failure.startswith(f"{metric} ") for failure in failures)]
+        if not failures:
+            verdict = f"within thresholds ({', '.join(passed)})"
+        else:
+            verdict = "; ".join(failures) + (f" ({', '.join(passed)} within thresholds)" if passed else "")
+        lines.append(f"  {name}: {verdict}; "
                      f"{score_change(score_word, stored_scores, k, computed.scores[k])}")
     return lines, any_failed
 

@@ -1,8 +1,10 @@
 """The ``heatmap_snapshot`` fixture (heatmap.pytest_plugin), run the way a user's suite runs it.
 
 Each test writes a user's test file into a ``pytester`` folder and runs pytest
-on it in-process; the plugin reaches those runs through its ``pytest11``
-entry point, as it reaches a user's.
+on it in-process. The first test checks that the plugin reaches such a run
+through its ``pytest11`` entry point, as it reaches a user's; the others load
+it alone (``-p heatmap.pytest_plugin``, no other installed plugin), which keeps
+them independent of what else is installed, and fast.
 """
 
 from __future__ import annotations
@@ -68,22 +70,24 @@ def image():
 '''
 
 CLIP_SUITE = '''
+from pathlib import Path
+
 import open_clip
 import torch
 
-WEIGHTS = "clip.pt"
+WEIGHTS = Path(__file__).with_name("clip.pt")
 
 
 def build_clip():
+    """A tiny CLIP (open_clip's own tokenizer, 10 tokens a text), its weights saved on first use."""
     torch.manual_seed(0)
     model = open_clip.CLIP(
         embed_dim=16,
         vision_cfg=dict(image_size=32, patch_size=8, width=32, layers=3, head_width=8),
         text_cfg=dict(context_length=10, vocab_size=49408, width=32, heads=4, layers=2))
-    try:
-        model.load_state_dict(torch.load(WEIGHTS, weights_only=True))
-    except FileNotFoundError:
+    if not WEIGHTS.exists():
         torch.save(model.state_dict(), WEIGHTS)
+    model.load_state_dict(torch.load(WEIGHTS, weights_only=True))
     return model.eval()
 
 '''
@@ -103,13 +107,27 @@ def perturb(path: Path, key: str, fraction: float, seed: int = 7) -> None:
     torch.save(state, path)
 
 
+@pytest.fixture(autouse=True)
+def only_this_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Other installed plugins would be imported anew by every run (pytester
+    # forgets a run's imports), seconds each, and could change the output.
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The models here are tiny: waking a pool of threads costs more than the
+    # work, about 2.5x the time of this file on 2 cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest("-p", "no:cacheprovider", *args)
-
-
-def failure_text(result: pytest.RunResult) -> str:
-    """The run's output, lines joined (pytest may wrap a long message)."""
-    return result.stdout.str()
+    # The plugin module is imported already (by this session), so pytest warns that it cannot rewrite it.
+    return pytester.runpytest("-p", "heatmap.pytest_plugin", "-p", "no:cacheprovider",
+                              "-W", "ignore::pytest.PytestAssertRewriteWarning", *args)
 
 
 TEST_VIT = '''
@@ -119,17 +137,19 @@ def test_vit(heatmap_snapshot, image):
 '''
 
 
-def test_the_plugin_is_active_in_pytester_runs(pytester):
-    result = run(pytester, "--help")
-    assert "--heatmap-update" in result.stdout.str()
-    assert "heatmap_max_diff" in result.stdout.str()
+def test_the_entry_point_loads_the_plugin(pytester, monkeypatch):
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
+    pytester.makepyfile(test_fixture="def test_fixture(heatmap_snapshot):\n    assert callable(heatmap_snapshot)\n")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--help")
+    assert "--heatmap-update" in result.stdout.str() and "heatmap_max_diff" in result.stdout.str()
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
 
 
 def test_first_run_writes_the_snapshot_and_fails_then_the_next_passes(pytester):
     vit_suite(pytester, TEST_VIT)
     first = run(pytester)
     first.assert_outcomes(failed=1)
-    output = failure_text(first)
+    output = first.stdout.str()
     assert "heatmap snapshot written: test_model/test_vit.npy" in output
     assert "commit both files and rerun" in output
     assert "Traceback" not in output and "pytest_plugin.py" not in output
@@ -158,7 +178,7 @@ def test_a_changed_weight_fails_naming_the_metric_and_update_accepts_it(pytester
     perturb(pytester.path / "vit.pt", "blocks.1.attn.qkv.weight", 0.05)
     changed = run(pytester)
     changed.assert_outcomes(failed=1)
-    output = failure_text(changed)
+    output = changed.stdout.str()
     assert "heatmap snapshot test_model/test_vit.npy: the maps differ (chefer-generic" in output
     assert re.search(r"target 2: .*corr 0\.\d+ < 0\.999", output)
     assert re.search(r"score -?\d\S* -> -?\d\S* \([+-]", output)
@@ -177,7 +197,8 @@ def test_ini_thresholds_and_per_call_overrides(pytester):
     perturb(pytester.path / "vit.pt", "blocks.1.attn.qkv.weight", 0.001)
     strict = run(pytester)
     strict.assert_outcomes(failed=1)
-    assert "max-diff" in failure_text(strict) and "corr" in failure_text(strict)
+    assert re.search(r"target 2: max-diff 0\.0\d+ > 0\.005 \(corr 0\.99\d+, top-iou 1 within thresholds\)",
+                     strict.stdout.str())
 
     pytester.makeini("[pytest]\nheatmap_max_diff = 0.05\n")
     run(pytester).assert_outcomes(passed=1)
@@ -186,13 +207,13 @@ def test_ini_thresholds_and_per_call_overrides(pytester):
     vit_suite(pytester, TEST_VIT.replace("target=2)", "target=2, max_diff=0.005)"))
     per_call = run(pytester)
     per_call.assert_outcomes(failed=1)
-    assert re.search(r"max-diff 0\.00\d+ > 0\.005", failure_text(per_call))
+    assert "max-diff" in per_call.stdout.str() and "> 0.005" in per_call.stdout.str()
 
     pytester.makeini("[pytest]\nheatmap_min_corr = 1.5\n")
     vit_suite(pytester, TEST_VIT.replace("target=2)", "target=2, max_diff=1)"))
     impossible = run(pytester)
     impossible.assert_outcomes(failed=1)
-    assert "corr" in failure_text(impossible) and "< 1.5" in failure_text(impossible)
+    assert "corr" in impossible.stdout.str() and "< 1.5" in impossible.stdout.str()
 
 
 def test_a_snapshot_made_differently_fails_clearly(pytester):
@@ -200,13 +221,13 @@ def test_a_snapshot_made_differently_fails_clearly(pytester):
     run(pytester)
     for new_call, expected in [
         ('method="rollout", target=2', 'method: snapshot "chefer-generic", now "rollout"'),
-        ('method="chefer-generic", target=2, start_layer=1', "options: snapshot"),
+        ('method="chefer-generic", target=2, start_layer=1', "option start_layer: snapshot 0, now 1"),
         ('method="chefer-generic", target=3', "target: snapshot target 2, now target 3"),
     ]:
         vit_suite(pytester, TEST_VIT.replace('method="chefer-generic", target=2', new_call))
         result = run(pytester)
         result.assert_outcomes(failed=1)
-        output = failure_text(result)
+        output = result.stdout.str()
         assert "test_model/test_vit.npy was made differently" in output and expected in output
         assert "pytest --heatmap-update" in output and "Traceback" not in output
 
@@ -217,11 +238,18 @@ def test_the_top_1_class_is_recorded_and_checked(pytester):
             heatmap_snapshot(build_vit(), image.unsqueeze(0), method="rollout")
     ''')
     run(pytester)
-    record = json.loads((pytester.path / "test_model" / "test_top1.json").read_text())
+    record_file = pytester.path / "test_model" / "test_top1.json"
+    record = json.loads(record_file.read_text())
     assert record["requested_target"] is None
-    logits = build_tiny_logits(pytester.path / "vit.pt")
-    assert record["target"] == int(logits.argmax())
+    top1 = int(build_tiny_logits(pytester.path / "vit.pt").argmax())
+    assert record["target"] == top1
     run(pytester).assert_outcomes(passed=1)
+
+    # As if the snapshot had been made when another class came first.
+    record_file.write_text(json.dumps({**record, "target": (top1 + 1) % 5}))
+    moved = run(pytester)
+    moved.assert_outcomes(failed=1)
+    assert f"the top-1 class changed: snapshot target {(top1 + 1) % 5}, now target {top1}" in moved.stdout.str()
 
 
 def build_tiny_logits(weights: Path) -> torch.Tensor:
@@ -277,8 +305,10 @@ def test_two_calls_sharing_a_file_fail(pytester):
         def test_clash(heatmap_snapshot, image, caption):
             heatmap_snapshot(build_vit(), image, target=0)
     ''')
-    output = failure_text(run(pytester))
-    assert "heatmap_snapshot was called twice in test_model.py::test_twice with no name=" in output
+    run(pytester)  # writes the snapshots: test_twice stops at its first call
+    output = run(pytester).stdout.str()
+    assert ("heatmap_snapshot: two calls in test_model.py::test_twice share the snapshot "
+            "test_model/test_twice.npy; give each call its own name=") in output
     assert ("test_model.py::test_clash[a b] and test_model.py::test_clash[a/b] both map to the snapshot "
             "test_model/test_clash-a_b.npy") in output
 
@@ -292,7 +322,7 @@ def test_clip_stores_one_map_per_text(pytester):
     '''))
     first = run(pytester)
     first.assert_outcomes(failed=1)
-    assert "heatmap snapshot written: test_clip_model/test_captions.npy" in failure_text(first)
+    assert "heatmap snapshot written: test_clip_model/test_captions.npy" in first.stdout.str()
     folder = pytester.path / "test_clip_model"
     assert np.load(folder / "test_captions.npy").shape == (2, 4, 4)
     record = json.loads((folder / "test_captions.json").read_text())
@@ -303,7 +333,7 @@ def test_clip_stores_one_map_per_text(pytester):
     perturb(pytester.path / "clip.pt", "visual.transformer.resblocks.2.attn.in_proj_weight", 0.05)
     changed = run(pytester)
     changed.assert_outcomes(failed=1)
-    output = failure_text(changed)
+    output = changed.stdout.str()
     assert "text 'a red circle': " in output and "text 'a blue star': " in output
     assert re.search(r"(max-diff|corr|top-iou) \S+ [<>] ", output) and "logit " in output
 
@@ -325,12 +355,44 @@ def test_bad_arguments_fail_in_one_message(pytester):
     pytester.makeini("[pytest]\n")
     result = run(pytester)
     result.assert_outcomes(failed=4)
-    output = failure_text(result)
+    output = result.stdout.str()
     assert "a tensor image must be [3, H, W] or [1, 3, H, W], got [2, 3, 32, 32]" in output
     assert "rollout has no option ['colour']" in output
     assert "texts= is for CLIP models" in output
     assert "heatmap_snapshot(min_corr=...) must be a number, got 'high'" in output
     assert "Traceback" not in output and not (pytester.path / "test_model").exists()
+
+
+def test_a_path_and_a_pil_image_give_the_same_map(pytester):
+    (pytester.path / "sample_images").mkdir()
+    shutil.copy(ROOT / README_SCENE, pytester.path / README_SCENE)
+    pytester.makepyfile(test_demo=f'''
+        import pytest
+        from PIL import Image
+
+        @pytest.mark.parametrize("as_pil", [False, True])
+        def test_heart(heatmap_snapshot, as_pil):
+            image = Image.open("{README_SCENE}") if as_pil else "{README_SCENE}"
+            heatmap_snapshot("demo", image, target="heart")
+    ''')
+    run(pytester).assert_outcomes(failed=2)
+    folder = pytester.path / "test_demo"
+    path_map, pil_map = np.load(folder / "test_heart-False.npy"), np.load(folder / "test_heart-True.npy")
+    assert path_map.shape == (12, 12) and np.array_equal(path_map, pil_map)
+    record = json.loads((folder / "test_heart-True.json").read_text())
+    assert record["image"] == "PIL image 96x96 RGB" and record["label"] == "heart" and record["model"] == "demo"
+    assert record["requested_target"] == "heart" and record["target"] == 5
+
+
+def test_an_unreadable_snapshot_fails_clearly(pytester):
+    vit_suite(pytester, TEST_VIT)
+    run(pytester)
+    (pytester.path / "test_model" / "test_vit.json").write_text("{not json")
+    result = run(pytester)
+    result.assert_outcomes(failed=1)
+    output = result.stdout.str()
+    assert "heatmap snapshot test_model/test_vit.npy is unreadable" in output
+    assert "pytest --heatmap-update" in output and "Traceback" not in output
 
 
 def test_importing_the_plugin_imports_no_torch():
