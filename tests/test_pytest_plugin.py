@@ -25,13 +25,15 @@ import torch
 # the model libraries cannot be imported twice in one process, so they are
 # imported here, before any run, and stay.
 import heatmap
-import heatmap.comparison  # noqa: F401
+import heatmap.comparison
 import heatmap.explainers.clip  # noqa: F401
 import heatmap.models.clip_models  # noqa: F401
 import heatmap.models.timm_models  # noqa: F401
 import heatmap.outputs  # noqa: F401
 import open_clip  # noqa: F401
 import timm  # noqa: F401
+
+from heatmap.comparison import Thresholds
 
 pytest_plugins = ["pytester"]
 
@@ -193,11 +195,12 @@ def test_a_changed_weight_fails_naming_the_metric_and_update_accepts_it(pytester
 def test_ini_thresholds_and_per_call_overrides(pytester):
     vit_suite(pytester, TEST_VIT)
     run(pytester)
-    # A change small enough that only max-diff notices it (about 0.007 > 0.005).
+    # A change small enough that only max-diff notices it (about 0.007; corr stays above 0.9999).
     perturb(pytester.path / "vit.pt", "blocks.1.attn.qkv.weight", 0.001)
     strict = run(pytester)
     strict.assert_outcomes(failed=1)
-    assert re.search(r"target 2: max-diff 0\.0\d+ > 0\.005 \(corr 0\.99\d+, top-iou 1 within thresholds\)",
+    default = Thresholds().max_diff
+    assert re.search(rf"target 2: max-diff 0\.00\d+ > {default:g} \(corr 0\.9999\d*, top-iou 1 within thresholds\)",
                      strict.stdout.str())
 
     pytester.makeini("[pytest]\nheatmap_max_diff = 0.05\n")
