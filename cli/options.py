@@ -28,7 +28,8 @@ Inputs = Annotated[list[Path], typer.Argument(
     help="Image files, folders of images (sorted) or glob patterns.", show_default=False)]
 Out = Annotated[Path, typer.Option("--out", "-o", file_okay=False, help="Output folder.")]
 DeviceOption = Annotated[Device, typer.Option(help="auto picks cuda, then mps, then cpu.")]
-BatchSize = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+BatchSize = Annotated[int, typer.Option(
+    min=1, help="Images per forward pass on a GPU; on CPU each image runs alone, so maps are byte-identical.")]
 ColormapOption = Annotated[Colormap, typer.Option(help="Colormap of the overlay.")]
 Alpha = Annotated[float, typer.Option(min=0.0, max=1.0, help="Opacity of the heatmap over the image.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
