@@ -310,7 +310,9 @@ def compute(model: Any, image: Any, method: str, target: int | str | None, texts
         if texts is not None:
             return clip_maps(heatmap.explain(adapter, batch, method, texts=list(texts), **options),
                              adapter, described)
-        index = None if target is None else adapter.class_index(str(target))
+        # A CLIP given no texts has no classes: heatmap.explain says to pass texts=.
+        by_class = target is not None and hasattr(adapter, "class_index")
+        index = adapter.class_index(str(target)) if by_class else None
         result = heatmap.explain(adapter, batch, method, target=index, **options)
     except HeatmapError as error:
         fail(f"heatmap_snapshot: {error}")
@@ -366,7 +368,7 @@ def classifier_maps(result: Any, adapter: Any, described: str, requested: int | 
     maps = result.maps.numpy().astype("float32")  # [1, gh, gw]: one image, one target
     index, label, score = int(result.targets[0]), result.labels[0], float(result.scores[0])
     record = base_record(adapter, described, result.method, result.options, maps.shape[1:])
-    record.update(target=index, label=label, requested_target=requested, score=score)
+    record.update(target=index, label=label, requested_target=json_round_trip(requested), score=score)
     return Computed(maps, [target_name(index, label)], [score], record, clip=False)
 
 
@@ -384,8 +386,12 @@ def target_name(index: int, label: str | None) -> str:
 
 
 def json_round_trip(value: Any) -> Any:
-    """``value`` as it reads back from JSON (tuples become lists), so records compare equal."""
-    return json.loads(json.dumps(value))
+    """``value`` as it reads back from JSON (tuples become lists), so records compare equal.
+
+    numpy and torch scalars (``discard_ratio=np.float32(0.9)``, ``target=np.int64(3)``)
+    become Python numbers.
+    """
+    return json.loads(json.dumps(value, default=lambda item: item.item() if hasattr(item, "item") else str(item)))
 
 
 # -- comparing -----------------------------------------------------------------
