@@ -47,7 +47,7 @@ def run_compare(request: CompareRequest) -> int:
         write_atomically(request.report, junit_xml(comparison))
     pictures = write_difference_pictures(comparison, request.diff_dir) if request.diff_dir is not None else []
     if request.output == "json":
-        print(json.dumps(_summary(comparison, pictures)), flush=True)
+        console.say_json(json.dumps(_summary(comparison, pictures)))
     elif request.output == "normal":
         _print_table(comparison)
         if pictures:

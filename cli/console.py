@@ -15,3 +15,8 @@ def say_error(message: str) -> None:
 def say_failed(message: str) -> None:
     """One line on stderr for one input that failed."""
     stderr.print(f"[red]failed:[/] {escape(message)}", soft_wrap=True, highlight=False)
+
+
+def say_json(text: str) -> None:
+    """One line of JSON on stdout, exactly as given (no markup, highlighting or wrapping)."""
+    stdout.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)

@@ -163,8 +163,7 @@ class Run:
     def finish(self) -> RunSummary:
         summary = self.summary
         if self.request.output == "json":
-            # plain print: one line of JSON, no rich markup or wrapping
-            print(summary.as_json(), flush=True)
+            console.say_json(summary.as_json())
         if summary.interrupted:
             console.say_error(f"interrupted after {summary.explained} of {len(self.jobs)} input(s); files "
                               "already written are complete: rerun with --skip-existing to finish")
