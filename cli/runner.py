@@ -114,7 +114,8 @@ class Run:
     Expands and orders the inputs (``cli/jobs.py``), reports each input that
     fails in one line and goes on with the others, leaves out what
     ``--skip-existing`` finds done, loads pictures batch by batch under a
-    progress bar, and turns Ctrl-C / SIGTERM into a clean stop.
+    progress bar, and says at the end how it went (also after Ctrl-C / SIGTERM,
+    which the runners catch as :class:`Interrupted`).
     """
 
     def __init__(self, request: RunRequest) -> None:

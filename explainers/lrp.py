@@ -89,7 +89,7 @@ class LrpResult:
     attention_relevance: list[torch.Tensor]
     input_relevance: torch.Tensor
     residual_sums: list[tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
-    start_sums: torch.Tensor = field(repr=False, default=None)
+    start_sums: torch.Tensor = field(repr=False)
     first_block: int = 0
 
 

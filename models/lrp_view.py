@@ -115,6 +115,7 @@ class ActivationCapture:
         self._handles: list = []
         self._block_slots: list[Slot] = []
         self._head_slot: Slot = {}
+        self._activations: Activations | None = None
 
     def register_block(self, block: nn.Module, slot: Slot) -> None:
         raise NotImplementedError
@@ -128,6 +129,7 @@ class ActivationCapture:
     def __enter__(self) -> "ActivationCapture":
         self._block_slots = [{} for _ in self.blocks[self.first_block:]]
         self._head_slot = {}
+        self._activations = None
         try:
             for slot, block in zip(self._block_slots, self.blocks[self.first_block:]):
                 self.register_block(block, slot)
@@ -141,13 +143,17 @@ class ActivationCapture:
         self._remove()
 
     def activations(self) -> Activations:
-        """The recorded activations; raises if the forward pass did not run through every hook."""
+        """The recorded activations (built once: every target's pass reads the same); raises if the
+        forward pass did not run through every hook."""
+        if self._activations is not None:
+            return self._activations
         names = {f.name for f in fields(BlockActivations)}
         if any(set(slot) != names for slot in self._block_slots):
             raise HeatmapError(f"{self.name}: the forward pass did not run through every layer that "
                                "transformer-attribution records; no map can be made for this model")
         blocks = [BlockActivations(**slot) for slot in self._block_slots]
-        return Activations(self.first_block, blocks, self.head_activations(self._head_slot, blocks[-1]))
+        self._activations = Activations(self.first_block, blocks, self.head_activations(self._head_slot, blocks[-1]))
+        return self._activations
 
     def hook(self, module: nn.Module, slot: Slot, inputs: str | None = None, output: str | None = None,
              layout: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor) -> None:
