@@ -32,7 +32,8 @@ def methods() -> list[str]:
     return list(EXPLAINERS)
 
 
-def explain(model, images, method: str = "chefer-generic", target=None, texts=None, **options):
+def explain(model, images, method: str = "chefer-generic", target=None, texts=None, precision: str = "auto",
+            **options):
     """Explain what ``model`` looked at in each image.
 
     Args:
@@ -46,12 +47,17 @@ def explain(model, images, method: str = "chefer-generic", target=None, texts=No
         target: classifiers: None (top-1 class), a class index for every
             image, or a list with one index per image.
         texts: CLIP: the texts to explain each image against.
+        precision: ``auto`` (the wider of float32 and the model's dtype: a
+            bfloat16 model is explained in float32, a float64 model in
+            float64), ``float32`` or ``float64`` (a converted copy of the
+            model is explained; yours is not changed). docs/METHODS.md, "Precision".
         **options: the method's options (``head_fusion``, ``discard_ratio``,
             ``start_layer``; for CLIP also ``text_start_layer``), as in
             docs/METHODS.md.
 
     Returns:
-        classifiers: an Explanation with ``.maps`` ``[B, gh, gw]`` float32,
+        classifiers: an Explanation with ``.maps`` ``[B, gh, gw]`` (in the
+        explanation's dtype),
         ``.targets`` ``[B]``, ``.scores`` ``[B]``, ``.labels``.
         CLIP: a ClipExplanation with ``.maps`` ``[B, T, gh, gw]``, ``.logits``
         ``[B, T]``, ``.text_relevance`` (per image, per text, per word piece)
@@ -71,18 +77,20 @@ def explain(model, images, method: str = "chefer-generic", target=None, texts=No
         adapter = adapter_for(model)
     else:
         adapter = model
-    tensor = _as_tensor(adapter, images)
     if hasattr(adapter, "text"):  # a CLIP adapter
         if texts is None:
             raise UsageError("a CLIP model explains images against texts: pass texts=[...]")
         from heatmap.explainers.clip import ClipExplainer
-        return ClipExplainer(adapter, method, **options).explain(tensor, list(texts))
+        clip_explainer = ClipExplainer(adapter, method, precision=precision, **options)
+        return clip_explainer.explain(_as_tensor(clip_explainer.adapter, images), list(texts))
     if texts is not None:
         raise UsageError(f"{adapter.name} is a classifier; texts= is for CLIP models (use target=)")
+    explainer = METHODS[method].explainer_class()(adapter, precision=precision, **options)
+    tensor = _as_tensor(explainer.adapter, images)
     if isinstance(target, int):
         target = [target] * tensor.shape[0]
     targets = None if target is None else torch.as_tensor(list(target), dtype=torch.long)
-    return METHODS[method].explainer_class()(adapter, **options).explain(tensor, targets).squeeze()
+    return explainer.explain(tensor, targets).squeeze()
 
 
 def _as_tensor(adapter, images):

@@ -1,17 +1,25 @@
-"""Time and peak memory of each method against the bare forward/backward of the same model.
+"""Time and peak memory of every method against the same model's forward pass and the gradient floor.
 
-    python benchmarks/methods_speed.py [--model vit_base_patch16_224] [--batch 1 8] [--repeats 5]
+    python benchmarks/methods_speed.py [--model vit_base_patch16_224] [--batch 1 8] [--rounds 7]
 
-Random weights (timing does not depend on them). The baseline is what any
-gradient method must at least do: a forward pass and ``loss.backward()`` with
-weight gradients, as a training step would. Each method runs through the
-public explainer (probe, forward, backward, aggregation), so the ratio is
-what a user pays. Median of ``--repeats`` runs after one warm-up.
+Random weights (timing does not depend on them). Two yardsticks:
 
-Every row runs in a fresh process, so that its peak memory is its own: on
-the CPU the peak resident size during the runs minus the size before the
-first one (model and inputs loaded), on CUDA ``torch.cuda.max_memory_allocated``
-minus the memory allocated before.
+- the forward pass (no grad): what any method must at least run;
+- the floor: a forward pass plus a backward pass with FROZEN weights and the
+  input requiring grad, the least any gradient method does.
+
+Every method runs through the public explainer (probe, forward, backward,
+aggregation), so the ratio is what a user pays. ``transformer-attribution
+(float64)`` is the same method with ``precision="float64"``.
+
+Time: all rows live in ONE process and are timed in interleaved rounds
+(each round times every row once, after one warm-up call each); the figure
+is the median over rounds of the per-round ratio, which is what survives
+the noise of a shared machine. Memory: each row runs again in a child
+process of its own, so that its peak is its own: on the CPU the peak
+resident size minus the size before the row was built (model and inputs
+loaded), on CUDA ``torch.cuda.max_memory_allocated`` minus the memory
+allocated before.
 """
 
 from __future__ import annotations
@@ -19,19 +27,21 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
+import time
+from typing import Callable
 
 import torch
 
-from timing import median_seconds
+FORWARD = "forward (no grad)"
+FLOOR = "floor: forward + backward (frozen weights)"
+FLOAT64 = "transformer-attribution (float64)"
 
-BASELINE = "forward + backward (weights)"
-FORWARD = "forward only (no grad)"
 
-
-def measure(model_name: str, what: str, batch: int, repeats: int, device: str) -> dict:
-    """Seconds and extra peak MiB of one row, in this process."""
+def build_rows(model_name: str, batch: int, device: str, only: str | None = None) -> dict[str, Callable[[], object]]:
+    """Row name -> a call that does the row's work once (``only``: build that row alone)."""
     import timm
 
     from heatmap.explainers import METHODS
@@ -40,22 +50,53 @@ def measure(model_name: str, what: str, batch: int, repeats: int, device: str) -
     torch.manual_seed(0)
     model = timm.create_model(model_name, pretrained=False).eval().to(device)
     images = torch.randn(batch, 3, *model.pretrained_cfg["input_size"][1:], device=device)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
 
-    def forward_backward():
-        model.zero_grad(set_to_none=True)
-        model(images).max(dim=1).values.sum().backward()
-
-    def forward_only():
+    def forward() -> None:
         with torch.no_grad():
             model(images)
 
-    if what == BASELINE:
-        run = forward_backward
-    elif what == FORWARD:
-        run = forward_only
-    else:
-        explainer = METHODS[what].explainer_class()(adapter_for(model, model_name))
-        run = lambda: explainer.explain(images)  # noqa: E731
+    def floor() -> None:
+        inputs = images.detach().requires_grad_(True)
+        torch.autograd.grad(model(inputs).max(dim=1).values.sum(), inputs)
+
+    rows: dict[str, Callable[[], object]] = {FORWARD: forward, FLOOR: floor}
+    explainers = {name: (name, "auto") for name in METHODS}
+    explainers[FLOAT64] = ("transformer-attribution", "float64")
+    adapter = adapter_for(model, model_name)
+    for row, (method, precision) in explainers.items():
+        if only in (None, row):
+            explainer = METHODS[method].explainer_class()(adapter, precision=precision)
+            rows[row] = (lambda explainer: lambda: explainer.explain(images))(explainer)
+    return rows if only is None else {only: rows[only]}
+
+
+def interleaved_ratios(rows: dict[str, Callable[[], object]], rounds: int, device: str) -> dict[str, dict]:
+    """Per row: median seconds, and the medians of the per-round ratios to the forward and to the floor."""
+    def timed(function: Callable[[], object]) -> float:
+        if device != "cpu":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        function()
+        if device != "cpu":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    for function in rows.values():
+        function()  # warm-up: allocator, lazy initialisation
+    seconds: dict[str, list[float]] = {name: [] for name in rows}
+    for _ in range(rounds):
+        for name, function in rows.items():
+            seconds[name].append(timed(function))
+    return {name: {"seconds": statistics.median(times),
+                   "x_forward": statistics.median(t / f for t, f in zip(times, seconds[FORWARD])),
+                   "x_floor": statistics.median(t / f for t, f in zip(times, seconds[FLOOR]))}
+            for name, times in seconds.items()}
+
+
+def peak_mib(model_name: str, row: str, batch: int, device: str) -> float:
+    """Extra peak MiB of one row, built and run in this process (a child's)."""
     cuda = torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.synchronize()
@@ -63,44 +104,40 @@ def measure(model_name: str, what: str, batch: int, repeats: int, device: str) -
         torch.cuda.reset_peak_memory_stats()
     else:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    seconds = median_seconds(run, repeats)
-    if cuda:
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"seconds": seconds, "extra_mib": (peak - before) / 2**20}
+    function = build_rows(model_name, batch, device, only=row)[row]
+    function()
+    function()
+    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return (peak - before) / 2**20
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vit_base_patch16_224")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--row", help=argparse.SUPPRESS)  # one row, in a child process
+    parser.add_argument("--memory-row", help=argparse.SUPPRESS)  # one row's memory, in a child process
     args = parser.parse_args()
-    if args.row:
-        print(json.dumps(measure(args.model, args.row, args.batch[0], args.repeats, args.device)))
+    if args.memory_row:
+        print(json.dumps({"extra_mib": peak_mib(args.model, args.memory_row, args.batch[0], args.device)}))
         return
 
-    from heatmap.explainers import METHODS
-
     print(f"{args.model}, {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats}\n")
-    print("| batch | what | seconds | x forward+backward | extra peak MiB | x forward+backward |\n"
-          "|---|---|---|---|---|---|")
+          f"median of {args.rounds} interleaved rounds\n")
+    print("| batch | row | seconds | x forward | x floor | extra peak MiB | x floor's MiB |\n"
+          "|---|---|---|---|---|---|---|")
     for batch in args.batch:
-        results = {}
-        for what in (FORWARD, BASELINE, *METHODS):
+        timing = interleaved_ratios(build_rows(args.model, batch, args.device), args.rounds, args.device)
+        memory = {}
+        for row in timing:
             child = subprocess.run(
-                [sys.executable, __file__, "--model", args.model, "--batch", str(batch), "--repeats",
-                 str(args.repeats), "--device", args.device, "--row", what],
-                capture_output=True, text=True, check=True)
-            results[what] = json.loads(child.stdout.strip().splitlines()[-1])
-        base = results[BASELINE]
-        for what, row in results.items():
-            print(f"| {batch} | {what} | {row['seconds']:.3f} | {row['seconds'] / base['seconds']:.2f} | "
-                  f"{row['extra_mib']:.0f} | {row['extra_mib'] / base['extra_mib']:.2f} |", flush=True)
+                [sys.executable, __file__, "--model", args.model, "--batch", str(batch), "--device", args.device,
+                 "--memory-row", row], capture_output=True, text=True, check=True)
+            memory[row] = json.loads(child.stdout.strip().splitlines()[-1])["extra_mib"]
+        for row, figures in timing.items():
+            print(f"| {batch} | {row} | {figures['seconds']:.3f} | {figures['x_forward']:.2f} | "
+                  f"{figures['x_floor']:.2f} | {memory[row]:.0f} | {memory[row] / memory[FLOOR]:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

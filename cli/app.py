@@ -20,8 +20,8 @@ import typer
 from heatmap import __version__
 from heatmap.cli import console
 from heatmap.cli.options import (SHARED, Alpha, BatchSize, Colormap, ColormapOption, Debug, Device, DeviceOption,
-                                 DiscardRatio, HeadFusion, HeadFusionOption, Inputs, Json, Out, Quiet, Recursive,
-                                 Shard, SkipExisting, StartLayer)
+                                 DiscardRatio, HeadFusion, HeadFusionOption, Inputs, Json, Out, Precision,
+                                 PrecisionOption, Quiet, Recursive, Shard, SkipExisting, StartLayer)
 from heatmap.comparison import Thresholds
 from heatmap.errors import HeatmapError
 from heatmap.explainers import METHODS
@@ -72,14 +72,15 @@ def classifier_command(method: str) -> Callable:
     return register
 
 
-def execute(method: str, options: dict, inputs, model, checkpoint, target, top_k, out, device,
+def execute(method: str, options: dict, inputs, model, checkpoint, target, top_k, out, device, precision,
             batch_size, colormap, alpha, recursive, skip_existing, shard, quiet, json, debug) -> None:
     """Run one classifier command."""
     from heatmap.cli.runner import ClassifierRequest, run_classifier
 
     def run() -> int:
         request = ClassifierRequest(method=method, options=options, inputs=list(inputs), model=model, out=out,
-                                    device=device.value, batch_size=batch_size, colormap=colormap.value,
+                                    device=device.value, precision=precision.value, batch_size=batch_size,
+                                    colormap=colormap.value,
                                     alpha=alpha, checkpoint=checkpoint, targets=list(target or []), top_k=top_k,
                                     **batch_options(recursive, skip_existing, shard, quiet, json))
         return run_classifier(request).exit_code
@@ -191,6 +192,7 @@ def clip(
         min=0.0, help="rollout, grad-rollout: fraction of smallest entries set to 0.", show_default=False)] = None,
     out: Out = Path("heatmaps"),
     device: DeviceOption = Device.auto,
+    precision: PrecisionOption = Precision.auto,
     batch_size: BatchSize = 8,
     colormap: ColormapOption = Colormap.jet,
     alpha: Alpha = 0.5,
@@ -215,7 +217,7 @@ def clip(
             ("start_layer", start_layer), ("text_start_layer", text_start_layer),
             ("head_fusion", head_fusion), ("discard_ratio", discard_ratio)) if value is not None}
         return run_clip(ClipRequest(method=method.value, options=options, inputs=list(inputs), model=model,
-                                    out=out, device=device.value, batch_size=batch_size,
+                                    out=out, device=device.value, precision=precision.value, batch_size=batch_size,
                                     colormap=colormap.value, alpha=alpha, pretrained=pretrained, texts=texts,
                                     **batch_options(recursive, skip_existing, shard, quiet, json))).exit_code
 

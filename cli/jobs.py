@@ -79,7 +79,7 @@ def canonical(options: dict[str, Any]) -> str:
 
 
 class DoneMaps:
-    """The maps an output folder already holds for one model, weights, method and options.
+    """The maps an output folder already holds for one model, weights, method, options and precision.
 
     A map counts as done only when its manifest line exists and every file it
     names is there and whole (``heatmap.outputs.files_complete``).
@@ -88,16 +88,20 @@ class DoneMaps:
         out_dir: the output folder.
         model, weights, method: as the manifest records them.
         options: the method's options as resolved (defaults filled in).
+        precision: the dtype the maps are computed in (``"float32"``); a line
+            without one comes from a run that always computed in float32.
     """
 
     def __init__(self, out_dir: Path, model: str, weights: str | None, method: str,
-                 options: dict[str, Any]) -> None:
+                 options: dict[str, Any], precision: str = "float32") -> None:
         from heatmap.outputs import files_complete, read_manifest
 
         wanted = canonical(options)
         self._entries: dict[Path, list[dict[str, Any]]] = {}
         for entry in read_manifest(out_dir):
             if (entry.get("model"), entry.get("weights"), entry.get("method")) != (model, weights, method):
+                continue
+            if entry.get("precision", "float32") != precision:
                 continue
             if canonical(entry.get("options", {})) != wanted or not files_complete(out_dir, entry):
                 continue

@@ -21,6 +21,12 @@ class Device(str, Enum):
     mps = "mps"
 
 
+class Precision(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    float64 = "float64"
+
+
 Colormap = Enum("Colormap", {name: name for name in COLORMAPS}, type=str)
 HeadFusion = Enum("HeadFusion", {name: name for name in HEAD_FUSIONS}, type=str)
 
@@ -28,6 +34,9 @@ Inputs = Annotated[list[Path], typer.Argument(
     help="Image files, folders of images (sorted) or glob patterns.", show_default=False)]
 Out = Annotated[Path, typer.Option("--out", "-o", file_okay=False, help="Output folder.")]
 DeviceOption = Annotated[Device, typer.Option(help="auto picks cuda, then mps, then cpu.")]
+PrecisionOption = Annotated[Precision, typer.Option(
+    help="dtype of the explanation: auto = the wider of float32 and the model's (a bfloat16 model in float32); "
+    "float64 explains a float64 copy of the model, for maps that do not depend on round-off.")]
 BatchSize = Annotated[int, typer.Option(
     min=1, help="Images per forward pass on a GPU; on CPU each image runs alone, so maps are byte-identical.")]
 ColormapOption = Annotated[Colormap, typer.Option(help="Colormap of the overlay.")]
@@ -64,6 +73,7 @@ def shared_options(
     top_k: Annotated[int, typer.Option(min=1, help="Explain the K highest-scoring classes of each image.")] = 1,
     out: Out = Path("heatmaps"),
     device: DeviceOption = Device.auto,
+    precision: PrecisionOption = Precision.auto,
     batch_size: BatchSize = 8,
     colormap: ColormapOption = Colormap.jet,
     alpha: Alpha = 0.5,

@@ -34,6 +34,7 @@ class RunRequest:
     model: str | None = None
     out: Path = Path("heatmaps")
     device: str = "auto"
+    precision: str = "auto"
     batch_size: int = 8
     colormap: str = "jet"
     alpha: float = 0.5
@@ -194,12 +195,14 @@ def run_classifier(request: ClassifierRequest) -> RunSummary:
     options = explainer_class.resolve_options(request.options)  # a bad option fails before the model loads
     run = Run(request)
     with _loading(request, request.model or "the default model"):
-        adapter = load(request.model, request.checkpoint, request.device)
-        explainer = explainer_class(adapter, **request.options)
+        explainer = explainer_class(load(request.model, request.checkpoint, request.device),
+                                    precision=request.precision, **request.options)
+        adapter = explainer.adapter
     weights = weights_identity(request.model, request.checkpoint)
+    precision = dtype_name(adapter.dtype)
     targets = list(dict.fromkeys(adapter.class_index(t) for t in request.targets)) or None
     if request.skip_existing:
-        done = DoneMaps(request.out, adapter.name, weights, request.method, options)
+        done = DoneMaps(request.out, adapter.name, weights, request.method, options, precision)
         run.leave_out_done(lambda job: done.has_targets(job.path, "target", targets) if targets
                            else done.has_top_k(job.path, request.top_k))
     names = target_names(adapter.labels)
@@ -217,7 +220,8 @@ def run_classifier(request: ClassifierRequest) -> RunSummary:
                     entries.append(writer.write(
                         job.path, job.stem, picture, boxes[i], explanation.maps[i, k].numpy(),
                         method=request.method, target_name=names.get(target, str(target)),
-                        record={"weights": weights, "options": explanation.options, "target": target,
+                        record={"weights": weights, "precision": precision, "options": explanation.options,
+                                "target": target,
                                 "label": explanation.labels[i][k], "score": float(explanation.scores[i, k]),
                                 **chosen}))
                     run.summary.maps += 1
@@ -240,11 +244,13 @@ def run_clip(request: ClipRequest) -> RunSummary:
     options = ClipExplainer.resolve_options(request.method, request.options)  # fail before the model loads
     run = Run(request)
     with _loading(request, request.model or "ViT-B-32 (openai)"):
-        adapter = load_clip(request.model, request.pretrained, request.device)
-        explainer = ClipExplainer(adapter, request.method, **request.options)
+        explainer = ClipExplainer(load_clip(request.model, request.pretrained, request.device), request.method,
+                                  precision=request.precision, **request.options)
+        adapter = explainer.adapter
     weights = weights_identity(request.model, request.pretrained, clip=True)
+    precision = dtype_name(adapter.dtype)
     if request.skip_existing:
-        done = DoneMaps(request.out, adapter.name, weights, request.method, options)
+        done = DoneMaps(request.out, adapter.name, weights, request.method, options, precision)
         run.leave_out_done(lambda job: done.has_targets(job.path, "text", request.texts))
     names = target_names(request.texts)
     writer = ResultWriter(request.out, adapter.name, request.colormap, request.alpha)
@@ -260,7 +266,8 @@ def run_clip(request: ClipRequest) -> RunSummary:
                     writer.write(
                         job.path, job.stem, picture, boxes[i], explanation.maps[i, t].numpy(),
                         method=request.method, target_name=names[t],
-                        record={"weights": weights, "options": explanation.options, "text": text,
+                        record={"weights": weights, "precision": precision, "options": explanation.options,
+                                "text": text,
                                 "text_index": t, "logit": float(explanation.logits[i, t]),
                                 "probability": float(probabilities[i, t]),
                                 "word_pieces": explanation.word_pieces[t], "token_relevance": relevance.tolist()},
@@ -274,6 +281,11 @@ def run_clip(request: ClipRequest) -> RunSummary:
     if request.chatty:
         console.stderr.print(f"maps, overlays and token strips in {writer.out_dir}")
     return run.finish()
+
+
+def dtype_name(dtype) -> str:
+    """``torch.float64`` -> ``"float64"``, as the manifest records the precision."""
+    return str(dtype).removeprefix("torch.")
 
 
 def _loading(request: RunRequest, what: str):

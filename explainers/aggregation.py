@@ -37,6 +37,26 @@ def normalized_rollout(fused: Sequence[torch.Tensor]) -> torch.Tensor:
     return relevance
 
 
+def unnormalized_rollout(fused: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``R = (I + Abar_last) @ ... @ (I + Abar_first)``, rows NOT normalised.
+
+    Transformer attribution's aggregation (the paper's Eq. 13; METHODS.md).
+    Starting from the first block's ``I + Abar`` (not from ``I @ ...``)
+    follows the authors' order of operations.
+
+    Args:
+        fused: per block from the start layer on, ``Abar_l`` ``[B, N, N]``.
+
+    Returns:
+        ``R`` ``[B, N, N]``.
+    """
+    eye = identity_like(fused[0])
+    relevance = fused[0] + eye
+    for matrix in fused[1:]:
+        relevance = (matrix + eye) @ relevance
+    return relevance
+
+
 def accumulated_relevance(fused: Sequence[torch.Tensor]) -> torch.Tensor:
     """Chefer et al.'s self-attention rule: ``R = I``, then ``R = R + Abar_l @ R``.
 

@@ -16,7 +16,7 @@ import torch
 from heatmap.errors import UsageError
 from heatmap.explainers.aggregation import query_map, resolve_start_layer
 from heatmap.explainers.probe import AttentionProbe
-from heatmap.models.devices import full_float32
+from heatmap.models.devices import compute_dtype, full_float32
 
 
 @dataclass
@@ -24,8 +24,10 @@ class Explanation:
     """What an explainer returns.
 
     Attributes:
-        maps: raw maps of docs/METHODS.md, float32 on the CPU, ``[B, K, gh, gw]``
-            for K targets per image (``[B, gh, gw]`` after :meth:`squeeze`).
+        maps: raw maps of docs/METHODS.md on the CPU, in the dtype the
+            explanation computed in (float32, or float64 for a float64 model or
+            ``precision="float64"``), ``[B, K, gh, gw]`` for K targets per image
+            (``[B, gh, gw]`` after :meth:`squeeze`).
         targets: class indices ``[B, K]`` (int64).
         scores: the target scores ``y`` (pre-softmax logits) ``[B, K]``.
         labels: per image, per target, the class name or None.
@@ -53,6 +55,11 @@ class Explainer:
 
     Args:
         adapter: a model adapter (``heatmap.models``).
+        precision: ``auto`` (the wider of float32 and the model's dtype),
+            ``float32`` or ``float64``; when it differs from the model's dtype,
+            a converted copy of the model is explained (docs/METHODS.md, "Precision").
+            None: the adapter is in the dtype to compute in already (a CLIP tower
+            of a converted :class:`~heatmap.explainers.clip.ClipExplainer`).
         **options: the method's options; unknown names are an error.
     """
 
@@ -60,9 +67,9 @@ class Explainer:
     needs_gradients: ClassVar[bool]
     defaults: ClassVar[Mapping[str, Any]]
 
-    def __init__(self, adapter, **options: Any) -> None:
-        self.adapter = adapter
+    def __init__(self, adapter, precision: str | None = "auto", **options: Any) -> None:
         self.options = self.resolve_options(options)
+        self.adapter = adapter if precision is None else adapter.converted(compute_dtype(adapter.dtype, precision))
 
     @classmethod
     def resolve_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -84,7 +91,7 @@ class Explainer:
         """The relevance matrix ``R`` ``[B, N, N]`` of one target.
 
         Args:
-            attention_probs: every block's probabilities ``[B, H, N, N]`` (float32).
+            attention_probs: every block's probabilities ``[B, H, N, N]``.
             attention_grads: gradients of the target score w.r.t. the
                 probabilities of blocks ``start..L-1`` (None for gradient-free methods).
             start: the start layer, resolved to ``0..L-1``.
@@ -109,7 +116,8 @@ class Explainer:
         """Explain each image for each of its targets.
 
         Args:
-            images: preprocessed ``[B, 3, H, W]`` on the adapter's device.
+            images: preprocessed ``[B, 3, H, W]``; moved to the model's device and
+                the explanation's dtype.
             targets: class indices ``[B, K]``; None = the ``top_k`` highest logits.
             top_k: how many top classes when ``targets`` is None.
 
@@ -117,6 +125,7 @@ class Explainer:
             an :class:`Explanation` with ``[B, K, gh, gw]`` maps.
         """
         adapter = self.adapter
+        images = images.to(device=adapter.device, dtype=adapter.dtype)
         start = resolve_start_layer(self.options.get("start_layer", 0), adapter.num_blocks)
         with full_float32(), \
                 AttentionProbe(adapter.model, adapter.attention_modules, adapter.name,
@@ -128,13 +137,12 @@ class Explainer:
                 targets = self._resolve_targets(logits.detach(), targets, top_k)
                 scores = logits.gather(1, targets)
                 objectives = scores.sum(dim=0).unbind()  # per target, summed over independent images
-            probs = [p.detach().float() for p in probe.attention_probs]
+            probs = [p.detach() for p in probe.attention_probs]
             relevances = []
             for k, objective in enumerate(objectives):
                 if self.needs_gradients:
                     grads = probe.attention_grads(objective, retain_graph=k + 1 < len(objectives))
-                    relevances.append(self.target_relevance(probs, [g.float() for g in grads], start,
-                                                            recorded, targets[:, k]))
+                    relevances.append(self.target_relevance(probs, grads, start, recorded, targets[:, k]))
                 else:  # class-agnostic: one matrix serves every target
                     relevances.append(relevances[0] if relevances else self.relevance(probs, None, start))
         return self._explanation(images, relevances, targets, scores)
@@ -147,7 +155,7 @@ class Explainer:
         query = adapter.query_weights(relevances[0].shape[-1])
         maps = torch.stack([query_map(r, query, adapter.num_prefix_tokens, grid) for r in relevances], dim=1)
         return Explanation(
-            maps=maps.float().cpu(), targets=targets.cpu(), scores=scores.detach().float().cpu(),
+            maps=maps.cpu(), targets=targets.cpu(), scores=scores.detach().cpu(),
             labels=[[adapter.label(int(t)) for t in row] for row in targets.tolist()],
             method=self.name, options=dict(self.options),
         )

@@ -23,7 +23,7 @@ from heatmap.errors import UsageError
 from heatmap.explainers import METHODS
 from heatmap.explainers.aggregation import query_map, resolve_start_layer
 from heatmap.explainers.probe import AttentionProbe
-from heatmap.models.devices import full_float32
+from heatmap.models.devices import compute_dtype, full_float32
 
 
 @dataclass
@@ -31,12 +31,12 @@ class ClipExplanation:
     """What :class:`ClipExplainer` returns.
 
     Attributes:
-        maps: raw image maps, float32 on the CPU, ``[B, T, gh, gw]``.
+        maps: raw image maps on the CPU, in the explanation's dtype, ``[B, T, gh, gw]``.
         logits: ``logits_per_image`` ``[B, T]``.
         texts: the T texts.
         word_pieces: per text, its word pieces between start and end-of-text.
         text_relevance: per image, per text, the relevance of each word piece
-            (float32 ``[len(word_pieces[t])]``); it depends on the image too.
+            (``[len(word_pieces[t])]``); it depends on the image too.
         method: the method's name.
         options: the options as used (start layers as given).
     """
@@ -65,20 +65,23 @@ class ClipExplainer:
             backward passes (``is_grads_batched``) instead of T + B passes
             through a retained graph; same numbers (benchmarks/clip_texts.py
             measures both).
+        precision: ``auto``, ``float32`` or ``float64``, as for
+            :class:`~heatmap.explainers.base.Explainer`.
         **options: the method's options; ``start_layer`` applies to both
             towers unless ``text_start_layer`` sets the text tower's.
     """
 
-    def __init__(self, adapter, method: str, batched_backward: bool = False, **options: Any) -> None:
-        self.adapter = adapter
+    def __init__(self, adapter, method: str, batched_backward: bool = False, precision: str = "auto",
+                 **options: Any) -> None:
         self.batched_backward = batched_backward
         self.spec = METHODS[method]
         self.options = self.resolve_options(method, options)
+        self.adapter = adapter = adapter.converted(compute_dtype(adapter.dtype, precision))
         image_options = {k: v for k, v in self.options.items() if k != "text_start_layer"}
         method_class = self.spec.explainer_class()
-        self.image_method = method_class(adapter.vision, **image_options)
-        self.text_method = method_class(adapter.text, **{**image_options,
-                                                         "start_layer": self.options["text_start_layer"]})
+        self.image_method = method_class(adapter.vision, precision=None, **image_options)
+        self.text_method = method_class(adapter.text, precision=None,
+                                        **{**image_options, "start_layer": self.options["text_start_layer"]})
 
     @staticmethod
     def resolve_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -95,12 +98,13 @@ class ClipExplainer:
         """Explain every image against every text.
 
         Args:
-            images: preprocessed ``[B, 3, H, W]`` on the adapter's device.
+            images: preprocessed ``[B, 3, H, W]``; moved to the model's device and dtype.
             texts: T texts.
         """
         if not texts:
             raise UsageError("give at least one text to explain the images against")
         adapter, needs_gradients = self.adapter, self.spec.needs_gradients
+        images = images.to(device=adapter.device, dtype=adapter.dtype)
         tokens = adapter.tokenize(texts)
         image_start = resolve_start_layer(self.image_method.options["start_layer"], adapter.vision.num_blocks)
         text_start = resolve_start_layer(self.text_method.options["start_layer"], adapter.text.num_blocks)
@@ -116,15 +120,15 @@ class ClipExplainer:
                 logits = adapter.score(image_embedding, text_embedding)
                 per_text = logits.sum(dim=0)  # [T]: image tower gradients, per text
                 per_image = logits.sum(dim=1)  # [B]: text tower gradients, per image
-            image_probs = [p.detach().float() for p in image_probe.attention_probs]
-            text_probs = [p.detach().float() for p in text_probe.attention_probs]
+            image_probs = [p.detach() for p in image_probe.attention_probs]
+            text_probs = [p.detach() for p in text_probe.attention_probs]
             if needs_gradients:
                 image_grads, text_grads = self._gradients(image_probe, text_probe, per_text, per_image)
                 # What an LRP pass starts from: the score's gradient with respect to
                 # the tower's unit embedding, s times the other tower's (docs/METHODS.md).
-                scale = adapter.logit_scale.detach().float()
-                toward_text = scale * text_embedding.detach().float()  # [T, E]
-                toward_image = scale * image_embedding.detach().float()  # [B, E]
+                scale = adapter.logit_scale.detach()
+                toward_text = scale * text_embedding.detach()  # [T, E]
+                toward_image = scale * image_embedding.detach()  # [B, E]
                 image_relevance = [
                     self.image_method.target_relevance(image_probs, grads, image_start, image_recorded,
                                                        toward_text[t].expand(len(images), -1))
@@ -144,12 +148,12 @@ class ClipExplainer:
         token_relevance = [[relevance[t, end, 1:end].cpu() for t, end in enumerate(end_of_text)]
                            for relevance in text_relevance]
         return ClipExplanation(
-            maps=maps.float().cpu(), logits=logits.detach().float().cpu(), texts=list(texts),
+            maps=maps.cpu(), logits=logits.detach().cpu(), texts=list(texts),
             word_pieces=adapter.word_pieces(tokens.cpu()), text_relevance=token_relevance,
             method=self.spec.name, options=dict(self.options))
 
     def _gradients(self, image_probe, text_probe, per_text: torch.Tensor, per_image: torch.Tensor):
-        """Per text, the image tower's gradients; per image, the text tower's (float32 lists)."""
+        """Per text, the image tower's gradients; per image, the text tower's (lists per block)."""
         with torch.enable_grad():  # indexing the scores must stay in the graph, even under no_grad
             return self._gradients_with_grad(image_probe, text_probe, per_text, per_image)
 
@@ -157,9 +161,9 @@ class ClipExplainer:
         if self.batched_backward:
             image = image_probe.attention_grads_batched(per_text, retain_graph=True)
             text = text_probe.attention_grads_batched(per_image)
-            return ([[g[t].float() for g in image] for t in range(len(per_text))],
-                    [[g[b].float() for g in text] for b in range(len(per_image))])
-        image = [[g.float() for g in image_probe.attention_grads(score, retain_graph=True)] for score in per_text]
-        text = [[g.float() for g in text_probe.attention_grads(score, retain_graph=b + 1 < len(per_image))]
+            return ([[g[t] for g in image] for t in range(len(per_text))],
+                    [[g[b] for g in text] for b in range(len(per_image))])
+        image = [image_probe.attention_grads(score, retain_graph=True) for score in per_text]
+        text = [text_probe.attention_grads(score, retain_graph=b + 1 < len(per_image))
                 for b, score in enumerate(per_image)]
         return image, text

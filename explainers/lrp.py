@@ -30,10 +30,15 @@ from heatmap.models.lrp_view import Activations, BlockActivations, BlockWeights,
 # -- the rules -----------------------------------------------------------------
 
 def safe_divide(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a / b`` where ``b != 0``, else 0; the denominator gets 1e-9 with ``b``'s sign (METHODS.md)."""
-    nonzero = b != 0
-    quotient = a / torch.where(nonzero, b + 1e-9 * b.sign(), torch.ones_like(b))
-    return torch.where(nonzero, quotient, torch.zeros_like(quotient))
+    """``a / (b + 1e-9)`` where ``b != 0``, else 0 (METHODS.md).
+
+    The stabiliser is +1e-9 whatever ``b``'s sign, as the authors compute it
+    (``b.clamp(min=1e-9) + b.clamp(max=1e-9)``, which is ``b + 1e-9``); a
+    denominator that lands on exactly 0 becomes 1e-9.
+    """
+    denominator = b + 1e-9
+    denominator = torch.where(denominator == 0, torch.full_like(denominator, 1e-9), denominator)
+    return torch.where(b != 0, a / denominator, torch.zeros_like(a))
 
 
 def image_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -43,7 +48,7 @@ def image_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 def linear_relevance(x: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
     """Alpha = 1, beta = 0 through ``z = x W^T (+ b)``, the bias ignored (METHODS.md, Linear)."""
-    weight = weight.detach().float()
+    weight = weight.detach().to(x.dtype)
     x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
     w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
     scaled = safe_divide(relevance, F.linear(x_pos, w_pos) + F.linear(x_neg, w_neg))
@@ -68,6 +73,21 @@ def product_relevance(x: torch.Tensor, y: torch.Tensor,
     """Both operands of ``z = x @ y``: gradient times input on ``safe_divide(R, z)``, each halved (METHODS.md)."""
     scaled = safe_divide(relevance, x @ y)
     return x * (scaled @ y.transpose(-2, -1)) / 2, y * (x.transpose(-2, -1) @ scaled) / 2
+
+
+def clone_relevance(x: torch.Tensor, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    """The branch point before a residual: ``x * (safe_divide(R_1, x) + safe_divide(R_2, x))``.
+
+    The authors' ``Clone`` rule. It equals ``R_1 + R_2`` up to the
+    stabiliser, but LRP amplifies that difference (METHODS.md), so the rule
+    is kept exactly.
+    """
+    return x * (safe_divide(skip, x) + safe_divide(branch, x))
+
+
+def selection_relevance(selected: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    """A selected token ``x``: ``x * safe_divide(R, x)`` (the authors' ``IndexSelect``)."""
+    return selected * safe_divide(relevance, selected)
 
 
 # -- the pass --------------------------------------------------------------------
@@ -101,7 +121,7 @@ def lrp_pass(view: LrpView, activations: Activations, attention_probs: Sequence[
         view: the model's LRP view (its adapter's ``lrp_view()``).
         activations: from ``view.capture(first_block)`` around the forward pass.
         attention_probs: every block's probabilities ``[B, H, N, N]`` from the
-            same forward pass (float32), indexed by block.
+            same forward pass, indexed by block, in the computation's dtype.
         target: ``view.start == "logit"``: class indices ``[B]``;
             ``"embedding"``: ``[B, E]``, the gradient of the score with respect
             to the unit embedding, ``s * t_hat`` (CLIP: logit scale times the
@@ -116,7 +136,7 @@ def lrp_pass(view: LrpView, activations: Activations, attention_probs: Sequence[
     first = activations.first_block
     for weights, acts, probs in reversed(list(zip(view.blocks[first:], activations.blocks,
                                                   attention_probs[first:], strict=True))):
-        relevance, block_ra = block_relevance(weights, acts, probs.float(), relevance, residual_sums)
+        relevance, block_ra = block_relevance(weights, acts, probs, relevance, residual_sums)
         attention_relevance.insert(0, block_ra)
     return LrpResult(attention_relevance, relevance, residual_sums, image_sum(start).flatten(), first)
 
@@ -134,8 +154,9 @@ def pooling_relevance(view: LrpView, activations: Activations, pooled: torch.Ten
     head = activations.head
     tokens = torch.zeros_like(activations.blocks[-1].mlp_branch)
     if view.pooling == "token":
-        # token pooling: all to the selected token (METHODS.md)
-        tokens[torch.arange(len(tokens)), head.token_index.to(tokens.device)] = pooled
+        # the selected token gets x * safe_divide(R, x), the others nothing (METHODS.md, IndexSelect)
+        rows = torch.arange(len(tokens))
+        tokens[rows, head.token_index.to(tokens.device)] = selection_relevance(head.selected, pooled)
         return tokens
     # NOT COVERED BY docs/METHODS.md: mean pooling. The z-rule for a mean,
     # R_i = x_i * safe_divide(R, sum_j x_j) per dimension over the pooled tokens
@@ -154,7 +175,7 @@ def block_relevance(weights: BlockWeights, acts: BlockActivations, probs: torch.
     hidden = linear_relevance(acts.fc2_input, weights.fc2, to_mlp)  # drop2: identity
     # drop1, GELU: identity, so fc2's input relevance is fc1's output relevance
     branch = linear_relevance(acts.mlp_input, weights.fc1, hidden)
-    mid = to_mid + branch  # norm2: identity; the branch point sums its two uses
+    mid = clone_relevance(acts.mid, to_mid, branch)  # norm2: identity
 
     # mid = x + drop_path1(ls1(attn(norm1(x))))
     to_input, to_attn = residual_relevance(acts.block_input, acts.attn_branch, mid)
@@ -168,10 +189,11 @@ def block_relevance(weights: BlockWeights, acts: BlockActivations, probs: torch.
 
     attention_ra, to_v = product_relevance(probs, v, per_head)  # O = A V; RA = A's halved share
     # attn_drop, softmax: identity (and a text tower's causal mask, a constant
-    # added to the scores, like a bias). q is scaled before the product as in
-    # the forward pass; scaling by a constant passes relevance through unchanged.
-    to_q, to_kt = product_relevance(q * weights.scale, k.transpose(-2, -1), attention_ra)
+    # added to the scores, like a bias). The product is Q K^T WITHOUT the
+    # 1/sqrt(d) scale: the forward scales after (or before) the product, and
+    # a constant factor is an identity for relevance (METHODS.md).
+    to_q, to_kt = product_relevance(q, k.transpose(-2, -1), attention_ra)
     to_qkv = torch.stack([to_q, to_kt.transpose(-2, -1), to_v])  # [3, B, H, N, hd], as split
     to_qkv = to_qkv.permute(1, 3, 0, 2, 4).reshape(batch, tokens, 3 * heads * head_dim)
     branch = linear_relevance(acts.attn_input, weights.qkv, to_qkv)
-    return to_input + branch, attention_ra  # norm1: identity; the branch point sums
+    return clone_relevance(acts.block_input, to_input, branch), attention_ra  # norm1: identity

@@ -174,9 +174,8 @@ def explicit_multihead_attention(module: nn.MultiheadAttention, query, key, valu
                                  key_padding_mask, record) -> torch.Tensor:
     """What ``nn.MultiheadAttention`` computes, with the probabilities as a tensor.
 
-    The scores, softmax and ``probs @ V`` run in float32 whatever the model's
-    dtype, so that maps agree across devices and precisions; the projections
-    run in the model's own dtype.
+    Everything runs in the dtype of the module's weights: the explainers run
+    a model in the dtype they compute in (docs/METHODS.md, "Precision").
 
     Args:
         module: the attention module whose weights are used.
@@ -194,7 +193,7 @@ def explicit_multihead_attention(module: nn.MultiheadAttention, query, key, valu
     b_q, b_k, b_v = module.in_proj_bias.chunk(3) if module.in_proj_bias is not None else (None, None, None)
 
     def split_heads(x, weight, bias):
-        return F.linear(x, weight, bias).reshape(batch, x.shape[1], heads, dim // heads).transpose(1, 2).float()
+        return F.linear(x, weight, bias).reshape(batch, x.shape[1], heads, dim // heads).transpose(1, 2)
 
     q, k, v = split_heads(query, w_q, b_q), split_heads(key, w_k, b_k), split_heads(value, w_v, b_v)
     scores = (q * (dim // heads) ** -0.5) @ k.transpose(-2, -1)
@@ -204,7 +203,7 @@ def explicit_multihead_attention(module: nn.MultiheadAttention, query, key, valu
     if key_padding_mask is not None:
         scores = _apply_mask(scores, key_padding_mask[:, None, None, :])
     probs = record(scores.softmax(dim=-1))
-    merged = (probs @ v).transpose(1, 2).reshape(batch, length, dim).to(query.dtype)
+    merged = (probs @ v).transpose(1, 2).reshape(batch, length, dim)
     output = module.out_proj(merged)
     return output if module.batch_first else output.transpose(0, 1)
 
@@ -212,4 +211,4 @@ def explicit_multihead_attention(module: nn.MultiheadAttention, query, key, valu
 def _apply_mask(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if mask.dtype == torch.bool:
         return scores.masked_fill(mask, float("-inf"))
-    return scores + mask.float()
+    return scores + mask.to(scores.dtype)

@@ -3,9 +3,9 @@
 docs/METHODS.md#transformer-attribution: after the forward pass, per target,
 the gradients ``dA_l`` and an LRP pass (:mod:`heatmap.explainers.lrp`) that
 gives the relevance ``RA_l`` of every block's attention probabilities; then
-``Abar_l = mean_h((dA_l * RA_l)+)``, ``M_l = rownorm(Abar_l + I)`` and
-``R = M_{L-1} @ ... @ M_s`` (the normalised rollout, not chefer-generic's
-``R += Abar R``).
+``Abar_l = mean_h((dA_l * RA_l)+)`` and ``R = (I + Abar_{L-1}) @ ... @ (I + Abar_s)``,
+with rows NOT normalised (the paper's Eq. 13; not rollout's ``rownorm``, not
+chefer-generic's ``R += Abar R``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from heatmap.errors import HeatmapError
 from heatmap.explainers import METHODS
-from heatmap.explainers.aggregation import normalized_rollout
+from heatmap.explainers.aggregation import unnormalized_rollout
 from heatmap.explainers.base import Explainer
 from heatmap.explainers.lrp import lrp_pass
 from heatmap.models.lrp_view import ActivationCapture
@@ -30,7 +30,7 @@ def attribution_relevance(attention_grads: Sequence[torch.Tensor],
     """
     fused = [(grads * relevance).clamp(min=0).mean(dim=1)
              for grads, relevance in zip(attention_grads, attention_relevance, strict=True)]
-    return normalized_rollout(fused)
+    return unnormalized_rollout(fused)
 
 
 class TransformerAttribution(Explainer):
@@ -50,7 +50,7 @@ class TransformerAttribution(Explainer):
 
     def __init__(self, adapter, **options: Any) -> None:
         super().__init__(adapter, **options)
-        self.view = adapter.lrp_view()
+        self.view = self.adapter.lrp_view()
 
     def relevance(self, attention_probs, attention_grads, start):
         # The LRP pass needs the forward's activations: target_relevance has them.

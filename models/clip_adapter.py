@@ -14,6 +14,7 @@ tokenizer. Anything else is refused with the reason.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -115,6 +116,20 @@ class ClipAdapter:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's weights."""
+        return next(self.model.parameters()).dtype
+
+    def converted(self, dtype: torch.dtype) -> "ClipAdapter":
+        """This adapter when the model is in ``dtype`` already, else one over a converted copy.
+
+        The caller's model is never changed; the copy costs the model's size once per run.
+        """
+        if dtype == self.dtype:
+            return self
+        return ClipAdapter(copy.deepcopy(self.model).to(dtype), self.name, self.tokenizer, self.transform)
+
     def preprocess(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, list[tuple[float, float, float, float]]]:
         """The model's own eval transform; see ``TimmAdapter.preprocess``."""
         param = next(self.model.parameters())
@@ -146,7 +161,7 @@ class ClipAdapter:
 
     def query_weights(self, num_tokens: int) -> torch.Tensor:
         """Image tower: one-hot at the class token, or uniform over patches (mean pooling)."""
-        weights = torch.zeros(num_tokens)
+        weights = torch.zeros(num_tokens, dtype=torch.float64)  # cast to the relevance's dtype where used
         if self.vision.class_token_index is not None:
             weights[self.vision.class_token_index] = 1.0
         else:
@@ -167,7 +182,7 @@ class ClipAdapter:
         logits = self.logit_scale * image_embedding @ text_embedding.T
         if getattr(self.model, "logit_bias", None) is not None:
             logits = logits + self.model.logit_bias
-        return logits.float()
+        return logits
 
     def logits(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """``logits_per_image [B, T]``."""

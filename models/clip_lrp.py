@@ -10,7 +10,7 @@ tower's embedding, times the logit scale, is the score. The pass starts there
 
 ``nn.MultiheadAttention`` keeps its input projection as a bare parameter, so
 no hook sees q, k and v: the capture projects the recorded attention input
-with the module's own weights, in float32, inside the forward pass (the same
+with the module's own weights, inside the forward pass (the same
 numbers the attention probe's explicit path computes).
 """
 
@@ -116,9 +116,9 @@ class ClipTowerCapture(ActivationCapture):
         attn_layout = _layout(attn.batch_first)
 
         def record_qkv(_module, args, _result):
-            query = attn_layout(args[0].detach().float())
-            bias = attn.in_proj_bias.detach().float() if attn.in_proj_bias is not None else None
-            slot["qkv"] = F.linear(query, attn.in_proj_weight.detach().float(), bias)
+            query = attn_layout(args[0].detach())
+            bias = attn.in_proj_bias.detach() if attn.in_proj_bias is not None else None
+            slot["qkv"] = F.linear(query, attn.in_proj_weight.detach(), bias)
 
         self._handles.append(attn.register_forward_hook(record_qkv))
         # the probe's explicit attention calls out_proj on batch-first merged heads
@@ -144,10 +144,14 @@ class ClipTowerCapture(ActivationCapture):
         if self.kind == "text":  # CLIP pools the end-of-text token: the largest id
             token_index = slot["text"].long().argmax(dim=-1).cpu()
             pooled = normed[torch.arange(batch), token_index.to(normed.device)]
-            head = dict(token_index=token_index)
+            head = dict(token_index=token_index, selected=pooled)
         elif self.tower.pool_type == "tok":
-            pooled = normed[:, 0] if normed.dim() == 3 else normed  # ln_post may follow the pooling
-            head = dict(token_index=torch.zeros(batch, dtype=torch.long))
+            # ln_post before the pooling (open_clip's default) or after it; the
+            # class token is selected from ln_post's output or the last block's
+            norm_first = normed.dim() == 3
+            pooled = normed[:, 0] if norm_first else normed
+            selected = pooled if norm_first else last_block.output[:, 0]
+            head = dict(token_index=torch.zeros(batch, dtype=torch.long), selected=selected)
         else:  # mean of the patch tokens (ln_post before or after the mean: identity either way)
             tokens = normed if normed.dim() == 3 else last_block.output
             pooled = normed[:, 1:].mean(dim=1) if normed.dim() == 3 else normed
@@ -159,9 +163,9 @@ class ClipTowerCapture(ActivationCapture):
         if projection is None:
             return pooled
         if isinstance(projection, nn.Linear):
-            bias = projection.bias.detach().float() if projection.bias is not None else None
-            return F.linear(pooled, projection.weight.detach().float(), bias)
-        return pooled @ projection.detach().float()
+            bias = projection.bias.detach() if projection.bias is not None else None
+            return F.linear(pooled, projection.weight.detach(), bias)
+        return pooled @ projection.detach()
 
 
 def _layout(batch_first: bool):
@@ -184,9 +188,8 @@ def clip_lrp_view(tower: nn.Module, kind: str, name: str) -> LrpView:
     blocks = []
     for block in tower.transformer.resblocks:
         attn = block.attn
-        head_dim = attn.embed_dim // attn.num_heads
         blocks.append(BlockWeights(attn.in_proj_weight, attn.out_proj.weight, block.mlp.c_fc.weight,
-                                   block.mlp.c_proj.weight, attn.num_heads, head_dim ** -0.5))
+                                   block.mlp.c_proj.weight, attn.num_heads))
     pooling = "mean" if kind == "image" and tower.pool_type == "avg" else "token"
     return LrpView(blocks, projection_weight(tower, kind), pooling, start="embedding",
                    capture=lambda first_block: ClipTowerCapture(tower, kind, first_block, name))

@@ -1,4 +1,4 @@
-"""Choosing the device (``auto`` picks cuda, then mps, then cpu), and full float32 on it."""
+"""Choosing the device (``auto`` picks cuda, then mps, then cpu), the precision, and full float32 on CUDA."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from heatmap.errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "float32", "float64")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -25,6 +26,22 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if kind == "mps" and not mps_ok:
         raise UsageError("--device mps: MPS is not available on this machine; use --device cpu (or auto)")
     return torch.device(name)
+
+
+def compute_dtype(model_dtype: torch.dtype, precision: str = "auto") -> torch.dtype:
+    """The dtype an explanation computes in (docs/METHODS.md, "Precision").
+
+    ``auto``: the wider of float32 and the model's dtype, so a float16 or
+    bfloat16 model is explained in float32 and a float64 model in float64;
+    ``float32`` / ``float64``: that dtype, whatever the model's.
+    """
+    if precision == "auto":
+        return torch.promote_types(model_dtype, torch.float32) if model_dtype.is_floating_point else torch.float32
+    if precision == "float32":
+        return torch.float32
+    if precision == "float64":
+        return torch.float64
+    raise UsageError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
 
 
 @contextmanager

@@ -6,8 +6,8 @@ models (:mod:`heatmap.models.timm_lrp`, :mod:`heatmap.models.clip_lrp`):
 
 - :class:`BlockWeights`: the four Linear weights and the head layout of a block;
 - :class:`ActivationCapture`: forward hooks that record, during the one
-  forward pass being explained, the activations the rules read (float32,
-  detached, nothing else);
+  forward pass being explained, the activations the rules read (detached,
+  in the model's dtype, nothing else);
 - :class:`LrpView`: both, plus how the output pools and where the relevance starts.
 """
 
@@ -31,19 +31,18 @@ class BlockWeights:
     fc1: torch.Tensor  # [M, D]
     fc2: torch.Tensor  # [D, M]
     num_heads: int
-    scale: float  # q is multiplied by it before q k^T
 
 
 @dataclass
 class BlockActivations:
-    """What the rules read in one block, float32, as the forward pass computed it.
+    """What the rules read in one block, as the forward pass computed it (in the model's dtype).
 
     Shapes: ``[B, N, D]`` unless noted; ``D'`` is the attention width, ``M`` the MLP width.
     """
 
     block_input: torch.Tensor  # x: the skip operand of the first residual add
     attn_input: torch.Tensor  # norm1(x): the input of the qkv projection
-    qkv: torch.Tensor  # [B, N, 3 D'], q k v of all heads (before the scale)
+    qkv: torch.Tensor  # [B, N, 3 D'], q k v of all heads (unscaled)
     proj_input: torch.Tensor  # [B, N, D'], the merged heads A V
     attn_branch: torch.Tensor  # the branch operand of the first add
     mid: torch.Tensor  # x after the first add: the skip operand of the second
@@ -59,12 +58,14 @@ class BlockActivations:
 
 @dataclass
 class HeadActivations:
-    """The top of the network: pooling and the final Linear, float32.
+    """The top of the network: pooling and the final Linear.
 
     Attributes:
         pooled: ``[B, D]``, the input of the final Linear.
         output: ``[B, C]``, its output (logits, or the CLIP embedding), bias included.
         token_index: token pooling: ``[B]``, the pooled token of each item.
+        selected: token pooling: ``[B, D]``, that token's value where it is
+            selected (the input of the authors' ``IndexSelect`` rule).
         pooled_tokens: mean pooling: ``[B, N', D]``, the averaged tokens.
         pooled_from: mean pooling: the position of the first averaged token.
     """
@@ -72,6 +73,7 @@ class HeadActivations:
     pooled: torch.Tensor
     output: torch.Tensor
     token_index: torch.Tensor | None = None
+    selected: torch.Tensor | None = None
     pooled_tokens: torch.Tensor | None = None
     pooled_from: int = 0
 
@@ -159,11 +161,11 @@ class ActivationCapture:
              layout: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor) -> None:
         """Record ``module``'s first input and/or its output into ``slot``, through ``layout``."""
         def record(_module, args, result):
-            # detach: the pass reads values only; float(): the rules run in float32
+            # detach: the pass reads values only, in the dtype the model computes in
             if inputs:
-                slot[inputs] = layout(args[0].detach().float())
+                slot[inputs] = layout(args[0].detach())
             if output:
-                slot[output] = layout(result.detach().float())
+                slot[output] = layout(result.detach())
 
         self._handles.append(module.register_forward_hook(record))
 

@@ -7,6 +7,7 @@ here knows which method runs.
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import torch
@@ -83,7 +84,7 @@ class TimmAdapter:
         One-hot at the class token; for mean pooling, uniform over the tokens
         the model averages (the mean of their rows).
         """
-        weights = torch.zeros(num_tokens)
+        weights = torch.zeros(num_tokens, dtype=torch.float64)  # cast to the relevance's dtype where used
         if self.class_token_index is not None:
             weights[self.class_token_index] = 1.0
         else:
@@ -103,6 +104,20 @@ class TimmAdapter:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's weights."""
+        return next(self.model.parameters()).dtype
+
+    def converted(self, dtype: torch.dtype) -> "TimmAdapter":
+        """This adapter when the model is in ``dtype`` already, else one over a converted copy.
+
+        The caller's model is never changed; the copy costs the model's size once per run.
+        """
+        if dtype == self.dtype:
+            return self
+        return TimmAdapter(copy.deepcopy(self.model).to(dtype), self.name, self.labels)
 
     def preprocess(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, list[tuple[float, float, float, float]]]:
         """The model's own eval transform.

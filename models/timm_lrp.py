@@ -118,15 +118,15 @@ class TimmCapture(ActivationCapture):
 
     def register_head(self, slot: Slot) -> None:
         self.hook(self.model.head, slot, inputs="pooled", output="output")
-        if self.model.global_pool == "avg":
-            self.hook(self.model.norm, slot, output="tokens")
+        self.hook(self.model.norm, slot, output="tokens")
 
     def head_activations(self, slot: Slot, last_block: BlockActivations) -> HeadActivations:
         if "output" not in slot:
             raise HeatmapError(f"{self.name}: the forward pass did not reach the head; no map can be made")
-        if self.model.global_pool == "token":  # the class token, first of the prefix tokens
+        if self.model.global_pool == "token":  # the class token, first of the prefix tokens, after the norm
             return HeadActivations(slot["pooled"], slot["output"],
-                                   token_index=torch.zeros(len(slot["pooled"]), dtype=torch.long))
+                                   token_index=torch.zeros(len(slot["pooled"]), dtype=torch.long),
+                                   selected=slot["tokens"][:, 0])
         first = 0 if self.model.pool_include_prefix else self.model.num_prefix_tokens
         return HeadActivations(slot["pooled"], slot["output"], pooled_tokens=slot["tokens"][:, first:],
                                pooled_from=first)
@@ -136,7 +136,7 @@ def timm_lrp_view(model: VisionTransformer, name: str) -> LrpView:
     """The LRP view of ``model``; raises :class:`HeatmapError` for an unsupported structure."""
     check_supported(model, name)
     blocks = [BlockWeights(block.attn.qkv.weight, block.attn.proj.weight, block.mlp.fc1.weight,
-                           block.mlp.fc2.weight, block.attn.num_heads, block.attn.scale) for block in model.blocks]
+                           block.mlp.fc2.weight, block.attn.num_heads) for block in model.blocks]
     pooling = "token" if model.global_pool == "token" else "mean"
     return LrpView(blocks, model.head.weight, pooling, start="logit",
                    capture=lambda first_block: TimmCapture(model, first_block, name))

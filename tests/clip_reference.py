@@ -48,7 +48,7 @@ def encode_image(model, images):
 def encode_text(model, tokens):
     x = model.token_embedding(tokens) + model.positional_embedding
     L = tokens.shape[1]
-    causal = torch.full((L, L), float("-inf")).triu(1)
+    causal = torch.full((L, L), float("-inf"), dtype=x.dtype).triu(1)
     attentions = []
     for block in model.transformer.resblocks:
         x, probs = attention_block(block, x, causal)

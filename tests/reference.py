@@ -53,7 +53,8 @@ def query_row(R, query):
 def rollout_one(attentions, fusion, ratio, start, protect):
     """attentions: per layer [H, N, N] of one image."""
     N = attentions[0].shape[-1]
-    R = torch.eye(N)
+    eye = torch.eye(N, dtype=attentions[0].dtype)
+    R = eye
     for A in attentions[start:]:
         F = {"mean": A.mean(0), "max": A.max(0).values, "min": A.min(0).values}[fusion].clone()
         count = math.floor(ratio * N * N)
@@ -64,7 +65,7 @@ def rollout_one(attentions, fusion, ratio, start, protect):
                 if protect is not None and i == protect and j == protect:
                     continue
                 F[i, j] = 0.0
-        M = F + torch.eye(N)
+        M = F + eye
         for i in range(N):
             M[i] = M[i] / M[i].sum()
         R = M @ R
@@ -73,7 +74,8 @@ def rollout_one(attentions, fusion, ratio, start, protect):
 
 def grad_rollout_one(attentions, grads, ratio, start):
     N = attentions[0].shape[-1]
-    R = torch.eye(N)
+    eye = torch.eye(N, dtype=attentions[0].dtype)
+    R = eye
     for A, G in zip(attentions[start:], grads[start:]):
         F = (A * G).mean(0)
         F[F < 0] = 0
@@ -82,7 +84,7 @@ def grad_rollout_one(attentions, grads, ratio, start):
             flat = F.flatten()
             flat[torch.argsort(flat, stable=True)[:count]] = 0
             F = flat.reshape(N, N)
-        M = F + torch.eye(N)
+        M = F + eye
         M = M / M.sum(dim=1, keepdim=True)
         R = M @ R
     return R
@@ -90,7 +92,7 @@ def grad_rollout_one(attentions, grads, ratio, start):
 
 def chefer_generic_one(attentions, grads, start):
     N = attentions[0].shape[-1]
-    R = torch.eye(N)
+    R = torch.eye(N, dtype=attentions[0].dtype)
     for A, G in zip(attentions[start:], grads[start:]):
         Abar = (G * A).clamp(min=0).mean(0)
         R = R + Abar @ R
