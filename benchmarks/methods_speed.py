@@ -18,7 +18,7 @@ is the median over rounds of the per-round ratio, which is what survives
 the noise of a shared machine. Memory: each row runs again in a child
 process of its own, so that its peak is its own: on the CPU the peak
 resident size minus the size before the row was built (model and inputs
-loaded), on CUDA ``torch.cuda.max_memory_allocated`` minus the memory
+loaded; a float64 copy of the model counts), on CUDA ``torch.cuda.max_memory_allocated`` minus the memory
 allocated before.
 """
 
@@ -40,18 +40,23 @@ FLOOR = "floor: forward + backward (frozen weights)"
 FLOAT64 = "transformer-attribution (float64)"
 
 
-def build_rows(model_name: str, batch: int, device: str, only: str | None = None) -> dict[str, Callable[[], object]]:
-    """Row name -> a call that does the row's work once (``only``: build that row alone)."""
+def model_and_images(model_name: str, batch: int, device: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The random-weight model (frozen) and a batch of random images."""
     import timm
-
-    from heatmap.explainers import METHODS
-    from heatmap.models import adapter_for
 
     torch.manual_seed(0)
     model = timm.create_model(model_name, pretrained=False).eval().to(device)
     images = torch.randn(batch, 3, *model.pretrained_cfg["input_size"][1:], device=device)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
+    return model, images
+
+
+def build_rows(model: torch.nn.Module, images: torch.Tensor, model_name: str,
+               only: str | None = None) -> dict[str, Callable[[], object]]:
+    """Row name -> a call that does the row's work once (``only``: build that row alone)."""
+    from heatmap.explainers import METHODS
+    from heatmap.models import adapter_for
 
     def forward() -> None:
         with torch.no_grad():
@@ -95,19 +100,30 @@ def interleaved_ratios(rows: dict[str, Callable[[], object]], rounds: int, devic
             for name, times in seconds.items()}
 
 
+def peak_resident_bytes() -> int:
+    """This process's peak resident size (VmHWM). Not ru_maxrss: Linux carries that over from the
+    parent across fork and exec, so a child of a large parent would see no growth at all."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
 def peak_mib(model_name: str, row: str, batch: int, device: str) -> float:
-    """Extra peak MiB of one row, built and run in this process (a child's)."""
+    """Extra peak MiB of one row, built and run in this process (a child's), over the model and inputs."""
+    model, images = model_and_images(model_name, batch, device)
     cuda = torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    function = build_rows(model_name, batch, device, only=row)[row]
+        before = peak_resident_bytes()
+    function = build_rows(model, images, model_name, only=row)[row]  # a float64 copy of the model counts
     function()
     function()
-    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = torch.cuda.max_memory_allocated() if cuda else peak_resident_bytes()
     return (peak - before) / 2**20
 
 
@@ -128,7 +144,11 @@ def main() -> None:
     print("| batch | row | seconds | x forward | x floor | extra peak MiB | x floor's MiB |\n"
           "|---|---|---|---|---|---|---|")
     for batch in args.batch:
-        timing = interleaved_ratios(build_rows(args.model, batch, args.device), args.rounds, args.device)
+        model, images = model_and_images(args.model, batch, args.device)
+        timing = interleaved_ratios(build_rows(model, images, args.model), args.rounds, args.device)
+        for row, figures in timing.items():
+            print(f"timing | {batch} | {row} | {figures['seconds']:.3f} | {figures['x_forward']:.2f} | "
+                  f"{figures['x_floor']:.2f} |", flush=True)
         memory = {}
         for row in timing:
             child = subprocess.run(
@@ -137,7 +157,7 @@ def main() -> None:
             memory[row] = json.loads(child.stdout.strip().splitlines()[-1])["extra_mib"]
         for row, figures in timing.items():
             print(f"| {batch} | {row} | {figures['seconds']:.3f} | {figures['x_forward']:.2f} | "
-                  f"{figures['x_floor']:.2f} | {memory[row]:.0f} | {memory[row] / memory[FLOOR]:.2f} |", flush=True)
+                  f"{figures['x_floor']:.2f} | {memory[row]:.0f} | {memory[row] / (memory[FLOOR] or float('nan')):.2f} |", flush=True)
 
 
 if __name__ == "__main__":
