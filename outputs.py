@@ -16,14 +16,17 @@ import os
 import re
 import socket
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
 
-from heatmap.render import overlay
+from heatmap.render import overlay, text_strip
+
+if TYPE_CHECKING:
+    from heatmap.pipeline import MapRecord
 
 MANIFEST = "manifest.jsonl"
 
@@ -122,59 +125,101 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+class NpyWriter:
+    """The raw map, float32, as ``<base>.npy``."""
+
+    kind = "npy"
+
+    def __call__(self, folder: Path, base: str, picture: Image.Image | None, record: MapRecord) -> str | None:
+        name = f"{base}.npy"
+        write_atomically(folder / name, npy_bytes(np.ascontiguousarray(record.heatmap, dtype=np.float32)))
+        return name
+
+
+@dataclass
+class OverlayWriter:
+    """The map over the picture it explains, as ``<base>.png``."""
+
+    colormap: str = "jet"
+    alpha: float = 0.5
+    kind = "png"
+
+    def __call__(self, folder: Path, base: str, picture: Image.Image | None, record: MapRecord) -> str | None:
+        if picture is None:
+            return None
+        heatmap = np.ascontiguousarray(record.heatmap, dtype=np.float32)
+        name = f"{base}.png"
+        write_atomically(folder / name, png_bytes(overlay(picture, heatmap, record.box, self.colormap, self.alpha)))
+        return name
+
+
+class TokenStripWriter:
+    """A CLIP text with each word piece shaded by its relevance, as ``<base>.tokens.png``."""
+
+    kind = "tokens"
+
+    def __call__(self, folder: Path, base: str, picture: Image.Image | None, record: MapRecord) -> str | None:
+        if record.word_pieces is None or record.token_relevance is None:
+            return None
+        name = f"{base}.tokens.png"
+        write_atomically(folder / name, png_bytes(text_strip(record.word_pieces, record.token_relevance)))
+        return name
+
+
+class FileWriter(Protocol):
+    """Writes one kind of file of one record; returns its name, or None when it has nothing to write."""
+
+    kind: str
+
+    def __call__(self, folder: Path, base: str, picture: Image.Image | None, record: MapRecord) -> str | None: ...
+
+
+def default_writers(colormap: str = "jet", alpha: float = 0.5) -> list[FileWriter]:
+    """What every explaining command writes: the map, the overlay, and (CLIP) the token strip."""
+    return [NpyWriter(), OverlayWriter(colormap, alpha), TokenStripWriter()]
+
+
 @dataclass
 class ResultWriter:
-    """Writes one folder of results and its ``manifest.jsonl``.
+    """Writes one folder of results: each record's files, then its ``manifest.jsonl`` line.
 
     Args:
         out_dir: the folder (created if needed).
         model: the model's name, recorded in the manifest.
-        colormap: the overlay's colormap.
-        alpha: the overlay's opacity.
+        writers: the file writers, each one kind of file.
     """
 
     out_dir: Path
     model: str
-    colormap: str = "jet"
-    alpha: float = 0.5
+    writers: list[FileWriter] = field(default_factory=default_writers)
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
-    def write(self, source: Path, stem: str, picture: Image.Image, box, heatmap: np.ndarray, *,
-              method: str, target_name: str, record: dict[str, Any],
-              extra_images: dict[str, Image.Image] | None = None) -> dict[str, Any]:
-        """Write one map (``[gh, gw]``) of one image and target; return its manifest entry.
+    def write(self, source: Path, stem: str, picture: Image.Image | None, record: MapRecord, *, method: str,
+              target_name: str, common: dict[str, Any]) -> dict[str, Any]:
+        """Write one record's files and its manifest line; return the manifest entry.
 
         Args:
             source: the input image's path.
             stem: its output name (see :func:`output_stems`).
             picture: the input image, for the overlay.
-            box: the part of ``picture`` the model saw.
-            heatmap: the raw map.
+            record: the map and what the manifest says of its target.
             method: the method's name (part of the file names).
             target_name: the target as it appears in file names.
-            record: what the manifest says of this target (class, score, text...).
-            extra_images: more pictures to write beside the overlay, by suffix
-                (``{"tokens": strip}`` -> ``<base>.tokens.png``).
+            common: what the manifest says of every map of the run (weights, precision, options).
         """
         base = f"{stem}.{method}.{target_name}"
-        heatmap = np.ascontiguousarray(heatmap, dtype=np.float32)
-        files = {"npy": f"{base}.npy", "png": f"{base}.png"}
-        write_atomically(self.out_dir / files["npy"], npy_bytes(heatmap))
-        write_atomically(self.out_dir / files["png"],
-                         png_bytes(overlay(picture, heatmap, box, self.colormap, self.alpha)))
-        for suffix, image in (extra_images or {}).items():
-            files[suffix] = f"{base}.{suffix}.png"
-            write_atomically(self.out_dir / files[suffix], png_bytes(image))
-        entry = {"input": str(source), "model": self.model, "method": method, **record,
-                 "map_shape": list(heatmap.shape), "files": files}
-        self.append_manifest(entry)
-        return entry
-
-    def append_manifest(self, entry: dict[str, Any]) -> None:
+        files = {}
+        for writer in self.writers:
+            name = writer(self.out_dir, base, picture, record)
+            if name is not None:
+                files[writer.kind] = name
+        entry = {"input": str(source), "model": self.model, "method": method, **common, **record.fields,
+                 "map_shape": list(record.heatmap.shape), "files": files}
         append_manifest_line(self.out_dir / MANIFEST, entry)
+        return entry
 
 
 def append_manifest_line(path: Path, entry: dict[str, Any]) -> None:

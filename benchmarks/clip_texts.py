@@ -3,7 +3,7 @@
     python benchmarks/clip_texts.py [--model ViT-B-32] [--texts 5] [--method chefer-generic] [--repeats 5]
 
 Random weights (timing does not depend on them). Three ways to explain one
-image against T texts, all through the public ClipExplainer, so all give the
+image against T texts, all through the driver (``Driver.explain_texts``), so all give the
 same maps:
 
 - per pair: one explain() call per text, which runs the image tower once per
@@ -23,7 +23,7 @@ import argparse
 import open_clip
 import torch
 
-from heatmap.explainers.clip import ClipExplainer
+from heatmap.explainers.driver import Driver
 from heatmap.models import adapter_for
 from timing import median_seconds
 
@@ -49,8 +49,8 @@ def main() -> None:
     image = torch.randn(1, 3, *size, device=args.device)
     texts = (TEXTS * 4)[:args.texts]
     options = {} if args.start_layer is None else {"start_layer": args.start_layer}
-    retained = ClipExplainer(adapter, args.method, **options)
-    batched = ClipExplainer(adapter, args.method, batched_backward=True, **options)
+    retained = Driver(adapter, args.method, **options)
+    batched = Driver(adapter, args.method, batched_backward=True, **options)
 
     def image_forward_backward():
         model.zero_grad(set_to_none=True)
@@ -64,9 +64,9 @@ def main() -> None:
         ("image tower forward (no grad)", median_seconds(image_forward, args.repeats)),
         ("image tower forward + backward (weights)", median_seconds(image_forward_backward, args.repeats)),
         ("per pair: one call per text", median_seconds(
-            lambda: [retained.explain(image, [text]) for text in texts], args.repeats)),
-        ("shared, retained graph (default)", median_seconds(lambda: retained.explain(image, texts), args.repeats)),
-        ("shared, batched backward", median_seconds(lambda: batched.explain(image, texts), args.repeats)),
+            lambda: [retained.explain_texts(image, [text]) for text in texts], args.repeats)),
+        ("shared, retained graph (default)", median_seconds(lambda: retained.explain_texts(image, texts), args.repeats)),
+        ("shared, batched backward", median_seconds(lambda: batched.explain_texts(image, texts), args.repeats)),
     ]
     per_pair = rows[2][1]
     print(f"{args.model}, {args.method} {retained.options}, {args.device}, 1 image x {args.texts} texts, "

@@ -3,7 +3,7 @@
     python benchmarks/compare_thresholds.py [--scenes 40] [--change 0.05]
 
 For the demo classifier on held-out scenes and every method, prints the
-largest max-diff (``heatmap.comparison``) between the explanation in float32
+largest max-diff (``heatmap.compare.metrics``) between the explanation in float32
 and in float64 (``precision="float64"``: round-off, as between machines),
 and the median and largest max-diff after one weight tensor
 (``blocks.2.attn.qkv.weight``) is moved by ``--change`` times its standard
@@ -21,9 +21,9 @@ import statistics
 import torch
 
 import heatmap
-from heatmap.comparison import compare_maps
+from heatmap.compare.metrics import compare_maps
 from heatmap.models import load_clip
-from heatmap.models.demo.shapes_world import make_scenes
+from heatmap.demo.shapes_world import make_scenes
 
 TENSOR = "blocks.2.attn.qkv.weight"
 

@@ -55,7 +55,8 @@ def model_and_images(model_name: str, batch: int, device: str) -> tuple[torch.nn
 def build_rows(model: torch.nn.Module, images: torch.Tensor, model_name: str,
                only: str | None = None) -> dict[str, Callable[[], object]]:
     """Row name -> a call that does the row's work once (``only``: build that row alone)."""
-    from heatmap.explainers import METHODS
+    from heatmap.explainers.driver import Driver
+    from heatmap.explainers.registry import methods
     from heatmap.models import adapter_for
 
     def forward() -> None:
@@ -67,13 +68,13 @@ def build_rows(model: torch.nn.Module, images: torch.Tensor, model_name: str,
         torch.autograd.grad(model(inputs).max(dim=1).values.sum(), inputs)
 
     rows: dict[str, Callable[[], object]] = {FORWARD: forward, FLOOR: floor}
-    explainers = {name: (name, "auto") for name in METHODS}
+    explainers = {name: (name, "auto") for name in methods()}
     explainers[FLOAT64] = ("transformer-attribution", "float64")
     adapter = adapter_for(model, model_name)
     for row, (method, precision) in explainers.items():
         if only in (None, row):
-            explainer = METHODS[method].explainer_class()(adapter, precision=precision)
-            rows[row] = (lambda explainer: lambda: explainer.explain(images))(explainer)
+            driver = Driver(adapter, method, precision=precision)
+            rows[row] = (lambda driver: lambda: driver.explain(images))(driver)
     return rows if only is None else {only: rows[only]}
 
 

@@ -1,8 +1,9 @@
 """The ``heatmap`` command line.
 
-Each method of ``heatmap.explainers.METHODS`` is a subcommand: the shared
-options of ``cli/options.py`` plus the method's own. Nothing heavy is imported
-until a command runs, so ``heatmap --help`` answers at once.
+Each registered method (``heatmap.explainers.registry``) is a subcommand:
+the shared options of ``cli/options.py`` plus the method's own, generated
+from its registration. Nothing heavy is imported until a command runs, so
+``heatmap --help`` answers at once.
 
 Exit codes: 0 all good, 1 some inputs failed (all others done) or the run
 failed, 2 a usage error, 130 stopped by Ctrl-C (143 by SIGTERM).
@@ -11,20 +12,20 @@ failed, 2 a usage error, 130 stopped by Ctrl-C (143 by SIGTERM).
 import inspect
 import signal
 import threading
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
 from heatmap import __version__
 from heatmap.cli import console
-from heatmap.cli.options import (SHARED, Alpha, BatchSize, Colormap, ColormapOption, Debug, Device, DeviceOption,
-                                 DiscardRatio, HeadFusion, HeadFusionOption, Inputs, Json, Out, Precision,
-                                 PrecisionOption, Quiet, Recursive, Shard, SkipExisting, StartLayer)
-from heatmap.comparison import Thresholds
-from heatmap.errors import HeatmapError
-from heatmap.explainers import METHODS
+from heatmap.cli.options import (CLIP_SHARED, SHARED, Debug, Json, Quiet, clip_method_parameters, method_choices,
+                                 method_parameters)
+from heatmap.compare.metrics import Thresholds
+from heatmap.errors import HeatmapError, UsageError
+from heatmap.explainers.registry import Method, methods
+
+METHODS = methods()
 
 app = typer.Typer(
     name="heatmap",
@@ -51,25 +52,19 @@ def _main(
     """Show what a Vision Transformer looked at."""
 
 
-def classifier_command(method: str) -> Callable:
-    """Register ``function`` (the method's own options) as a subcommand with the shared options."""
+def classifier_command(method: Method) -> None:
+    """Register ``method`` as a subcommand: the shared options plus its own, from its registration."""
+    shared = list(SHARED.values())
+    own = method_parameters(method)
 
-    def register(function: Callable) -> Callable:
-        own = list(inspect.signature(function).parameters.values())
-        shared = list(SHARED.values())
+    def command(**kwargs: Any) -> None:
+        shared_values = {name: kwargs.pop(name) for name in SHARED}
+        options = {name: getattr(value, "value", value) for name, value in kwargs.items()}
+        execute(method.name, options, **shared_values)
 
-        def command(**kwargs):
-            shared_values = {name: kwargs.pop(name) for name in SHARED}
-            options = {name: getattr(value, "value", value) for name, value in kwargs.items()}
-            execute(method, options, **shared_values)
-
-        command.__signature__ = inspect.Signature(shared[:1] + own + shared[1:])
-        command.__name__ = function.__name__
-        app.command(method, help=f"{METHODS[method].summary}\n\n{inspect.getdoc(function)}",
-                    no_args_is_help=True)(command)
-        return function
-
-    return register
+    command.__signature__ = inspect.Signature(shared[:1] + own + shared[1:])  # type: ignore[attr-defined]
+    command.__name__ = method.name.replace("-", "_")
+    app.command(method.name, help=f"{method.summary}\n\n{method.description}", no_args_is_help=True)(command)
 
 
 def execute(method: str, options: dict, inputs, model, checkpoint, target, top_k, out, device, precision,
@@ -97,6 +92,11 @@ def batch_options(recursive: bool, skip_existing: bool, shard: Optional[str], qu
             "output": "json" if json else "quiet" if quiet else "normal"}
 
 
+def exit_code(error: HeatmapError) -> int:
+    """The exit code of a user error: 2 for a usage error, 1 for the rest."""
+    return 2 if isinstance(error, UsageError) else 1
+
+
 def exit_with(run: Callable[[], int], debug: bool) -> None:
     """Call ``run``; exit with its code, turning errors into one line and an exit code.
 
@@ -117,7 +117,7 @@ def exit_with(run: Callable[[], int], debug: bool) -> None:
         if debug:
             console.stderr.print_exception()
         console.say_error(str(error))
-        raise typer.Exit(error.exit_code) from None
+        raise typer.Exit(exit_code(error)) from None
     except KeyboardInterrupt as interrupt:
         console.say_error("interrupted; files already written are complete")
         raise typer.Exit(getattr(interrupt, "exit_code", 130)) from None
@@ -132,96 +132,51 @@ def exit_with(run: Callable[[], int], debug: bool) -> None:
     raise typer.Exit(code)
 
 
-ClipMethod = Enum("ClipMethod", {name: name for name in METHODS}, type=str)
-_defaults = {name: method.defaults for name, method in METHODS.items()}
+def clip_command() -> None:
+    """Register ``heatmap clip``: its own options, every method's options (optional), the shared ones."""
+    choices = method_choices(METHODS.values())
+    method = Annotated[choices, typer.Option(help="The method.")]  # type: ignore[valid-type]
+    fixed = [parameter.replace(annotation=method, default=choices("chefer-generic")) if parameter.name == "method"
+             else parameter for parameter in CLIP_SHARED.values()]
+    own = clip_method_parameters(METHODS.values())
+
+    def command(**kwargs: Any) -> None:
+        from heatmap.cli.runner import ClipRequest, run_clip
+
+        shared = {name: kwargs.pop(name) for name in CLIP_SHARED}
+        debug = shared.pop("debug")
+
+        def run() -> int:
+            texts = list(shared.pop("text") or [])
+            texts_file = shared.pop("texts_file")
+            if texts_file is not None:
+                texts += [line.strip() for line in texts_file.read_text().splitlines() if line.strip()]
+            options = {name: getattr(value, "value", value) for name, value in kwargs.items() if value is not None}
+            for name in ("start_layer", "text_start_layer"):
+                if shared[name] is not None:
+                    options[name] = shared[name]
+                shared.pop(name)
+            return run_clip(ClipRequest(
+                method=shared.pop("method").value, options=options, inputs=list(shared.pop("inputs")),
+                model=shared.pop("model"), out=shared.pop("out"), device=shared.pop("device").value,
+                precision=shared.pop("precision").value, batch_size=shared.pop("batch_size"),
+                colormap=shared.pop("colormap").value, alpha=shared.pop("alpha"), pretrained=shared.pop("pretrained"),
+                texts=texts, **batch_options(**shared))).exit_code
+
+        exit_with(run, debug)
+
+    command.__signature__ = inspect.Signature(fixed[:8] + own + fixed[8:])  # type: ignore[attr-defined]
+    command.__name__ = "clip"
+    app.command("clip", no_args_is_help=True, help=(
+        "Image-text relevance for CLIP: which parts of each image matched each text, and which words mattered."
+        "\n\nWrites per image and text the raw map (.npy), an overlay (.png), the text with its word pieces "
+        "shaded by relevance (.tokens.png) and a manifest line; prints each image's logits and probabilities "
+        "over the texts."))(command)
 
 
-@classifier_command("rollout")
-def rollout(
-    head_fusion: HeadFusionOption = HeadFusion(_defaults["rollout"]["head_fusion"]),
-    discard_ratio: DiscardRatio = _defaults["rollout"]["discard_ratio"],
-    start_layer: StartLayer = _defaults["rollout"]["start_layer"],
-):
-    """Multiplies each block's head-fused attention (plus identity, rows normalised) from the start layer on."""
-
-
-@classifier_command("grad-rollout")
-def grad_rollout(
-    discard_ratio: DiscardRatio = _defaults["grad-rollout"]["discard_ratio"],
-    start_layer: StartLayer = _defaults["grad-rollout"]["start_layer"],
-):
-    """Rollout of each block's attention weighted by its gradient, negatives clamped."""
-
-
-@classifier_command("chefer-generic")
-def chefer_generic(
-    start_layer: StartLayer = _defaults["chefer-generic"]["start_layer"],
-):
-    """R = I, then R += mean_h((dA * A)+) @ R for each block from the start layer on."""
-
-
-@classifier_command("transformer-attribution")
-def transformer_attribution(
-    start_layer: StartLayer = _defaults["transformer-attribution"]["start_layer"],
-):
-    """LRP relevance of each block's attention times its gradient, rolled out (CVPR 2021)."""
-
-
-@app.command("clip", no_args_is_help=True)
-def clip(
-    inputs: Inputs,
-    text: Annotated[Optional[list[str]], typer.Option(
-        "--text", help="A text to explain the images against; repeat for several.", show_default=False)] = None,
-    texts_file: Annotated[Optional[Path], typer.Option(
-        exists=True, dir_okay=False, help="A file of texts, one per line (blank lines skipped).")] = None,
-    model: Annotated[Optional[str], typer.Option(
-        "--model", "-m", help="'demo' (shipped, offline) or an open_clip name. Default: ViT-B-32 "
-        "with the openai weights, from the local cache.", show_default=False)] = None,
-    pretrained: Annotated[Optional[str], typer.Option(
-        help="A pretrained tag of --model (openai, laion2b_s34b_b79k, ...) or a local checkpoint file.",
-        show_default=False)] = None,
-    method: Annotated[ClipMethod, typer.Option(help="The method.")] = ClipMethod("chefer-generic"),
-    start_layer: Annotated[Optional[int], typer.Option(
-        help="First block used in both towers (-1 = last only). Default: the method's; "
-        "chefer-generic uses the last block, as the authors' CLIP notebook.", show_default=False)] = None,
-    text_start_layer: Annotated[Optional[int], typer.Option(
-        help="First block of the text tower, when it differs from --start-layer.", show_default=False)] = None,
-    head_fusion: Annotated[Optional[HeadFusion], typer.Option(
-        help="rollout: how to fuse heads. Default: mean.", show_default=False)] = None,
-    discard_ratio: Annotated[Optional[float], typer.Option(
-        min=0.0, help="rollout, grad-rollout: fraction of smallest entries set to 0.", show_default=False)] = None,
-    out: Out = Path("heatmaps"),
-    device: DeviceOption = Device.auto,
-    precision: PrecisionOption = Precision.auto,
-    batch_size: BatchSize = 8,
-    colormap: ColormapOption = Colormap.jet,
-    alpha: Alpha = 0.5,
-    recursive: Recursive = False,
-    skip_existing: SkipExisting = False,
-    shard: Shard = None,
-    quiet: Quiet = False,
-    json: Json = False,
-    debug: Debug = False,
-):
-    """Image-text relevance for CLIP: which parts of each image matched each text, and which words mattered.
-
-    Writes per image and text the raw map (.npy), an overlay (.png), the text with its word pieces shaded by relevance (.tokens.png) and a manifest line; prints each image's logits and probabilities over the texts.
-    """
-    from heatmap.cli.runner import ClipRequest, run_clip
-
-    def run() -> int:
-        texts = list(text or [])
-        if texts_file is not None:
-            texts += [line.strip() for line in texts_file.read_text().splitlines() if line.strip()]
-        options = {name: getattr(value, "value", value) for name, value in (
-            ("start_layer", start_layer), ("text_start_layer", text_start_layer),
-            ("head_fusion", head_fusion), ("discard_ratio", discard_ratio)) if value is not None}
-        return run_clip(ClipRequest(method=method.value, options=options, inputs=list(inputs), model=model,
-                                    out=out, device=device.value, precision=precision.value, batch_size=batch_size,
-                                    colormap=colormap.value, alpha=alpha, pretrained=pretrained, texts=texts,
-                                    **batch_options(recursive, skip_existing, shard, quiet, json))).exit_code
-
-    exit_with(run, debug)
+for _method in METHODS.values():
+    classifier_command(_method)
+clip_command()
 
 
 _thresholds = Thresholds()

@@ -1,7 +1,7 @@
 """``heatmap compare``: two result folders, entry by entry, for CI.
 
-The metrics are in ``heatmap.comparison``, the JUnit XML and the difference
-pictures in ``heatmap.comparison_reports``; this reads the user's options,
+The metrics are in ``heatmap.compare.metrics``, the JUnit XML and the difference
+pictures in ``heatmap.compare.reports``; this reads the user's options,
 prints the worst entries and returns the exit code.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.table import Table
 
 from heatmap.cli import console
-from heatmap.comparison import Thresholds
+from heatmap.compare.metrics import Thresholds
 
 WORST_ROWS = 20
 
@@ -33,8 +33,8 @@ class CompareRequest:
 
 def run_compare(request: CompareRequest) -> int:
     """Compare, report, and return 0 when every entry passes, else 1."""
-    from heatmap.comparison import compare_folders
-    from heatmap.comparison_reports import junit_xml, write_difference_pictures
+    from heatmap.compare.metrics import compare_folders
+    from heatmap.compare.reports import junit_xml, write_difference_pictures
     from heatmap.errors import HeatmapError
     from heatmap.outputs import write_atomically
 

@@ -57,7 +57,7 @@ def plan_jobs(inputs: Sequence[Path], recursive: bool = False, shard: Shard | No
     Output stems are chosen over all inputs before sharding, so a shard names
     its files exactly as the unsharded run would.
     """
-    from heatmap.images import collect_inputs
+    from heatmap.inputs import collect_inputs
     from heatmap.outputs import output_stems
 
     paths: dict[Path, Path] = {}

@@ -1,16 +1,18 @@
-"""The options every explaining command shares, as Typer parameters.
+"""The options of the explaining commands, as Typer parameters.
 
-No torch here: these are read by ``heatmap --help``.
+The shared ones are written here; each method's own are generated from its
+registration (``heatmap.explainers.registry``). No torch here: these are read
+by ``heatmap --help``.
 """
 
 import inspect
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Iterable, Optional
 
 import typer
 
-from heatmap.explainers import HEAD_FUSIONS
+from heatmap.explainers.registry import Method, Option
 from heatmap.render import COLORMAPS
 
 
@@ -27,8 +29,7 @@ class Precision(str, Enum):
     float64 = "float64"
 
 
-Colormap = Enum("Colormap", {name: name for name in COLORMAPS}, type=str)
-HeadFusion = Enum("HeadFusion", {name: name for name in HEAD_FUSIONS}, type=str)
+Colormap = Enum("Colormap", {name: name for name in COLORMAPS}, type=str)  # type: ignore[misc]
 
 Inputs = Annotated[list[Path], typer.Argument(
     help="Image files, folders of images (sorted) or glob patterns.", show_default=False)]
@@ -53,12 +54,6 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and 
 Json = Annotated[bool, typer.Option(
     "--json", help="No progress bar; print a machine-readable summary (JSON) on stdout instead of tables.")]
 
-StartLayer = Annotated[int, typer.Option(
-    help="First block to use, counted like a Python index (-1 = the last block only).")]
-DiscardRatio = Annotated[float, typer.Option(
-    min=0.0, help="Fraction r of the smallest fused-attention entries set to 0, in [0, 1).")]
-HeadFusionOption = Annotated[HeadFusion, typer.Option(help="How to fuse the heads of each block.")]
-
 
 def shared_options(
     inputs: Inputs,
@@ -75,7 +70,7 @@ def shared_options(
     device: DeviceOption = Device.auto,
     precision: PrecisionOption = Precision.auto,
     batch_size: BatchSize = 8,
-    colormap: ColormapOption = Colormap.jet,
+    colormap: ColormapOption = Colormap.jet,  # type: ignore[attr-defined]
     alpha: Alpha = 0.5,
     recursive: Recursive = False,
     skip_existing: SkipExisting = False,
@@ -83,8 +78,84 @@ def shared_options(
     quiet: Quiet = False,
     json: Json = False,
     debug: Debug = False,
-):
-    """Never called: its signature is the shared part of each command's."""
+) -> None:
+    """Never called: its signature is the shared part of each classifier command's."""
+
+
+def clip_options(
+    inputs: Inputs,
+    text: Annotated[Optional[list[str]], typer.Option(
+        "--text", help="A text to explain the images against; repeat for several.", show_default=False)] = None,
+    texts_file: Annotated[Optional[Path], typer.Option(
+        exists=True, dir_okay=False, help="A file of texts, one per line (blank lines skipped).")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="'demo' (shipped, offline) or an open_clip name. Default: ViT-B-32 "
+        "with the openai weights, from the local cache.", show_default=False)] = None,
+    pretrained: Annotated[Optional[str], typer.Option(
+        help="A pretrained tag of --model (openai, laion2b_s34b_b79k, ...) or a local checkpoint file.",
+        show_default=False)] = None,
+    method: Annotated[Any, typer.Option(help="The method.")] = None,  # its choices are set from the registry
+    start_layer: Annotated[Optional[int], typer.Option(
+        help="First block used in both towers (-1 = last only). Default: the method's; "
+        "chefer-generic uses the last block, as the authors' CLIP notebook.", show_default=False)] = None,
+    text_start_layer: Annotated[Optional[int], typer.Option(
+        help="First block of the text tower, when it differs from --start-layer.", show_default=False)] = None,
+    out: Out = Path("heatmaps"),
+    device: DeviceOption = Device.auto,
+    precision: PrecisionOption = Precision.auto,
+    batch_size: BatchSize = 8,
+    colormap: ColormapOption = Colormap.jet,  # type: ignore[attr-defined]
+    alpha: Alpha = 0.5,
+    recursive: Recursive = False,
+    skip_existing: SkipExisting = False,
+    shard: Shard = None,
+    quiet: Quiet = False,
+    json: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Never called: its signature is the shared part of ``heatmap clip``'s."""
 
 
 SHARED = inspect.signature(shared_options).parameters
+CLIP_SHARED = inspect.signature(clip_options).parameters
+
+
+def _choices(name: str, values: Iterable[str]) -> type[Enum]:
+    return Enum(name, {value: value for value in values}, type=str)  # type: ignore[return-value]
+
+
+def _typer_parameter(option: Option, default: Any, help_text: str) -> inspect.Parameter:
+    """One method option as a keyword parameter with its Typer annotation."""
+    kind: Any = type(option.default)
+    if option.choices is not None:
+        kind = _choices(option.name.title().replace("_", ""), option.choices)
+        default = kind(default) if default is not None else None
+    if default is None:
+        kind = Optional[kind]
+    annotation = Annotated[kind, typer.Option(option.flag, help=help_text, show_default=default is not None)]
+    return inspect.Parameter(option.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default,
+                             annotation=annotation)
+
+
+def method_parameters(method: Method) -> list[inspect.Parameter]:
+    """The Typer parameters of ``method``'s own options (``--head-fusion``, ``--start-layer``, ...)."""
+    return [_typer_parameter(option, option.default, option.help) for option in method.options]
+
+
+def clip_method_parameters(methods: Iterable[Method]) -> list[inspect.Parameter]:
+    """``heatmap clip``'s method options: every method's, each optional (None: the method's default).
+
+    The start layers are ``clip``'s own (both towers), so they are left out here.
+    """
+    by_name: dict[str, tuple[Option, list[str]]] = {}
+    for method in methods:
+        for option in method.options:
+            if option.name != "start_layer":
+                by_name.setdefault(option.name, (option, []))[1].append(method.name)
+    return [_typer_parameter(option, None, f"{', '.join(users)}: {option.help} Default: the method's.")
+            for option, users in by_name.values()]
+
+
+def method_choices(methods: Iterable[Method]) -> type[Enum]:
+    """``clip --method``'s choices: every registered method."""
+    return _choices("ClipMethod", (method.name for method in methods))

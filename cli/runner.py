@@ -1,9 +1,10 @@
-"""Runs of the commands: inputs -> batches -> explainer -> files, with progress.
+"""Runs of the commands: inputs -> the pipeline -> writers, with progress and a summary.
 
-The math stays in the explainers and the files in ``heatmap.outputs``; this
-only moves things between them and tells the user how it went. A file that
-fails is reported in one line and the run goes on with the others; Ctrl-C
-stops the run at once, and every file already written is whole.
+The math stays in the library (``heatmap.pipeline`` turns pictures into
+plain records) and the files in ``heatmap.outputs``; this only moves records
+between them and tells the user how it went. No tensor passes through here.
+A file that fails is reported in one line and the run goes on with the
+others; Ctrl-C stops the run at once, and every file already written is whole.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -143,7 +144,7 @@ class Run:
 
     def batches(self, batch_size: int) -> Iterator[list[tuple[Job, Any]]]:
         """Lists of ``(job, picture)``; an unreadable file is reported and left out."""
-        from heatmap.images import load_image
+        from heatmap.inputs import load_image
 
         batches = [self.jobs[i:i + batch_size] for i in range(0, len(self.jobs), batch_size)]
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -174,118 +175,78 @@ class Run:
         return summary
 
 
-def forward_batch_size(request: RunRequest, device) -> int:
-    """Images per forward pass: 1 on CPU, so maps are byte-identical whatever ``--batch-size`` says.
-
-    CPU kernels may sum in another order for another batch shape; one image
-    per pass keeps every image's arithmetic the same (README, "Determinism").
-    """
-    return 1 if device.type == "cpu" else request.batch_size
-
-
 def run_classifier(request: ClassifierRequest) -> RunSummary:
     """Run a classifier command."""
-    from heatmap.explainers import METHODS
-    from heatmap.models import load, weights_identity
-    from heatmap.outputs import ResultWriter, remove_stale_temporaries, target_names
+    from heatmap.models import load
 
     if request.targets and request.top_k != 1:
         raise UsageError("--target and --top-k exclude each other: name the classes, or ask for the top K")
-    explainer_class = METHODS[request.method].explainer_class()
-    options = explainer_class.resolve_options(request.options)  # a bad option fails before the model loads
-    run = Run(request)
-    with _loading(request, request.model or "the default model"):
-        explainer = explainer_class(load(request.model, request.checkpoint, request.device),
-                                    precision=request.precision, **request.options)
-        adapter = explainer.adapter
-    weights = weights_identity(request.model, request.checkpoint)
-    precision = dtype_name(adapter.dtype)
-    targets = list(dict.fromkeys(adapter.class_index(t) for t in request.targets)) or None
-    if request.skip_existing:
-        done = DoneMaps(request.out, adapter.name, weights, request.method, options, precision)
-        run.leave_out_done(lambda job: done.has_targets(job.path, "target", targets) if targets
-                           else done.has_top_k(job.path, request.top_k))
-    names = target_names(adapter.labels)
-    writer = ResultWriter(request.out, adapter.name, request.colormap, request.alpha)
-    remove_stale_temporaries(writer.out_dir)
-    entries = []
-    try:
-        for loaded in run.batches(forward_batch_size(request, adapter.device)):
-            tensor, boxes = adapter.preprocess([picture for _, picture in loaded])
-            explanation = explainer.explain(tensor, None if targets is None else [targets] * len(loaded),
-                                            top_k=request.top_k)
-            for i, (job, picture) in enumerate(loaded):
-                for k, target in enumerate(explanation.targets[i].tolist()):
-                    chosen = {} if targets else {"top_k": request.top_k, "rank": k}
-                    entries.append(writer.write(
-                        job.path, job.stem, picture, boxes[i], explanation.maps[i, k].numpy(),
-                        method=request.method, target_name=names.get(target, str(target)),
-                        record={"weights": weights, "precision": precision, "options": explanation.options,
-                                "target": target,
-                                "label": explanation.labels[i][k], "score": float(explanation.scores[i, k]),
-                                **chosen}))
-                    run.summary.maps += 1
-    except Interrupted as stop:
-        run.summary.interrupted = stop.exit_code
-    if request.chatty:
-        _print_classifier_summary(entries, writer.out_dir)
-    return run.finish()
+    return _run(request, lambda: load(request.model, request.checkpoint, request.device),
+                request.model or "the default model", weights=(request.model, request.checkpoint, False))
 
 
 def run_clip(request: ClipRequest) -> RunSummary:
     """Run ``heatmap clip``."""
-    from heatmap.explainers.clip import ClipExplainer
-    from heatmap.models import load_clip, weights_identity
-    from heatmap.outputs import ResultWriter, remove_stale_temporaries, target_names
-    from heatmap.render import text_strip
+    from heatmap.models import load_clip
 
     if not request.texts:
         raise UsageError("give at least one --text (or --texts-file) to explain the images against")
-    options = ClipExplainer.resolve_options(request.method, request.options)  # fail before the model loads
+    return _run(request, lambda: load_clip(request.model, request.pretrained, request.device),
+                request.model or "ViT-B-32 (openai)", weights=(request.model, request.pretrained, True))
+
+
+def _run(request: RunRequest, load: Callable[[], Any], what: str, weights: tuple[Any, Any, bool]) -> RunSummary:
+    """Load the model, leave out what is done, explain batch by batch, write, summarise."""
+    from heatmap.explainers.driver import Driver, resolve_options
+    from heatmap.explainers.registry import method as find_method
+    from heatmap.models import weights_identity
+    from heatmap.outputs import ResultWriter, default_writers, remove_stale_temporaries
+    from heatmap.pipeline import Pipeline
+
+    clip = isinstance(request, ClipRequest)
+    method = find_method(request.method)
+    options = resolve_options(method, request.options, clip=clip)  # a bad option fails before the model loads
     run = Run(request)
-    with _loading(request, request.model or "ViT-B-32 (openai)"):
-        explainer = ClipExplainer(load_clip(request.model, request.pretrained, request.device), request.method,
-                                  precision=request.precision, **request.options)
-        adapter = explainer.adapter
-    weights = weights_identity(request.model, request.pretrained, clip=True)
-    precision = dtype_name(adapter.dtype)
+    with _loading(request, what):
+        driver = Driver(load(), method, precision=request.precision, **request.options)
+    if clip:
+        assert isinstance(request, ClipRequest)
+        pipeline = Pipeline(driver, texts=request.texts)
+    else:
+        assert isinstance(request, ClassifierRequest)
+        pipeline = Pipeline(driver, targets=request.targets, top_k=request.top_k)
+    model_name = driver.adapter.name
+    identity = weights_identity(*weights[:2], clip=weights[2])
     if request.skip_existing:
-        done = DoneMaps(request.out, adapter.name, weights, request.method, options, precision)
-        run.leave_out_done(lambda job: done.has_targets(job.path, "text", request.texts))
-    names = target_names(request.texts)
-    writer = ResultWriter(request.out, adapter.name, request.colormap, request.alpha)
+        done = DoneMaps(request.out, model_name, identity, request.method, options, pipeline.precision)
+        if clip:
+            run.leave_out_done(lambda job: done.has_targets(job.path, "text", request.texts))
+        elif pipeline.targets:
+            run.leave_out_done(lambda job: done.has_targets(job.path, "target", pipeline.targets))
+        else:
+            run.leave_out_done(lambda job: done.has_top_k(job.path, request.top_k))
+    writer = ResultWriter(request.out, model_name, default_writers(request.colormap, request.alpha))
     remove_stale_temporaries(writer.out_dir)
+    common = {"weights": identity, "precision": pipeline.precision, "options": driver.options}
+    entries = []
     try:
-        for loaded in run.batches(forward_batch_size(request, adapter.device)):
-            tensor, boxes = adapter.preprocess([picture for _, picture in loaded])
-            explanation = explainer.explain(tensor, request.texts)
-            probabilities = explanation.probabilities
-            for i, (job, picture) in enumerate(loaded):
-                for t, text in enumerate(request.texts):
-                    relevance = explanation.text_relevance[i][t]
-                    writer.write(
-                        job.path, job.stem, picture, boxes[i], explanation.maps[i, t].numpy(),
-                        method=request.method, target_name=names[t],
-                        record={"weights": weights, "precision": precision, "options": explanation.options,
-                                "text": text,
-                                "text_index": t, "logit": float(explanation.logits[i, t]),
-                                "probability": float(probabilities[i, t]),
-                                "word_pieces": explanation.word_pieces[t], "token_relevance": relevance.tolist()},
-                        extra_images={"tokens": text_strip(explanation.word_pieces[t], relevance.numpy())})
+        for loaded in run.batches(pipeline.forward_batch_size(request.batch_size)):
+            records = pipeline.explain([picture for _, picture in loaded])
+            for (job, picture), row in zip(loaded, records):
+                for record in row:
+                    entries.append(writer.write(job.path, job.stem, picture, record, method=request.method,
+                                                target_name=record.target_name, common=common))
                     run.summary.maps += 1
-                if request.chatty:
-                    _print_clip_table(job.path, request.texts, explanation.logits[i].tolist(),
-                                      probabilities[i].tolist())
+                if clip and request.chatty:
+                    _print_clip_table(job.path, row)
     except Interrupted as stop:
         run.summary.interrupted = stop.exit_code
     if request.chatty:
-        console.stderr.print(f"maps, overlays and token strips in {writer.out_dir}")
+        if clip:
+            console.stderr.print(f"maps, overlays and token strips in {writer.out_dir}")
+        else:
+            _print_classifier_summary(entries, writer.out_dir)
     return run.finish()
-
-
-def dtype_name(dtype) -> str:
-    """``torch.float64`` -> ``"float64"``, as the manifest records the precision."""
-    return str(dtype).removeprefix("torch.")
 
 
 def _loading(request: RunRequest, what: str):
@@ -306,13 +267,13 @@ def _print_classifier_summary(entries: list[dict], out_dir: Path) -> None:
     console.stdout.print(table)
 
 
-def _print_clip_table(path: Path, texts: list[str], logits: list[float], probabilities: list[float]) -> None:
+def _print_clip_table(path: Path, records: list) -> None:
     table = Table(title=str(path), title_justify="left")
     table.add_column("text", overflow="fold")
     table.add_column("logit", justify="right")
     table.add_column("probability", justify="right")
-    best = max(range(len(texts)), key=logits.__getitem__)
-    for t, text in enumerate(texts):
+    best = max(range(len(records)), key=lambda t: records[t].score)
+    for t, record in enumerate(records):
         style = "bold green" if t == best else None
-        table.add_row(text, f"{logits[t]:.2f}", f"{probabilities[t]:.1%}", style=style)
+        table.add_row(record.label, f"{record.score:.2f}", f"{record.fields['probability']:.1%}", style=style)
     console.stdout.print(table)

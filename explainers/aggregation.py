@@ -5,6 +5,7 @@ Every tensor has a leading batch dimension and every operation is per image.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -72,26 +73,53 @@ def accumulated_relevance(fused: Sequence[torch.Tensor]) -> torch.Tensor:
     return relevance
 
 
-def query_map(relevance: torch.Tensor, query_weights: torch.Tensor, num_prefix_tokens: int,
-              grid: tuple[int, int]) -> torch.Tensor:
-    """The map: the query row of ``R`` over the patch tokens, as a grid.
+def query_row(relevance: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """The query row of ``R``: ``query @ R`` per item.
 
     Args:
         relevance: ``R`` ``[B, N, N]``.
-        query_weights: ``[N]``; one-hot at the class token, or uniform over
-            the tokens a mean-pooling model averages (the mean of their rows).
-        num_prefix_tokens: P, the tokens before the patches.
-        grid: ``(gh, gw)`` with ``gh * gw == N - P``.
+        query: ``[B, N]``; one-hot at the pooled token, or uniform over the
+            tokens a mean-pooling model averages (the mean of their rows).
 
     Returns:
-        ``[B, gh, gw]``.
+        ``[B, N]``, in ``R``'s dtype.
     """
-    batch, tokens, _ = relevance.shape
-    gh, gw = grid
-    if tokens - num_prefix_tokens != gh * gw:
-        raise ValueError(f"{tokens} tokens - {num_prefix_tokens} prefix tokens != grid {gh}x{gw}")
-    row = torch.einsum("n,bnm->bm", query_weights.to(relevance), relevance)
-    return row[:, num_prefix_tokens:].reshape(batch, gh, gw)
+    return torch.einsum("bn,bnm->bm", query.to(relevance), relevance)
+
+
+def fuse_heads(attention: torch.Tensor, head_fusion: str) -> torch.Tensor:
+    """``[B, H, N, N]`` -> ``[B, N, N]`` by mean, max or min over heads."""
+    if head_fusion == "mean":
+        return attention.mean(dim=1)
+    if head_fusion == "max":
+        return attention.amax(dim=1)
+    if head_fusion == "min":
+        return attention.amin(dim=1)
+    raise ValueError(f"unknown head fusion {head_fusion!r}")
+
+
+def discard_lowest(fused: torch.Tensor, discard_ratio: float, protect: int | None = None) -> torch.Tensor:
+    """Zero the ``floor(r * N * N)`` smallest entries of each image's ``[N, N]`` map.
+
+    Args:
+        fused: ``[B, N, N]``.
+        discard_ratio: r in [0, 1).
+        protect: a token t whose entry ``(t, t)`` is kept even when among the
+            smallest (rollout keeps the class token's), or None.
+
+    Returns:
+        a new ``[B, N, N]`` tensor.
+    """
+    batch, tokens, _ = fused.shape
+    count = math.floor(discard_ratio * tokens * tokens)
+    if count == 0:
+        return fused
+    flat = fused.reshape(batch, -1).clone()
+    lowest = flat.topk(count, dim=-1, largest=False).indices
+    discard = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, lowest, True)
+    if protect is not None:
+        discard[:, protect * tokens + protect] = False
+    return flat.masked_fill(discard, 0.0).reshape(batch, tokens, tokens)
 
 
 def resolve_start_layer(start_layer: int, num_blocks: int) -> int:

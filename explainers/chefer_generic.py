@@ -6,24 +6,29 @@ mean after), ``R = I``, ``R = R + Abar_l @ R``. docs/METHODS.md#chefer-generic.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
+from heatmap.explainers.registry import Evidence, Method, register, start_layer_option
 
-from heatmap.explainers.aggregation import accumulated_relevance
-from heatmap.explainers import METHODS
-from heatmap.explainers.base import Explainer
+if TYPE_CHECKING:
+    import torch
 
 
-class CheferGeneric(Explainer):
-    """Gradient-weighted attention accumulated with the identity."""
+def relevance(evidence: Evidence, options: Mapping[str, Any]) -> torch.Tensor:
+    from heatmap.explainers.aggregation import accumulated_relevance, query_row
 
-    name = "chefer-generic"
-    needs_gradients = METHODS["chefer-generic"].needs_gradients
-    defaults = METHODS["chefer-generic"].defaults
+    assert evidence.attention_grads is not None
+    fused = [(grads * probs).clamp(min=0).mean(dim=1)
+             for probs, grads in zip(evidence.attention_probs, evidence.attention_grads, strict=True)]
+    return query_row(accumulated_relevance(fused), evidence.query)
 
-    def relevance(self, attention_probs: Sequence[torch.Tensor],
-                  attention_grads: Sequence[torch.Tensor], start: int) -> torch.Tensor:
-        fused = [(grads * probs).clamp(min=0).mean(dim=1)
-                 for probs, grads in zip(attention_probs[start:], attention_grads, strict=True)]
-        return accumulated_relevance(fused)
+
+METHOD = register(Method(
+    name="chefer-generic",
+    summary="Generic attention explainability (Chefer, Gur & Wolf, ICCV 2021).",
+    description="R = I, then R += mean_h((dA * A)+) @ R for each block from the start layer on.",
+    options=(start_layer_option(),),
+    relevance=relevance,
+    # the authors' CLIP notebook uses the last block only, in both towers
+    clip_defaults={"start_layer": -1},
+))

@@ -2,37 +2,36 @@
 
 Each block's probabilities are paired with the gradient with respect to those
 same probabilities (not another block's, not the pre-softmax scores'). The
-head mean comes first, the clamp after. docs/METHODS.md#grad-rollout.
+head mean comes first, the clamp after; no entry is protected from the
+discard. docs/METHODS.md#grad-rollout.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
+from heatmap.explainers.registry import Evidence, Method, Option, register, start_layer_option
+from heatmap.explainers.rollout import check_discard_ratio
 
-from heatmap.explainers.aggregation import normalized_rollout
-from heatmap.explainers import METHODS
-from heatmap.explainers.base import Explainer
-from heatmap.explainers.rollout import check_discard_ratio, discard_lowest
+if TYPE_CHECKING:
+    import torch
 
 
-class GradRollout(Explainer):
-    """Gradient rollout: ``R = prod rownorm(discard(mean_h(A * dA)+) + I)``."""
+def relevance(evidence: Evidence, options: Mapping[str, Any]) -> torch.Tensor:
+    from heatmap.explainers.aggregation import discard_lowest, normalized_rollout, query_row
 
-    name = "grad-rollout"
-    needs_gradients = METHODS["grad-rollout"].needs_gradients
-    defaults = METHODS["grad-rollout"].defaults
+    assert evidence.attention_grads is not None
+    fused = [discard_lowest((probs * grads).mean(dim=1).clamp(min=0), options["discard_ratio"])
+             for probs, grads in zip(evidence.attention_probs, evidence.attention_grads, strict=True)]
+    return query_row(normalized_rollout(fused), evidence.query)
 
-    @classmethod
-    def validate_options(cls, options) -> None:
-        check_discard_ratio(options["discard_ratio"])
 
-    def relevance(self, attention_probs: Sequence[torch.Tensor],
-                  attention_grads: Sequence[torch.Tensor], start: int) -> torch.Tensor:
-        fused = []
-        for probs, grads in zip(attention_probs[start:], attention_grads, strict=True):
-            weighted = (probs * grads).mean(dim=1).clamp(min=0)
-            # No entry is protected here, unlike plain rollout.
-            fused.append(discard_lowest(weighted, self.options["discard_ratio"]))
-        return normalized_rollout(fused)
+METHOD = register(Method(
+    name="grad-rollout",
+    summary="Gradient attention rollout (vit-explain, with its bugs fixed).",
+    description="Rollout of each block's attention weighted by its gradient, negatives clamped.",
+    options=(Option("discard_ratio", 0.9, "Fraction r of the smallest fused-attention entries set to 0, in [0, 1).",
+                    check=check_discard_ratio),
+             start_layer_option()),
+    relevance=relevance,
+))

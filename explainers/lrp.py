@@ -9,8 +9,8 @@ which :mod:`heatmap.explainers.transformer_attribution` weights with the
 gradients.
 
 The pass knows pre-norm blocks, a pooling and a final Linear, and nothing of
-timm or open_clip: the adapter's :class:`~heatmap.models.lrp_view.LrpView`
-gives the weights and an :class:`~heatmap.models.lrp_view.ActivationCapture`
+timm or open_clip: the adapter's :class:`~heatmap.models.protocols.LrpView`
+gives the weights and an activation recorder
 that records the activations of the forward pass being explained (no second
 forward). Every sum is over one image, so each image's relevance is
 independent of the rest of the batch.
@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from heatmap.models.lrp_view import Activations, BlockActivations, BlockWeights, LrpView
+from heatmap.models.protocols import Activations, BlockActivations, BlockWeights, LrpView
 
 
 # -- the rules -----------------------------------------------------------------

@@ -1,77 +1,48 @@
 """Attention rollout (Abnar & Zuidema, 2020), with the options of vit-explain.
 
-Class-agnostic: the map is the same for every target. docs/METHODS.md#rollout.
+Class-agnostic: the map is the same for every target. docs/METHODS.md#rollout:
+``R = M_{L-1} @ ... @ M_s`` with ``M_l = rownorm(discard(fuse_h(A_l)) + I)``.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
+from heatmap.explainers.registry import Evidence, Method, Option, register, start_layer_option
 
-from heatmap.errors import UsageError
-from heatmap.explainers.aggregation import normalized_rollout
-from heatmap.explainers import HEAD_FUSIONS, METHODS
-from heatmap.explainers.base import Explainer
+if TYPE_CHECKING:
+    import torch
 
-def fuse_heads(attention: torch.Tensor, head_fusion: str) -> torch.Tensor:
-    """``[B, H, N, N]`` -> ``[B, N, N]`` by mean, max or min over heads."""
-    if head_fusion == "mean":
-        return attention.mean(dim=1)
-    if head_fusion == "max":
-        return attention.amax(dim=1)
-    if head_fusion == "min":
-        return attention.amin(dim=1)
-    raise UsageError(f"unknown head fusion {head_fusion!r}; use one of {', '.join(HEAD_FUSIONS)}")
+HEAD_FUSIONS = ("mean", "max", "min")
 
 
-def discard_lowest(fused: torch.Tensor, discard_ratio: float, protect: int | None = None) -> torch.Tensor:
-    """Zero the ``floor(r * N * N)`` smallest entries of each image's ``[N, N]`` map.
-
-    Args:
-        fused: ``[B, N, N]``.
-        discard_ratio: r in [0, 1).
-        protect: a token t whose entry ``(t, t)`` is kept even when among the
-            smallest (rollout keeps the class token's), or None.
-
-    Returns:
-        a new ``[B, N, N]`` tensor.
-    """
-    batch, tokens, _ = fused.shape
-    count = math.floor(discard_ratio * tokens * tokens)
-    if count == 0:
-        return fused
-    flat = fused.reshape(batch, -1).clone()
-    lowest = flat.topk(count, dim=-1, largest=False).indices
-    discard = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, lowest, True)
-    if protect is not None:
-        discard[:, protect * tokens + protect] = False
-    return flat.masked_fill(discard, 0.0).reshape(batch, tokens, tokens)
-
-
-class Rollout(Explainer):
-    """Attention rollout: ``R = prod rownorm(fuse_h(A_l) + I)``."""
-
-    name = "rollout"
-    needs_gradients = METHODS["rollout"].needs_gradients
-    defaults = METHODS["rollout"].defaults
-
-    @classmethod
-    def validate_options(cls, options) -> None:
-        if options["head_fusion"] not in HEAD_FUSIONS:
-            raise UsageError(f"unknown head fusion {options['head_fusion']!r}; use one of {', '.join(HEAD_FUSIONS)}")
-        check_discard_ratio(options["discard_ratio"])
-
-    def relevance(self, attention_probs: Sequence[torch.Tensor], attention_grads, start: int) -> torch.Tensor:
-        protect = self.adapter.class_token_index
-        fused = [discard_lowest(fuse_heads(probs, self.options["head_fusion"]),
-                                self.options["discard_ratio"], protect)
-                 for probs in attention_probs[start:]]
-        return normalized_rollout(fused)
-
-
-def check_discard_ratio(ratio: float) -> None:
+def check_discard_ratio(ratio: Any) -> str | None:
     """Discard ratios live in [0, 1)."""
-    if not 0.0 <= ratio < 1.0:
-        raise UsageError(f"discard ratio {ratio} is out of range; use a value in [0, 1)")
+    if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0.0 <= ratio < 1.0:
+        return None
+    return f"discard ratio {ratio} is out of range; use a value in [0, 1)"
+
+
+def relevance(evidence: Evidence, options: Mapping[str, Any]) -> torch.Tensor:
+    # torch-backed math is imported on first use, so that listing methods needs no torch
+    from heatmap.explainers.aggregation import discard_lowest, fuse_heads, normalized_rollout, query_row
+
+    fused = [discard_lowest(fuse_heads(probs, options["head_fusion"]), options["discard_ratio"],
+                            protect=evidence.class_token)
+             for probs in evidence.attention_probs]
+    return query_row(normalized_rollout(fused), evidence.query)
+
+
+METHOD = register(Method(
+    name="rollout",
+    summary="Attention rollout (Abnar & Zuidema 2020): class-agnostic.",
+    description="Multiplies each block's head-fused attention (plus identity, rows normalised) "
+                "from the start layer on.",
+    options=(Option("head_fusion", "mean", "How to fuse the heads of each block.", choices=HEAD_FUSIONS),
+             Option("discard_ratio", 0.0, "Fraction r of the smallest fused-attention entries set to 0, in [0, 1).",
+                    check=check_discard_ratio),
+             start_layer_option()),
+    relevance=relevance,
+    reads_gradients=False,
+    class_agnostic=True,
+))

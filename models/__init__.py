@@ -1,18 +1,25 @@
-"""Adapters that make models look alike to the explainers, and loading by name.
+"""Loading models by name and wrapping them in their library's adapter.
 
-``load("demo")`` is the shipped classifier; any other name is a timm model.
+``load("demo")`` is the shipped classifier, any other name a timm model;
+``load_clip`` the shipped demo CLIP or an open_clip model. Each library's
+adapter (``models/timm/``, ``models/open_clip/``) is imported only when a
+model of that library is loaded or wrapped, so importing this package loads
+neither timm nor open_clip.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from heatmap.errors import UsageError
-from heatmap.models.clip_adapter import ClipAdapter
 from heatmap.models.devices import resolve_device
-from heatmap.models.timm_adapter import TimmAdapter
+
+if TYPE_CHECKING:
+    import torch
+
+    from heatmap.models.open_clip.adapter import ClipAdapter
+    from heatmap.models.timm.adapter import TimmAdapter
 
 DEFAULT_MODEL = "vit_base_patch16_224"
 DEMO = "demo"
@@ -20,7 +27,7 @@ DEMO = "demo"
 
 def load(name: str | None = None, checkpoint: str | Path | None = None,
          device: str | torch.device = "auto") -> TimmAdapter:
-    """Load a model by name (or from a local checkpoint) and wrap it in its adapter.
+    """Load a classifier by name (or from a local checkpoint) and wrap it in its adapter.
 
     Args:
         name: ``"demo"``, a timm name (``vit_base_patch16_224``, with an optional
@@ -28,16 +35,19 @@ def load(name: str | None = None, checkpoint: str | Path | None = None,
         checkpoint: a local ``.safetensors``/``.pt``/``.pth`` for that architecture.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
     """
-    from heatmap.models.timm_models import create_demo_classifier, create_timm, imagenet_labels
+    from heatmap.models.timm.adapter import TimmAdapter
+    from heatmap.models.timm.loading import create_timm, imagenet_labels
 
-    device = resolve_device(device)
+    resolved = resolve_device(device)
     name = name or DEFAULT_MODEL
     if name == DEMO:
+        from heatmap.demo.classifier import create_demo_classifier
+
         model, labels = create_demo_classifier(checkpoint)
     else:
         model = create_timm(name, checkpoint)
         labels = imagenet_labels(model)
-    return TimmAdapter(model.to(device), name, labels)
+    return TimmAdapter(model.to(resolved), name, labels)
 
 
 def load_clip(name: str | None = None, pretrained: str | Path | None = None,
@@ -50,18 +60,21 @@ def load_clip(name: str | None = None, pretrained: str | Path | None = None,
             for the default model.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
     """
-    from heatmap.models.clip_models import DEFAULT_CLIP, create_clip, create_demo_clip_with_transform
+    from heatmap.models.open_clip.adapter import ClipAdapter
+    from heatmap.models.open_clip.loading import DEFAULT_CLIP, create_clip
 
-    device = resolve_device(device)
+    resolved = resolve_device(device)
     if name == DEMO:
         if pretrained is not None:
             raise UsageError("--model demo takes no --pretrained; name an open_clip model for a checkpoint")
+        from heatmap.demo.clip import create_demo_clip_with_transform
+
         model, tokenizer, preprocess = create_demo_clip_with_transform()
     else:
         if name is None:
             name, pretrained = DEFAULT_CLIP[0], pretrained or DEFAULT_CLIP[1]
         model, tokenizer, preprocess = create_clip(name, pretrained)
-    return ClipAdapter(model.to(device), name, tokenizer, preprocess)
+    return ClipAdapter(model.to(resolved), name, tokenizer, preprocess)
 
 
 def weights_identity(name: str | None, weights: str | Path | None = None, clip: bool = False) -> str | None:
@@ -79,31 +92,37 @@ def weights_identity(name: str | None, weights: str | Path | None = None, clip: 
     if weights is not None:
         return str(weights)
     if name == DEMO:
-        demo_dir = Path(__file__).parent / "demo"
+        demo_dir = Path(__file__).resolve().parent.parent / "demo"
         return file_digest(demo_dir / ("clip.safetensors" if clip else "classifier.safetensors"))
     return None
 
 
-def is_clip(model) -> bool:
+def is_clip(model: object) -> bool:
     """Whether ``model`` is an open_clip model (object) rather than a classifier."""
     return hasattr(model, "visual") and hasattr(model, "encode_text")
 
 
-def adapter_for(model: torch.nn.Module, name: str | None = None):
-    """Wrap a model object the caller built in its adapter (timm ViT or open_clip CLIP)."""
+def adapter_for(model: torch.nn.Module, name: str | None = None) -> TimmAdapter | ClipAdapter:
+    """Wrap a model object the caller built in its library's adapter (timm ViT or open_clip CLIP)."""
     if is_clip(model):
         import open_clip
-        name = name or type(model).__name__
-        size = model.visual.image_size
-        mean = getattr(model.visual, "image_mean", None)
-        std = getattr(model.visual, "image_std", None)
-        preprocess = open_clip.image_transform(size, is_train=False, mean=mean, std=std)
-        return ClipAdapter(model, name, open_clip.get_tokenizer("ViT-B-32", context_length=model.context_length),
-                           preprocess)
-    from heatmap.models.timm_models import imagenet_labels
+
+        from heatmap.models.open_clip.adapter import ClipAdapter
+
+        visual = model.visual
+        size = visual.image_size
+        preprocess = open_clip.image_transform(size, is_train=False, mean=getattr(visual, "image_mean", None),
+                                               std=getattr(visual, "image_std", None))
+        tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=model.context_length)
+        return ClipAdapter(model, name or type(model).__name__, tokenizer, preprocess)
+    from timm.models.vision_transformer import VisionTransformer
+
+    from heatmap.models.timm.adapter import TimmAdapter  # refuses anything but a timm ViT, naming it
+    from heatmap.models.timm.loading import imagenet_labels
+
     name = name or getattr(model, "default_cfg", {}).get("architecture") or type(model).__name__
-    return TimmAdapter(model, name, imagenet_labels(model))
+    return TimmAdapter(model, name, imagenet_labels(model) if isinstance(model, VisionTransformer) else None)
 
 
-__all__ = ["DEFAULT_MODEL", "DEMO", "ClipAdapter", "TimmAdapter", "adapter_for", "is_clip", "load", "load_clip",
-           "resolve_device", "weights_identity"]
+__all__ = ["DEFAULT_MODEL", "DEMO", "adapter_for", "is_clip", "load", "load_clip", "resolve_device",
+           "weights_identity"]

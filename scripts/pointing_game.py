@@ -13,10 +13,9 @@ import argparse
 
 import heatmap
 from heatmap.errors import HeatmapError
-from heatmap.evaluation import clip_pointing_game, pointing_game
-from heatmap.explainers import METHODS
+from heatmap.evaluation.pointing import pointing_game
 from heatmap.models import load_clip
-from heatmap.models.demo.shapes_world import make_scenes
+from heatmap.demo.shapes_world import make_scenes
 
 
 def main() -> None:
@@ -28,17 +27,17 @@ def main() -> None:
     low, _, high = args.objects.partition("-")
     scenes = make_scenes(args.scenes, seed=args.seed, num_objects=(int(low), int(high or low)))
     print(f"{args.scenes} scenes with {args.objects} objects, seed {args.seed}\n")
-    models = [("demo classifier", lambda: heatmap.load("demo", device="cpu"), pointing_game),
-              ("demo CLIP", lambda: load_clip("demo", device="cpu"), clip_pointing_game)]
-    for title, load, game in models:
+    models = [("demo classifier", lambda: heatmap.load("demo", device="cpu")),
+              ("demo CLIP", lambda: load_clip("demo", device="cpu"))]
+    for title, load in models:
         try:
             adapter = load()
         except HeatmapError as error:
             print(f"{title}: {error}\n")
             continue
         print(f"| {title}: method | hits / pairs | pointing game |\n|---|---|---|")
-        for method in METHODS:
-            result = game(adapter, scenes, method)
+        for method in heatmap.methods():
+            result = pointing_game(adapter, scenes, method)
             print(f"| {method} | {result.hits} / {result.pairs} | {result.rate:.1%} |")
         print()
 

@@ -14,7 +14,7 @@ Two losses, summed:
   of one per image is what lets a ViT learn shapes in minutes of CPU.
 
 The patches are embedded by a small convolutional stem
-(``models/demo/conv_stem.py``) for the same reason; the blocks, which the
+(``demo/conv_stem.py``) for the same reason; the blocks, which the
 explainers read, are timm's own, with a LayerNorm before them as CLIP's
 towers have (the demo CLIP's image tower starts from this model).
 Reproducible: fixed seeds, 2 threads, a fixed number of steps. Writes
@@ -36,10 +36,10 @@ import torch
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
-from heatmap.evaluation import pointing_game
-from heatmap.models.demo.conv_stem import ConvStemPatchEmbed
-from heatmap.models.demo.shapes_world import SHAPES, make_scenes
-from heatmap.models.timm_adapter import TimmAdapter
+from heatmap.evaluation.pointing import pointing_game
+from heatmap.demo.conv_stem import ConvStemPatchEmbed
+from heatmap.demo.shapes_world import SHAPES, make_scenes
+from heatmap.models.timm.adapter import TimmAdapter
 
 MODEL_ARGS = {"img_size": 96, "patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4, "mlp_ratio": 4.0,
               "num_classes": len(SHAPES), "class_token": True, "global_pool": "token", "pre_norm": True}

@@ -5,7 +5,7 @@
 The model is an ``open_clip.CLIP``: a 4-block image tower of the demo
 classifier's size and a 2-block causal text tower over open_clip's own
 tokenizer. The image tower starts from the shipped demo classifier
-(``models/demo/classifier.*``, trained by ``scripts/train_demo_classifier.py``):
+(``demo/classifier.*``, trained by ``scripts/train_demo_classifier.py``):
 its convolutional stem takes ``conv1``'s place and its blocks, class token,
 position embedding and norms are copied into open_clip's modules, which
 have the same layout. Starting the image tower from a trained image model
@@ -45,8 +45,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from heatmap.models.demo.clip_demo import USED_IDS_KEY, USED_ROWS_KEY, build_demo_clip
-from heatmap.models.demo.shapes_world import COLORS, SHAPES, make_scenes
+from heatmap.demo.clip import USED_IDS_KEY, USED_ROWS_KEY, build_demo_clip
+from heatmap.demo.shapes_world import COLORS, SHAPES, make_scenes
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "models" / "demo"
 CONTEXT_LENGTH = 16
@@ -369,13 +369,13 @@ def main() -> None:
     (args.out / "clip.json").write_text(json.dumps(config, indent=2) + "\n")
 
     # Evaluate the files as written, through the loader and the adapter.
-    from heatmap.evaluation import clip_pointing_game
-    from heatmap.models.clip_adapter import ClipAdapter
-    from heatmap.models.clip_models import create_demo_clip_with_transform
+    from heatmap.demo.clip import create_demo_clip_with_transform
+    from heatmap.evaluation.pointing import pointing_game
+    from heatmap.models.open_clip.adapter import ClipAdapter
 
     shipped, tokenizer, preprocess = create_demo_clip_with_transform(args.out)
     metrics = retrieval(shipped, tokenizer, mean, std, seed=HELD_OUT_SEED, count=1000)
-    pointing = clip_pointing_game(ClipAdapter(shipped, "demo", tokenizer, preprocess),
+    pointing = pointing_game(ClipAdapter(shipped, "demo", tokenizer, preprocess),
                                   make_scenes(100, seed=POINTING_SEED, num_objects=(2, 3)), "chefer-generic")
     metrics.update({"pointing_game_seed": POINTING_SEED, "pointing_game_pairs": pointing.pairs,
                     "pointing_game_chefer_generic": round(pointing.rate, 4)})

@@ -6,8 +6,11 @@ import pytest
 import torch
 
 from heatmap.errors import UsageError
-from heatmap.explainers.aggregation import accumulated_relevance, normalized_rollout, query_map, resolve_start_layer
-from heatmap.explainers.rollout import discard_lowest, fuse_heads
+from heatmap.explainers.aggregation import (accumulated_relevance, discard_lowest, fuse_heads, normalized_rollout,
+                                            query_row, resolve_start_layer)
+from heatmap.explainers.driver import read_grid
+from heatmap.explainers.registry import method
+from heatmap.models.protocols import Grid
 
 
 def test_rollout_of_one_block_normalises_rows_not_columns():
@@ -38,8 +41,10 @@ def test_head_fusions():
     torch.testing.assert_close(fuse_heads(heads, "mean"), torch.tensor([[[2.0, 2.0]]]))
     torch.testing.assert_close(fuse_heads(heads, "max"), torch.tensor([[[3.0, 4.0]]]))
     torch.testing.assert_close(fuse_heads(heads, "min"), torch.tensor([[[1.0, 0.0]]]))
-    with pytest.raises(UsageError, match="mean, max, min"):
+    with pytest.raises(ValueError):  # a programming error: the registry checks the option first
         fuse_heads(heads, "median")
+    with pytest.raises(UsageError, match="rollout: unknown head fusion 'median'; use one of mean, max, min"):
+        method("rollout").resolve_options({"head_fusion": "median"})
 
 
 def test_discard_counts_floor_of_ratio_times_entries_and_protects_the_class_token():
@@ -59,15 +64,17 @@ def test_discard_is_per_image():
     torch.testing.assert_close(out[1], torch.tensor([[0.0, -1.0], [0.0, 0.0]]))
 
 
-def test_query_map_class_token_and_mean_rows():
+def test_query_row_and_grid_read_out_class_token_and_mean_rows():
     relevance = torch.arange(25.0).reshape(1, 5, 5)
-    one_hot = torch.tensor([1.0, 0, 0, 0, 0])
-    torch.testing.assert_close(query_map(relevance, one_hot, 1, (2, 2))[0], torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
-    mean_of_patches = torch.tensor([0.0, 0.25, 0.25, 0.25, 0.25])
+    one_hot = torch.tensor([[1.0, 0, 0, 0, 0]])
+    grid = Grid(num_prefix_tokens=1, height=2, width=2)
+    torch.testing.assert_close(read_grid(query_row(relevance, one_hot), grid)[0],
+                               torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    mean_of_patches = torch.tensor([[0.0, 0.25, 0.25, 0.25, 0.25]])
     expected = relevance[0, 1:, 1:].mean(dim=0).reshape(2, 2)
-    torch.testing.assert_close(query_map(relevance, mean_of_patches, 1, (2, 2))[0], expected)
-    with pytest.raises(ValueError):
-        query_map(relevance, one_hot, 1, (3, 2))
+    torch.testing.assert_close(read_grid(query_row(relevance, mean_of_patches), grid)[0], expected)
+    with pytest.raises(RuntimeError):
+        read_grid(query_row(relevance, one_hot), Grid(1, 3, 2))
 
 
 def test_start_layer_counts_like_python():

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from heatmap.cli.app import app
 from heatmap.cli.jobs import Shard
-from heatmap.models.demo.shapes_world import make_scenes
+from heatmap.demo.shapes_world import make_scenes
 from heatmap.outputs import MANIFEST, files_complete, latest_entries, read_manifest
 
 runner = CliRunner()
@@ -190,6 +190,7 @@ def assert_only_whole_files(out: Path) -> None:
                 image.load()
 
 
+@pytest.mark.slow  # a subprocess run over 40 images, stopped and resumed
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
 def test_interrupted_run_leaves_whole_files_and_resumes_to_the_same_result(stop, image_folder, uninterrupted,
                                                                            tmp_path):

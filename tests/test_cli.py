@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import heatmap
 from heatmap.cli.app import app
-from heatmap.models.demo.shapes_world import make_scenes
+from heatmap.demo.shapes_world import make_scenes
 
 runner = CliRunner()
 

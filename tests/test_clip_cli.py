@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from heatmap.cli.app import app
-from heatmap.models.demo.shapes_world import make_scenes
+from heatmap.demo.shapes_world import make_scenes
 
 runner = CliRunner()
 TINY_CONFIG = {

@@ -7,38 +7,15 @@ import pytest
 import torch
 
 import heatmap
-import clip_reference
-import reference
-from heatmap.explainers.clip import ClipExplainer
-from heatmap.explainers.probe import AttentionProbe
+from heatmap.explainers.driver import Driver
 from heatmap.models import adapter_for
-
-TEXTS = ["a red circle", "two blue stars on grass", "cat"]
-
-
-def tiny_clip(seed=0, pool_type="tok", quick_gelu=False):
-    torch.manual_seed(seed)
-    model = open_clip.CLIP(
-        embed_dim=16, quick_gelu=quick_gelu,
-        vision_cfg=dict(image_size=32, patch_size=8, width=32, layers=3, head_width=8, pool_type=pool_type),
-        text_cfg=dict(context_length=10, vocab_size=49408, width=32, heads=4, layers=3))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for block in [*model.visual.transformer.resblocks, *model.transformer.resblocks]:
-            dim = block.attn.embed_dim
-            block.attn.in_proj_weight[: 2 * dim] = torch.randn(2 * dim, dim, generator=generator) * 2 / dim ** 0.5
-        model.token_embedding.weight.normal_(0, 1, generator=generator)
-    return model.eval()
+from helpers import clip_reference, reference
+from helpers.models import TEXTS, random_images, tiny_clip, tokens_of
 
 
 @pytest.fixture
 def images():
-    torch.manual_seed(5)
-    return torch.randn(2, 3, 32, 32)
-
-
-def tokens_of(texts):
-    return open_clip.get_tokenizer("ViT-B-32", context_length=10)(texts)
+    return random_images(2, seed=5)
 
 
 def reference_pair(model, images, tokens, method, options, b, t):
@@ -88,9 +65,9 @@ FLOAT32_TOLERANCE = 5e-5
 def test_clip_maps_and_token_relevance_match_reference(method, options, batched_backward, images):
     model, images = tiny_clip().double(), images.double()
     tokens = tokens_of(TEXTS)
-    explainer = ClipExplainer(adapter_for(model), method, batched_backward=batched_backward, **dict(options))
+    explainer = Driver(adapter_for(model), method, batched_backward=batched_backward, **dict(options))
     with torch.no_grad():  # a caller's no_grad must not stop the gradient methods
-        result = explainer.explain(images, TEXTS)
+        result = explainer.explain_texts(images, TEXTS)
     assert result.maps.shape == (2, 3, 4, 4)
     for b in range(2):
         for t in range(3):
@@ -105,7 +82,7 @@ def test_clip_maps_and_token_relevance_match_reference(method, options, batched_
 def test_float32_explanation_is_the_float64_reference_to_round_off(images):
     model = tiny_clip()
     tokens = tokens_of(TEXTS)
-    result = ClipExplainer(adapter_for(model), "chefer-generic", start_layer=0).explain(images, TEXTS)
+    result = Driver(adapter_for(model), "chefer-generic", start_layer=0).explain_texts(images, TEXTS)
     assert result.maps.dtype == torch.float32
     reference_model, reference_images = tiny_clip().double(), images.double()
     for b in range(2):
@@ -118,7 +95,7 @@ def test_float32_explanation_is_the_float64_reference_to_round_off(images):
 
 def test_quick_gelu_and_mean_pooled_image_tower(images):
     model, images = tiny_clip(pool_type="avg", quick_gelu=True).double(), images.double()
-    result = ClipExplainer(adapter_for(model), "chefer-generic", start_layer=0).explain(images, TEXTS[:2])
+    result = Driver(adapter_for(model), "chefer-generic", start_layer=0).explain_texts(images, TEXTS[:2])
     tokens = tokens_of(TEXTS[:2])
     for b in range(2):
         for t in range(2):
@@ -130,14 +107,14 @@ def test_quick_gelu_and_mean_pooled_image_tower(images):
 
 def test_batch_and_text_order_independence_and_determinism(images):
     model, images = tiny_clip().double(), images.double()
-    explainer = ClipExplainer(adapter_for(model), "chefer-generic", start_layer=0)
-    full = explainer.explain(images, TEXTS)
-    single = explainer.explain(images[1:], [TEXTS[2]])
+    explainer = Driver(adapter_for(model), "chefer-generic", start_layer=0)
+    full = explainer.explain_texts(images, TEXTS)
+    single = explainer.explain_texts(images[1:], [TEXTS[2]])
     assert relative_error(single.maps[0, 0], full.maps[1, 2]) < FLOAT64_TOLERANCE
     assert relative_error(single.text_relevance[0][0], full.text_relevance[1][2]) < FLOAT64_TOLERANCE
-    reversed_ = explainer.explain(images, TEXTS[::-1])
+    reversed_ = explainer.explain_texts(images, TEXTS[::-1])
     assert relative_error(reversed_.maps.flip(1), full.maps) < FLOAT64_TOLERANCE
-    again = explainer.explain(images, TEXTS)
+    again = explainer.explain_texts(images, TEXTS)
     assert again.maps.numpy().tobytes() == full.maps.numpy().tobytes()
 
 
@@ -149,25 +126,26 @@ def test_logits_identical_with_and_without_probe(images):
         plain = model(images, tokens)
         plain_logits = plain[2] * plain[0] @ plain[1].T
         modules = adapter.vision.attention_modules + adapter.text.attention_modules
-        with AttentionProbe(model, modules, "tiny-clip") as probe:
+        with adapter.vision.attention_capture(None) as image_capture, \
+                adapter.text.attention_capture(None) as text_capture:
             probed = model(images, tokens)
         probed_logits = probed[2] * probed[0] @ probed[1].T
     torch.testing.assert_close(probed_logits, plain_logits, rtol=1e-5, atol=1e-5)
-    assert len(probe.attention_probs) == 6
+    assert len(image_capture.attention_probs) == 3 and len(text_capture.attention_probs) == 3
     assert all("forward" not in vars(module) for module in modules)  # restored
 
 
 def test_sequence_first_multihead_attention_is_handled(images):
     model, images = tiny_clip().double(), images.double()
-    explainer_bf = ClipExplainer(adapter_for(model), "chefer-generic", start_layer=0)
-    expected = explainer_bf.explain(images, TEXTS)
+    explainer_bf = Driver(adapter_for(model), "chefer-generic", start_layer=0)
+    expected = explainer_bf.explain_texts(images, TEXTS)
     # Older open_clip releases run their blocks sequence-first: emulate one.
     for block in [*model.visual.transformer.resblocks, *model.transformer.resblocks]:
         block.attn.batch_first = False
         original = block.attention
         block.attention = (lambda original: lambda q_x, k_x=None, v_x=None, attn_mask=None:
                            original(q_x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1))(original)
-    actual = ClipExplainer(adapter_for(model), "chefer-generic", start_layer=0).explain(images, TEXTS)
+    actual = Driver(adapter_for(model), "chefer-generic", start_layer=0).explain_texts(images, TEXTS)
     assert relative_error(actual.maps, expected.maps) < FLOAT64_TOLERANCE
 
 

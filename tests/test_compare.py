@@ -18,13 +18,13 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from heatmap.cli.app import app
-from heatmap.comparison import Thresholds, compare_maps
-from heatmap.models.demo.shapes_world import make_scenes
+from heatmap.compare.metrics import Thresholds, compare_maps
+from heatmap.demo.shapes_world import make_scenes
 from heatmap.outputs import MANIFEST
 
 runner = CliRunner()
 README = Path(__file__).parents[1] / "README.md"
-DEMO_WEIGHTS = Path(__file__).parents[1] / "models" / "demo" / "classifier.safetensors"
+DEMO_WEIGHTS = Path(__file__).parents[1] / "demo" / "classifier.safetensors"
 
 
 def invoke(*args):

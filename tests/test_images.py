@@ -1,4 +1,4 @@
-"""Tests for heatmap.images: faithful RGB conversion, load errors, input expansion."""
+"""Tests for heatmap.inputs: faithful RGB conversion, load errors, input expansion."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from heatmap import images
+from heatmap import inputs
 from heatmap.errors import HeatmapError
-from heatmap.images import IMAGE_SUFFIXES, collect_inputs, load_image
+from heatmap.inputs import IMAGE_SUFFIXES, collect_inputs, load_image
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -202,7 +202,7 @@ def test_lab(tmp_path):
 def test_modes_no_file_format_writes(mode, value, expected):
     # PIL cannot save these modes, so the conversion step is checked directly.
     image = Image.new(mode, (1, 1), value) if value is not None else Image.new(mode, (1, 1))
-    assert pixels(images._to_rgb(image))[0, 0].tolist() == expected
+    assert pixels(inputs._to_rgb(image))[0, 0].tolist() == expected
 
 
 def test_exif_orientation_6_rotates(tmp_path):

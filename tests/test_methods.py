@@ -7,8 +7,8 @@ import torch
 from timm.models.deit import VisionTransformerDistilled
 
 import heatmap
-from conftest import sharpen_attention, tiny_vit
-import reference
+from helpers import reference
+from helpers.models import sharpen_attention, tiny_vit
 
 
 def distilled_vit():

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from heatmap.outputs import ResultWriter, output_stems, slug, target_names
+from heatmap.outputs import ResultWriter, default_writers, output_stems, slug, target_names
+from heatmap.pipeline import MapRecord
 from heatmap.render import COLORMAPS, text_strip
 
 
@@ -26,20 +27,25 @@ def test_target_names_slug_labels_and_number_clashes():
 
 
 def test_writer_writes_files_then_one_manifest_line_each(tmp_path):
-    writer = ResultWriter(tmp_path / "out", "demo", "viridis", 0.4)
+    writer = ResultWriter(tmp_path / "out", "demo", default_writers("viridis", 0.4))
     picture = Image.new("RGB", (40, 30), "white")
     heatmap = np.arange(12, dtype=np.float64).reshape(3, 4)
-    entry = writer.write(Path("in/scene.png"), "scene", picture, None, heatmap, method="rollout",
-                         target_name="star", record={"target": 3, "label": "star", "score": 1.5},
-                         extra_images={"tokens": Image.new("RGB", (5, 5))})
+
+    def record(target, label, score, **extra):
+        return MapRecord(heatmap, label, None, target, label, score,
+                         fields={"target": target, "label": label, "score": score}, **extra)
+
+    entry = writer.write(Path("in/scene.png"), "scene", picture,
+                         record(3, "star", 1.5, word_pieces=["a", "star"], token_relevance=np.ones(2, np.float32)),
+                         method="rollout", target_name="star", common={"weights": None})
     assert entry["files"] == {"npy": "scene.rollout.star.npy", "png": "scene.rollout.star.png",
                               "tokens": "scene.rollout.star.tokens.png"}
     saved = np.load(tmp_path / "out" / "scene.rollout.star.npy")
     assert saved.dtype == np.float32 and np.array_equal(saved, heatmap.astype(np.float32))
     with Image.open(tmp_path / "out" / "scene.rollout.star.png") as png:
         assert png.size == (40, 30)
-    writer.write(Path("in/scene.png"), "scene", picture, None, heatmap, method="rollout",
-                 target_name="circle", record={"target": 0, "label": "circle", "score": 0.5})
+    writer.write(Path("in/scene.png"), "scene", picture, record(0, "circle", 0.5), method="rollout",
+                 target_name="circle", common={"weights": None})
     lines = (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()
     assert [json.loads(line)["label"] for line in lines] == ["star", "circle"]
     assert json.loads(lines[0])["map_shape"] == [3, 4] and json.loads(lines[0])["model"] == "demo"

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 import heatmap
-from heatmap.evaluation import clip_pointing_game, peak_pixel, pointing_game
-from heatmap.models.demo.shapes_world import make_scenes
+from heatmap.evaluation.pointing import peak_pixel, pointing_game
+from heatmap.demo.shapes_world import make_scenes
 
 HELD_OUT_SEED = 777  # the demo classifier was trained on other seeds
-DEMO_DIR = Path(__file__).parents[1] / "models" / "demo"
+DEMO_DIR = Path(__file__).parents[1] / "demo"
+pytestmark = pytest.mark.slow  # minutes of CPU: 100 scenes per method and model
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_chefer_generic_points_at_the_target_object(chefer_generic_result):
 
 
 def test_demo_clip_points_at_the_object_of_each_caption(demo_clip, held_out_scenes):
-    result = clip_pointing_game(demo_clip, held_out_scenes, "chefer-generic")
+    result = pointing_game(demo_clip, held_out_scenes, "chefer-generic")
     recorded = json.loads((DEMO_DIR / "clip.json").read_text())["metrics"]
     assert result.pairs == recorded["pointing_game_pairs"] >= 200
     assert result.rate == pytest.approx(recorded["pointing_game_chefer_generic"], abs=0.5 / result.pairs)
@@ -73,7 +74,7 @@ def test_transformer_attribution_points_at_least_as_well_as_chefer_generic(model
     # The bar of transformer-attribution: 100 held-out two-object scenes
     # (README: 99.5% for both methods on the classifier; on the CLIP 99.5%
     # against chefer-generic's 89.0% at its last-block default).
-    adapter, game = (demo, pointing_game) if model == "classifier" else (demo_clip, clip_pointing_game)
+    adapter, game = (demo, pointing_game) if model == "classifier" else (demo_clip, pointing_game)
     attribution = game(adapter, two_object_scenes, "transformer-attribution")
     generic = game(adapter, two_object_scenes, "chefer-generic")
     assert attribution.pairs == generic.pairs == 200

@@ -13,9 +13,8 @@ import torch
 from typer.testing import CliRunner
 
 import heatmap
-from conftest import tiny_vit
 from heatmap.cli.app import app
-from test_clip_methods import TEXTS, tiny_clip
+from helpers.models import TEXTS, tiny_clip, tiny_vit
 
 METHODS = ["rollout", "grad-rollout", "chefer-generic", "transformer-attribution"]
 

@@ -1,4 +1,4 @@
-"""The attention probe records the right tensors and leaves the model as it was."""
+"""The timm adapter's attention capture records the right tensors and leaves the model as it was."""
 
 from __future__ import annotations
 
@@ -7,21 +7,27 @@ import torch
 import torch.nn.functional as F
 from timm.layers import Attention
 
-import reference
-from conftest import tiny_vit
 from heatmap.errors import HeatmapError
-from heatmap.explainers.probe import AttentionProbe
+from heatmap.models.capture import frozen_parameters
+from heatmap.models.timm.adapter import TimmTower
+from helpers import reference
+from helpers.models import tiny_vit
 
 
 def attention_modules(model):
     return [block.attn for block in model.blocks]
 
 
+def capture(model, name, track_from=None):
+    """The capture the driver opens on a timm ViT's tower."""
+    return TimmTower(model, name).attention_capture(track_from)
+
+
 def test_records_the_probabilities_that_multiply_v(images):
     model, images = tiny_vit().double(), images.double()
     with torch.no_grad():
         _, expected = reference.manual_forward(model, images)
-        with AttentionProbe(model, attention_modules(model), "tiny") as probe:
+        with capture(model, "tiny") as probe:
             model(images)
         recorded = probe.attention_probs
     assert len(recorded) == len(model.blocks)
@@ -37,7 +43,7 @@ def test_logits_identical_with_and_without_probe(images):
         module.fused_attn = False  # the same kernel path inside and outside: bit-identical
     with torch.no_grad():
         plain = model(images)
-        with AttentionProbe(model, attention_modules(model), "tiny", track_from=0):
+        with capture(model, "tiny", track_from=0):
             probed = model(images)
     assert torch.equal(plain, probed)
 
@@ -48,7 +54,7 @@ def test_fused_model_agrees_and_gets_its_setting_back(images):
         module.fused_attn = True
     with torch.no_grad():
         fused = model(images)
-        with AttentionProbe(model, attention_modules(model), "tiny"):
+        with capture(model, "tiny"):
             assert not any(module.fused_attn for module in attention_modules(model))
             probed = model(images)
     torch.testing.assert_close(probed, fused, rtol=1e-5, atol=1e-6)
@@ -62,7 +68,7 @@ def test_model_restored_after_an_exception(images):
     model.blocks[1].attn.qkv.weight.requires_grad_(False)  # a partly frozen model stays so
     before = {name: p.requires_grad for name, p in model.named_parameters()}
     with pytest.raises(RuntimeError, match="boom"):
-        with AttentionProbe(model, attention_modules(model), "tiny", track_from=0):
+        with frozen_parameters(model), capture(model, "tiny", track_from=0):
             assert not any(p.requires_grad for p in model.parameters())
             model(images)
             raise RuntimeError("boom")
@@ -73,10 +79,10 @@ def test_model_restored_after_an_exception(images):
 
 def test_gradients_only_for_attention_not_weights(images):
     model, images = tiny_vit().double(), images.double()
-    with AttentionProbe(model, attention_modules(model), "tiny", track_from=1) as probe:
+    with frozen_parameters(model), capture(model, "tiny", track_from=1) as probe:
         with torch.enable_grad():
             logits = model(images)
-        grads = probe.attention_grads(logits[:, 2].sum())
+        grads = torch.autograd.grad(logits[:, 2].sum(), probe.tracked())
     assert len(grads) == len(model.blocks) - 1
     assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
     assert all(p.grad is None for p in model.parameters())
@@ -101,7 +107,7 @@ def test_empty_capture_is_an_error_naming_the_model(images):
     opaque = OpaqueAttention(32, num_heads=4, qkv_bias=True)
     opaque.load_state_dict(model.blocks[2].attn.state_dict())
     model.blocks[2].attn = opaque
-    with AttentionProbe(model, attention_modules(model), "my-opaque-vit") as probe:
+    with capture(model, "my-opaque-vit") as probe:
         model(images)
     with pytest.raises(HeatmapError, match=r"my-opaque-vit.*block\(s\) \[2\]"):
         probe.attention_probs
@@ -109,7 +115,8 @@ def test_empty_capture_is_an_error_naming_the_model(images):
 
 def test_unknown_attention_module_is_refused(images):
     model = tiny_vit()
+    model.blocks[0].attn = torch.nn.Linear(2, 2)
     with pytest.raises(HeatmapError, match="my-vit: block 0 uses Linear"):
-        with AttentionProbe(model, [torch.nn.Linear(2, 2)], "my-vit"):
+        with capture(model, "my-vit"):
             pass
     assert all(p.requires_grad for p in model.parameters())

@@ -1,9 +1,9 @@
-"""The ``heatmap_snapshot`` fixture (heatmap.pytest_plugin), run the way a user's suite runs it.
+"""The ``heatmap_snapshot`` fixture (heatmap.testing.pytest_plugin), run the way a user's suite runs it.
 
 Each test writes a user's test file into a ``pytester`` folder and runs pytest
 on it in-process. The first test checks that the plugin reaches such a run
 through its ``pytest11`` entry point, as it reaches a user's; the others load
-it alone (``-p heatmap.pytest_plugin``, no other installed plugin), which keeps
+it alone (``-p heatmap.testing.pytest_plugin``, no other installed plugin), which keeps
 them independent of what else is installed, and fast.
 """
 
@@ -25,15 +25,16 @@ import torch
 # the model libraries cannot be imported twice in one process, so they are
 # imported here, before any run, and stay.
 import heatmap
-import heatmap.comparison
-import heatmap.explainers.clip  # noqa: F401
-import heatmap.models.clip_models  # noqa: F401
-import heatmap.models.timm_models  # noqa: F401
+import heatmap.compare.metrics
+import heatmap.explainers.driver  # noqa: F401
+import heatmap.models.open_clip.adapter  # noqa: F401
+import heatmap.models.timm.adapter  # noqa: F401
 import heatmap.outputs  # noqa: F401
+import heatmap.pipeline  # noqa: F401
 import open_clip  # noqa: F401
 import timm  # noqa: F401
 
-from heatmap.comparison import Thresholds
+from heatmap.compare.metrics import Thresholds
 
 pytest_plugins = ["pytester"]
 
@@ -128,7 +129,7 @@ def one_thread():
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     # The plugin module is imported already (by this session), so pytest warns that it cannot rewrite it.
-    return pytester.runpytest("-p", "heatmap.pytest_plugin", "-p", "no:cacheprovider",
+    return pytester.runpytest("-p", "heatmap.testing.pytest_plugin", "-p", "no:cacheprovider",
                               "-W", "ignore::pytest.PytestAssertRewriteWarning", *args)
 
 
@@ -399,7 +400,7 @@ def test_an_unreadable_snapshot_fails_clearly(pytester):
 
 
 def test_importing_the_plugin_imports_no_torch():
-    code = ("import sys, heatmap.pytest_plugin; "
+    code = ("import sys, heatmap.testing.pytest_plugin; "
             "heavy = [name for name in ('torch', 'timm', 'open_clip', 'numpy') if name in sys.modules]; "
             "sys.exit(f'imported {heavy}' if heavy else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -19,15 +19,15 @@ from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 
 import heatmap
-import reference
-from conftest import sharpen_attention, tiny_vit
-from heatmap.errors import HeatmapError
+from heatmap.errors import HeatmapError, UnsupportedModelError
+from heatmap.explainers.driver import Driver
 from heatmap.explainers.lrp import lrp_pass
-from heatmap.explainers.probe import AttentionProbe
-from heatmap.explainers.transformer_attribution import TransformerAttribution
+from heatmap.explainers.registry import methods
 from heatmap.models import adapter_for
-from heatmap.models.timm_lrp import check_supported, timm_lrp_view, unsupported_operation
-from lrp_reference import (assert_close_scaled, ref_add, ref_clone, ref_linear, ref_product, ref_safe_divide,
+from heatmap.models.timm.lrp import check_supported, timm_lrp_view, unsupported_operation
+from helpers import reference
+from helpers.models import sharpen_attention, tiny_vit
+from helpers.lrp_reference import (assert_close_scaled, ref_add, ref_clone, ref_linear, ref_product, ref_safe_divide,
                            ref_select, ref_unnormalized_rollout, relative_error)
 
 TARGETS = torch.tensor([1, 4, 2])
@@ -159,8 +159,8 @@ def ref_maps(model, images, targets, query, start_layer=0):
 def run_lrp(model, images, targets):
     """The package's LRP pass on one forward pass (no second forward)."""
     view = timm_lrp_view(model, "tiny")
-    with AttentionProbe(model, [block.attn for block in model.blocks], "tiny") as probe, \
-            view.capture(0) as capture, torch.no_grad():
+    tower = adapter_for(model).towers[0]
+    with tower.attention_capture(None) as probe, view.capture(0) as capture, torch.no_grad():
         model(images)
     with torch.no_grad():
         return lrp_pass(view, capture.activations(), probe.attention_probs, targets)
@@ -209,7 +209,7 @@ def test_several_targets_per_image_reuse_one_forward(images):
     forwards = []
     model.register_forward_pre_hook(lambda *_: forwards.append(1))
     targets = torch.tensor([[1, 3], [4, 0], [2, 2]])
-    result = TransformerAttribution(adapter_for(model)).explain(images, targets)
+    result = Driver(adapter_for(model), "transformer-attribution").explain(images, targets)
     assert len(forwards) == 1
     for k in range(2):
         assert_close_scaled(result.maps[:, k], ref_maps(model, images, targets[:, k], query), FLOAT64_TOLERANCE)
@@ -274,8 +274,7 @@ def test_attention_pool_head_is_refused():
     model = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=5,
                               global_pool="map").eval()
     assert "attn_pool" in unsupported_operation(model)
-    with pytest.raises(HeatmapError, match="attn_pool.*not supported for transformer-attribution.*"
-                                           "rollout, grad-rollout and chefer-generic"):
+    with pytest.raises(UnsupportedModelError, match="attn_pool.*not covered by the LRP rules"):
         check_supported(model, "tiny-map")
 
 
@@ -298,5 +297,7 @@ def test_unsupported_structure_is_refused_before_any_work(factory, operation, im
         heatmap.explain(model, images, "transformer-attribution", target=0)
     message = str(error.value)
     assert operation in message and "transformer-attribution" in message
-    assert "rollout, grad-rollout and chefer-generic work" in message and "\n" not in message
+    working = [method.name for method in methods().values() if method.lrp_rules is None]
+    assert f"methods that do work for this model: {', '.join(working)}" in message
+    assert "\n" not in message
     assert not forwards  # refused before the forward pass

@@ -16,15 +16,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import clip_reference
 import heatmap
-from heatmap.explainers.clip import ClipExplainer
+from heatmap.explainers.driver import Driver
 from heatmap.explainers.lrp import lrp_pass
-from heatmap.explainers.probe import AttentionProbe
+from heatmap.explainers.registry import methods
 from heatmap.models import adapter_for
-from lrp_reference import (assert_close_scaled, ref_add, ref_clone, ref_linear, ref_product, ref_safe_divide,
+from helpers import clip_reference
+from helpers.models import TEXTS, tiny_clip, tokens_of
+from helpers.lrp_reference import (assert_close_scaled, ref_add, ref_clone, ref_linear, ref_product, ref_safe_divide,
                            ref_select, ref_unnormalized_rollout)
-from test_clip_methods import TEXTS, tiny_clip, tokens_of
 
 # Largest relative error against the float64 reference measured on these
 # models: 5.3e-15 (maps) and 7.3e-15 (token relevance); 1e-12 keeps a margin
@@ -209,8 +209,7 @@ def tower_lrp(model, images, tokens, tower):
     """The package's LRP pass on one tower of one forward pass, started towards text 0 / image 0."""
     adapter = adapter_for(model)
     view = getattr(adapter, tower).lrp_view()
-    attention = getattr(adapter, tower).attention_modules
-    with AttentionProbe(model, attention, "tiny") as probe, view.capture(0) as capture, torch.no_grad():
+    with getattr(adapter, tower).attention_capture(None) as probe, view.capture(0) as capture, torch.no_grad():
         image_embedding, text_embedding = adapter.embeddings(images, tokens)
     other = (text_embedding[0] if tower == "vision" else image_embedding[0]) * adapter.logit_scale
     count = len(images) if tower == "vision" else len(tokens)
@@ -250,14 +249,14 @@ def test_relevance_is_conserved_and_sums_to_the_score(tower, factory, images):
 
 def test_batch_and_text_order_independence_and_determinism(images):
     model = with_biases(tiny_clip())
-    explainer = ClipExplainer(adapter_for(model), "transformer-attribution")
-    both = explainer.explain(images, TEXTS)
+    explainer = Driver(adapter_for(model), "transformer-attribution")
+    both = explainer.explain_texts(images, TEXTS)
     for b in range(2):
-        alone = explainer.explain(images[b:b + 1], TEXTS[::-1])
+        alone = explainer.explain_texts(images[b:b + 1], TEXTS[::-1])
         assert_close_scaled(alone.maps[0], both.maps[b].flip(0), FLOAT64_TOLERANCE)
         for t in range(3):
             assert_close_scaled(alone.text_relevance[0][2 - t], both.text_relevance[b][t], FLOAT64_TOLERANCE)
-    again = explainer.explain(images, TEXTS)
+    again = explainer.explain_texts(images, TEXTS)
     assert both.maps.numpy().tobytes() == again.maps.numpy().tobytes()
 
 
@@ -284,5 +283,7 @@ def test_unsupported_tower_is_refused_before_any_work(images):
         heatmap.explain(model, images, "transformer-attribution", texts=TEXTS)
     message = str(error.value)
     assert "image block 1" in message and "not supported for transformer-attribution" in message
-    assert "rollout, grad-rollout and chefer-generic work" in message and "\n" not in message
+    working = [method.name for method in methods().values() if method.lrp_rules is None]
+    assert f"methods that do work for this model: {', '.join(working)}" in message
+    assert "\n" not in message
     assert not forwards

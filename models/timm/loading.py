@@ -1,9 +1,8 @@
-"""Building timm models by name, from a local file, or from the shipped demo."""
+"""Building timm models by name (cache first) or from a local file."""
 
 from __future__ import annotations
 
 import difflib
-import json
 from pathlib import Path
 
 import torch
@@ -11,7 +10,6 @@ import torch
 from heatmap.errors import HeatmapError, UsageError
 from heatmap.models.checkpoints import cached_hub_file, check_fits, download_hub_file, read_state_dict
 
-DEMO_DIR = Path(__file__).parent / "demo"
 _HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -64,35 +62,14 @@ def create_timm(name: str, checkpoint: str | Path | None = None) -> torch.nn.Mod
 def _create_from_hub_name(timm, name: str, checkpoint) -> torch.nn.Module:
     try:
         model = timm.create_model(name, pretrained=checkpoint is None)
-    except Exception as error:
+    except Exception as error:  # whatever timm or huggingface_hub raise: keep their words
         raise HeatmapError(
-            f"could not load {name} from the Hugging Face cache or hub ({type(error).__name__}); "
-            "download it once with network access, pass --checkpoint FILE, or use --model demo"
-        ) from None
+            f"could not load {name} from the Hugging Face cache or hub ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no message'}); download it once with network "
+            "access, pass --checkpoint FILE, or use --model demo"
+        ) from error
     if checkpoint is not None:
         state = read_state_dict(checkpoint)
         check_fits(model, state, str(checkpoint), name)
         model.load_state_dict(state)
     return model
-
-
-def create_demo_classifier(checkpoint: str | Path | None = None) -> tuple[torch.nn.Module, list[str]]:
-    """The shipped shapes-world ViT (``models/demo/classifier.*``) and its class names."""
-    from timm.models.vision_transformer import VisionTransformer
-
-    config_path = DEMO_DIR / "classifier.json"
-    if not config_path.is_file():
-        raise HeatmapError(f"the demo classifier is missing from this installation ({config_path})")
-    config = json.loads(config_path.read_text())
-    extra = {}
-    if config.get("patch_embed") == "conv_stem":
-        from heatmap.models.demo.conv_stem import ConvStemPatchEmbed
-        extra["embed_layer"] = ConvStemPatchEmbed
-    model = VisionTransformer(**config["model_args"], **extra)
-    source = checkpoint if checkpoint is not None else DEMO_DIR / "classifier.safetensors"
-    state = read_state_dict(source)
-    check_fits(model, state, str(source), "the demo classifier")
-    model.load_state_dict(state)
-    # resolve_data_config reads the preprocessing from here.
-    model.pretrained_cfg = dict(config["pretrained_cfg"])
-    return model, list(config["labels"])

@@ -1,4 +1,4 @@
-"""The LRP view of an open_clip tower (see :mod:`heatmap.models.lrp_view`).
+"""The LRP view of an open_clip tower (see :class:`heatmap.models.protocols.LrpView`).
 
 Both towers are stacks of open_clip's ``ResidualAttentionBlock`` (pre-norm,
 ``nn.MultiheadAttention``, an MLP ``c_fc -> GELU -> c_proj``, optional layer
@@ -20,12 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heatmap.errors import HeatmapError
-from heatmap.models.lrp_view import (ActivationCapture, BlockActivations, BlockWeights, HeadActivations, LrpView,
-                                     Slot)
+from heatmap.models.open_clip.text import end_of_text
+
+from heatmap.errors import UnsupportedModelError
+from heatmap.models.capture import ActivationCapture, Slot
+from heatmap.models.protocols import BlockActivations, BlockWeights, HeadActivations, LrpView
 
 NORMS = (nn.LayerNorm, nn.Identity)
-ALTERNATIVES = "rollout, grad-rollout and chefer-generic work for this model"
 
 
 def _activations() -> tuple[type, ...]:
@@ -133,16 +134,16 @@ class ClipTowerCapture(ActivationCapture):
             self.hook(self.tower.ln_post, slot, output="normed")
         else:
             self.hook(self.tower.ln_final, slot, output="normed")
-            self.hook(self.tower.token_embedding, slot, inputs="text")  # the token ids, to find end-of-text
+            self.hook(self.tower.token_embedding, slot, inputs="text")  # the token ids, to find the pooled token
 
     def head_activations(self, slot: Slot, last_block: BlockActivations) -> HeadActivations:
         if "normed" not in slot:
-            raise HeatmapError(f"{self.name}: the forward pass did not reach the {self.kind} tower's final "
+            raise UnsupportedModelError(f"{self.name}: the forward pass did not reach the {self.kind} tower's final "
                                "norm; no map can be made")
         normed = slot["normed"]
         batch = len(normed)
-        if self.kind == "text":  # CLIP pools the end-of-text token: the largest id
-            token_index = slot["text"].long().argmax(dim=-1).cpu()
+        if self.kind == "text":
+            token_index = end_of_text(slot["text"].long()).cpu()
             pooled = normed[torch.arange(batch), token_index.to(normed.device)]
             head = dict(token_index=token_index, selected=pooled)
         elif self.tower.pool_type == "tok":
@@ -181,10 +182,10 @@ def projection_weight(tower: nn.Module, kind: str) -> torch.Tensor | None:
 
 
 def clip_lrp_view(tower: nn.Module, kind: str, name: str) -> LrpView:
-    """The LRP view of one tower; raises :class:`HeatmapError` for an unsupported structure."""
+    """The LRP view of one tower; raises :class:`UnsupportedModelError` for an unsupported structure."""
     problem = unsupported_operation(tower, kind)
     if problem:
-        raise HeatmapError(f"{name}: {problem} is not supported for transformer-attribution; {ALTERNATIVES}")
+        raise UnsupportedModelError(f"{name}: {problem} is not covered by the LRP rules")
     blocks = []
     for block in tower.transformer.resblocks:
         attn = block.attn

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from heatmap.comparison import EntryComparison, FolderComparison, scaled
+from heatmap.compare.metrics import EntryComparison, FolderComparison, scaled
 from heatmap.outputs import png_bytes, write_atomically
 from heatmap.render import colorize, normalize01
 

@@ -9,7 +9,7 @@ Installed with vit-heatmap and registered as the ``pytest11`` entry point
 The first run writes the map beside the test (``tests/test_model.py::test_cat``
 -> ``tests/test_model/test_cat.npy`` and ``test_cat.json``, what made it) and
 fails once so that the new files get reviewed; later runs compare against them
-with :func:`heatmap.comparison.compare_maps` and the same thresholds as
+with :func:`heatmap.compare.metrics.compare_maps` and the same thresholds as
 ``heatmap compare``. ``pytest --heatmap-update`` rewrites the snapshots.
 
 This module is imported by every pytest session of an environment that has
@@ -34,7 +34,7 @@ import pytest
 if TYPE_CHECKING:
     import numpy as np
 
-    from heatmap.comparison import Thresholds
+    from heatmap.compare.metrics import Thresholds
 
 UPDATE_OPTION = "--heatmap-update"
 # ini option -> the Thresholds field it sets; the per-call keyword has the field's name.
@@ -56,7 +56,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="write the heatmap_snapshot files anew instead of comparing against them")
     for ini_name, field_name in INI_THRESHOLDS.items():
         # "string", not "float": pytest before 8.4 has no float ini type.
-        parser.addini(ini_name, f"heatmap_snapshot threshold {field_name} (default: heatmap.comparison.Thresholds)",
+        parser.addini(ini_name, f"heatmap_snapshot threshold {field_name} (default: heatmap.compare.metrics.Thresholds)",
                       default="")
 
 
@@ -154,7 +154,7 @@ class HeatmapSnapshot:
             name: tells several snapshots of one test apart (``test_cat-second``).
             max_diff, min_corr, min_top_iou: this call's thresholds; unset ones
                 come from the ini options ``heatmap_max_diff`` ... or
-                :class:`~heatmap.comparison.Thresholds`.
+                :class:`~heatmap.compare.metrics.Thresholds`.
             **options: the method's options (``start_layer``, ``head_fusion``, ...).
 
         Returns:
@@ -212,7 +212,7 @@ class HeatmapSnapshot:
 
     def thresholds(self, **per_call: float | None) -> "Thresholds":
         """The defaults, updated by the ini options, updated by this call's keywords."""
-        from heatmap.comparison import Thresholds
+        from heatmap.compare.metrics import Thresholds
 
         values = {}
         for ini_name, field_name in INI_THRESHOLDS.items():
@@ -297,8 +297,10 @@ def compute(model: Any, image: Any, method: str, target: int | str | None, texts
         model, image, method, target, texts, options: as the fixture takes them.
         adapters: the session's models loaded by name (so each loads once).
     """
-    import heatmap
     from heatmap.errors import HeatmapError
+    from heatmap.explainers.driver import Driver
+    from heatmap.inputs import load_image
+    from heatmap.pipeline import Pipeline
 
     if texts is not None and (isinstance(texts, str) or not texts):
         fail(f"heatmap_snapshot: texts= must be a non-empty list of strings, got {texts!r}")
@@ -307,16 +309,21 @@ def compute(model: Any, image: Any, method: str, target: int | str | None, texts
     try:
         adapter = as_adapter(model, clip=texts is not None, adapters=adapters)
         batch, described = as_batch(image)
-        if texts is not None:
-            return clip_maps(heatmap.explain(adapter, batch, method, texts=list(texts), **options),
-                             adapter, described)
-        # A CLIP given no texts has no classes: heatmap.explain says to pass texts=.
-        by_class = target is not None and hasattr(adapter, "class_index")
-        index = adapter.class_index(str(target)) if by_class else None
-        result = heatmap.explain(adapter, batch, method, target=index, **options)
+        driver = Driver(adapter, method, **options)
+        if driver.clip and texts is None:
+            fail("heatmap_snapshot: a CLIP model explains images against texts: pass texts=[...]")
+        pipeline = Pipeline(driver, targets=None if target is None else [target],
+                            texts=list(texts) if texts is not None else None)
+        if isinstance(batch, list):
+            pictures = [item if hasattr(item, "convert") else load_image(item) for item in batch]
+            records = pipeline.explain([picture.convert("RGB") for picture in pictures])[0]
+        else:
+            records = pipeline.explain_tensor(batch)[0]
     except HeatmapError as error:
         fail(f"heatmap_snapshot: {error}")
-    return classifier_maps(result, adapter, described, target)
+    if texts is not None:
+        return clip_maps(records, adapter, described, method, driver.options)
+    return classifier_maps(records[0], adapter, described, target, method, driver.options)
 
 
 def as_adapter(model: Any, clip: bool, adapters: dict) -> Any:
@@ -363,22 +370,29 @@ def base_record(adapter: Any, described: str, method: str, options: dict[str, An
             "image": described, "method": method, "options": json_round_trip(options), "map_shape": list(shape)}
 
 
-def classifier_maps(result: Any, adapter: Any, described: str, requested: int | str | None) -> Computed:
+def classifier_maps(record: Any, adapter: Any, described: str, requested: int | str | None, method: str,
+                    options: dict[str, Any]) -> Computed:
     """The :class:`Computed` of a classifier's explanation of one image."""
-    maps = result.maps.numpy().astype("float32")  # [1, gh, gw]: one image, one target
-    index, label, score = int(result.targets[0]), result.labels[0], float(result.scores[0])
-    record = base_record(adapter, described, result.method, result.options, maps.shape[1:])
-    record.update(target=index, label=label, requested_target=json_round_trip(requested), score=score)
-    return Computed(maps, [target_name(index, label)], [score], record, clip=False)
+    import numpy as np
+
+    maps = np.asarray(record.heatmap, dtype=np.float32)[None]  # [1, gh, gw]: one image, one target
+    record_json = base_record(adapter, described, method, options, maps.shape[1:])
+    record_json.update(target=record.target, label=record.label, requested_target=json_round_trip(requested),
+                       score=record.score)
+    return Computed(maps, [target_name(record.target, record.label)], [record.score], record_json, clip=False)
 
 
-def clip_maps(result: Any, adapter: Any, described: str) -> Computed:
+def clip_maps(records: Sequence[Any], adapter: Any, described: str, method: str,
+              options: dict[str, Any]) -> Computed:
     """The :class:`Computed` of a CLIP's explanation of one image against its texts."""
-    maps = result.maps[0].numpy().astype("float32")  # [T, gh, gw]
-    logits = [float(value) for value in result.logits[0]]
-    record = base_record(adapter, described, result.method, result.options, maps.shape)
-    record.update(texts=list(result.texts), logits=logits)
-    return Computed(maps, [f"text {text!r}" for text in result.texts], logits, record, clip=True)
+    import numpy as np
+
+    maps = np.stack([np.asarray(record.heatmap, dtype=np.float32) for record in records])  # [T, gh, gw]
+    logits = [record.score for record in records]
+    texts = [record.label for record in records]
+    record_json = base_record(adapter, described, method, options, maps.shape)
+    record_json.update(texts=texts, logits=logits)
+    return Computed(maps, [f"text {text!r}" for text in texts], logits, record_json, clip=True)
 
 
 def target_name(index: int, label: str | None) -> str:
@@ -462,7 +476,7 @@ def show(value: Any) -> str:
 def compare_each(baseline: "np.ndarray", computed: Computed, stored: dict[str, Any], thresholds: "Thresholds"
                  ) -> tuple[list[str], bool]:
     """One message line per map (target or text), and whether any map failed."""
-    from heatmap.comparison import compare_maps
+    from heatmap.compare.metrics import compare_maps
 
     stored_scores = stored.get("logits") if computed.clip else [stored.get("score")]
     score_word = "logit" if computed.clip else "score"

@@ -1,4 +1,4 @@
-"""Building open_clip CLIP models: by name and tag (cache first), from a local file, or the demo."""
+"""Building open_clip CLIP models: by name and tag (cache first), or from a local file."""
 
 from __future__ import annotations
 
@@ -50,17 +50,4 @@ def create_clip(name: str, pretrained: str | Path | None):
                or download_hub_file(repo_id, _HUB_WEIGHT_FILES, f"{name} ({tag})"))
     model, _, preprocess = open_clip.create_model_and_transforms(
         name, pretrained=weights, image_mean=config.get("mean"), image_std=config.get("std"))
-    return model, tokenizer, preprocess
-
-
-def create_demo_clip_with_transform(folder=None):
-    """The shipped demo CLIP (or the one in ``folder``), its tokenizer and its eval transform."""
-    import open_clip
-
-    from heatmap.models.demo.clip_demo import create_demo_clip
-
-    model, tokenizer, config = create_demo_clip(folder)
-    settings = config["preprocess"]
-    preprocess = open_clip.image_transform(settings["image_size"], is_train=False,
-                                           mean=settings["mean"], std=settings["std"])
     return model, tokenizer, preprocess

@@ -1,6 +1,6 @@
 """Comparing maps: two runs' result folders, or a map and its snapshot.
 
-``heatmap compare`` and the pytest fixture (``heatmap.pytest_plugin``) use the
+``heatmap compare`` and the pytest fixture (``heatmap.testing.pytest_plugin``) use the
 same metrics and thresholds. Each map is first scaled to max |value| = 1, so
 that a map scaled by a constant (a larger logit) is the same map:
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import open_clip
 
 __all__ = ["DEMO_DIR", "USED_IDS_KEY", "USED_ROWS_KEY", "build_demo_clip", "create_demo_clip",
-           "expand_token_embedding"]
+           "create_demo_clip_with_transform", "expand_token_embedding"]
 
 DEMO_DIR = Path(__file__).resolve().parent
 USED_IDS_KEY = "token_embedding.used_ids"
@@ -82,7 +82,7 @@ def build_demo_clip(config: dict) -> open_clip.CLIP:
 
     model = open_clip.CLIP(**{key: config[key] for key in _MODEL_KEYS})
     if config.get("patch_embed") == "conv_stem":
-        from heatmap.models.demo.conv_stem import conv_stem
+        from heatmap.demo.conv_stem import conv_stem
 
         model.visual.conv1 = conv_stem(3, config["vision_cfg"]["width"])
     return model
@@ -128,3 +128,14 @@ def create_demo_clip(
     model.eval()
     tokenizer = SimpleTokenizer(context_length=config["text_cfg"]["context_length"])
     return model, tokenizer, config
+
+
+def create_demo_clip_with_transform(folder: str | Path | None = None) -> tuple[open_clip.CLIP, Callable, Callable]:
+    """The shipped demo CLIP (or the one in ``folder``), its tokenizer and its eval transform."""
+    import open_clip
+
+    model, tokenizer, config = create_demo_clip(folder)
+    settings = config["preprocess"]
+    preprocess = open_clip.image_transform(settings["image_size"], is_train=False,
+                                           mean=settings["mean"], std=settings["std"])
+    return model, tokenizer, preprocess

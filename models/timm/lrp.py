@@ -1,4 +1,4 @@
-"""The LRP view of a timm ``VisionTransformer`` classifier (see :mod:`heatmap.models.lrp_view`).
+"""The LRP view of a timm ``VisionTransformer`` classifier (see :class:`heatmap.models.protocols.LrpView`).
 
 Only the structure the rules of docs/METHODS.md were written for is accepted
 (timm's plain ``Block``, ``Attention`` and ``Mlp``, class-token or mean
@@ -14,9 +14,9 @@ from timm.layers.activations import GELU, GELUTanh, QuickGELU
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 from torch import nn
 
-from heatmap.errors import HeatmapError
-from heatmap.models.lrp_view import (ActivationCapture, BlockActivations, BlockWeights, HeadActivations, LrpView,
-                                     Slot)
+from heatmap.errors import UnsupportedModelError
+from heatmap.models.capture import ActivationCapture, Slot
+from heatmap.models.protocols import BlockActivations, BlockWeights, HeadActivations, LrpView
 
 # Operations that pass relevance through unchanged (METHODS.md). Dropout and
 # drop-path are identities because the model runs in eval mode.
@@ -26,8 +26,6 @@ DROPOUTS = (nn.Dropout, nn.Identity)
 DROP_PATHS = (DropPath, nn.Identity)
 LAYER_SCALES = (LayerScale, nn.Identity)
 POOLS = ("token", "avg")
-
-ALTERNATIVES = "rollout, grad-rollout and chefer-generic work for this model"
 
 
 def unsupported_operation(model: nn.Module) -> str | None:
@@ -93,10 +91,10 @@ def _unsupported_in_block(block: nn.Module) -> str | None:
 
 
 def check_supported(model: nn.Module, name: str) -> None:
-    """Raise :class:`HeatmapError` naming the first operation the LRP rules do not cover."""
+    """Raise :class:`UnsupportedModelError` naming the first operation the LRP rules do not cover."""
     problem = unsupported_operation(model)
     if problem:
-        raise HeatmapError(f"{name}: {problem} is not supported for transformer-attribution; {ALTERNATIVES}")
+        raise UnsupportedModelError(f"{name}: {problem} is not covered by the LRP rules")
 
 
 class TimmCapture(ActivationCapture):
@@ -122,7 +120,7 @@ class TimmCapture(ActivationCapture):
 
     def head_activations(self, slot: Slot, last_block: BlockActivations) -> HeadActivations:
         if "output" not in slot:
-            raise HeatmapError(f"{self.name}: the forward pass did not reach the head; no map can be made")
+            raise UnsupportedModelError(f"{self.name}: the forward pass did not reach the head; no map can be made")
         if self.model.global_pool == "token":  # the class token, first of the prefix tokens, after the norm
             return HeadActivations(slot["pooled"], slot["output"],
                                    token_index=torch.zeros(len(slot["pooled"]), dtype=torch.long),
@@ -133,7 +131,7 @@ class TimmCapture(ActivationCapture):
 
 
 def timm_lrp_view(model: VisionTransformer, name: str) -> LrpView:
-    """The LRP view of ``model``; raises :class:`HeatmapError` for an unsupported structure."""
+    """The LRP view of ``model``; raises :class:`UnsupportedModelError` for an unsupported structure."""
     check_supported(model, name)
     blocks = [BlockWeights(block.attn.qkv.weight, block.attn.proj.weight, block.mlp.fc1.weight,
                            block.mlp.fc2.weight, block.attn.num_heads) for block in model.blocks]

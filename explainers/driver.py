@@ -1,0 +1,288 @@
+"""The one explanation run, for every model kind.
+
+Probe the towers, one forward pass, the target scores, the gradients each
+method reads (``torch.autograd.grad`` with the attention tensors as
+``inputs``, never weight gradients), the LRP pass when the method reads it,
+the method's math per tower and target, the maps.
+
+A classifier is one tower scored by a logit; a CLIP is an image tower and a
+text tower scored by ``logits_per_image[i, t]``. For B images and K targets
+each tower's scores are summed over its items (nothing in a tower mixes
+items, so each item gets its own gradient): K backward passes for the image
+tower (one per target or text), and for a CLIP's text tower B more (one per
+image). The precision rule lives here (docs/METHODS.md, "Precision"): the
+explanation computes in the wider of float32 and the model's dtype, or in the
+dtype asked for, on a converted copy of the model.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from heatmap.errors import UnsupportedModelError, UsageError
+from heatmap.explainers.aggregation import resolve_start_layer
+from heatmap.explainers.lrp import lrp_pass
+from heatmap.explainers.registry import Evidence, Method, methods
+from heatmap.models.capture import frozen_parameters
+from heatmap.models.devices import compute_dtype, full_float32
+from heatmap.models.protocols import Adapter, Grid, Scored, Spans, TowerScores
+
+
+@dataclass
+class Explanation:
+    """What a classifier explanation returns.
+
+    Attributes:
+        maps: raw maps of docs/METHODS.md on the CPU, in the dtype the
+            explanation computed in, ``[B, K, gh, gw]`` for K targets per image
+            (``[B, gh, gw]`` after :meth:`squeeze`).
+        targets: class indices ``[B, K]`` (int64).
+        scores: the target scores ``y`` (pre-softmax logits) ``[B, K]``.
+        labels: per image, per target, the class name or None.
+        method: the method's name.
+        options: the method's options as used (start layer as given).
+    """
+
+    maps: torch.Tensor
+    targets: torch.Tensor
+    scores: torch.Tensor
+    labels: list[list[str | None]]
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def squeeze(self) -> Explanation:
+        """Drop the target dimension when there is one target per image."""
+        if self.maps.dim() != 4 or self.maps.shape[1] != 1:
+            raise ValueError("squeeze() needs exactly one target per image")
+        return replace(self, maps=self.maps[:, 0], targets=self.targets[:, 0],
+                       scores=self.scores[:, 0], labels=[row[0] for row in self.labels])
+
+
+@dataclass
+class ClipExplanation:
+    """What a CLIP explanation returns.
+
+    Attributes:
+        maps: raw image maps on the CPU, in the explanation's dtype, ``[B, T, gh, gw]``.
+        logits: ``logits_per_image`` ``[B, T]``.
+        texts: the T texts.
+        word_pieces: per text, its word pieces between start and end-of-text.
+        text_relevance: per image, per text, the relevance of each word piece
+            (``[len(word_pieces[t])]``); it depends on the image too.
+        method: the method's name.
+        options: the options as used (start layers as given).
+    """
+
+    maps: torch.Tensor
+    logits: torch.Tensor
+    texts: list[str]
+    word_pieces: list[list[str]]
+    text_relevance: list[list[torch.Tensor]]
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        """Softmax of each image's logits over the given texts ``[B, T]``."""
+        return self.logits.softmax(dim=1)
+
+
+def resolve_options(method: Method, given: Mapping[str, Any], clip: bool = False) -> dict[str, Any]:
+    """The method's options as used: defaults (CLIP's for a CLIP), ``given``, checked; no model needed.
+
+    For a CLIP, ``text_start_layer`` (default: the start layer) sets the text
+    tower's first block when the method has a start layer.
+    """
+    given = dict(given)
+    text_start = given.pop("text_start_layer", None) if clip else None
+    resolved = method.resolve_options(given, clip=clip)
+    if clip and "start_layer" in resolved:
+        resolved["text_start_layer"] = resolved["start_layer"] if text_start is None else int(text_start)
+    elif text_start is not None:
+        raise UsageError(f"{method.name} has no start layer, so no text start layer either")
+    return resolved
+
+
+def supported_towers(method: Method, adapter: Adapter, clip: bool) -> None:
+    """Refuse, before any work, a model or tower ``method`` cannot explain, naming why and what works.
+
+    Raises:
+        UnsupportedModelError: for a tower the method does not explain, or a
+            structure its LRP rules do not cover.
+    """
+    towers = adapter.towers if clip else adapter.towers[:1]
+    for tower in towers:
+        problem = None
+        if tower.kind not in method.towers:
+            problem = f"{tower.name}: its {tower.kind} tower is not supported for {method.name}"
+        elif method.lrp_rules is not None:
+            try:
+                tower.lrp_view()
+            except UnsupportedModelError as error:
+                problem = f"{error}, so it is not supported for {method.name}"
+        if problem:
+            working = [other.name for other in methods().values()
+                       if other.lrp_rules is None and all(t.kind in other.towers for t in towers)]
+            raise UnsupportedModelError(f"{problem}; methods that do work for this model: {', '.join(working)}")
+
+
+class Driver:
+    """Explains images with one method on one model.
+
+    Args:
+        adapter: the model's adapter (``heatmap.models``).
+        method: the method, or its name.
+        precision: ``auto`` (the wider of float32 and the model's dtype),
+            ``float32`` or ``float64``; when it differs from the model's dtype,
+            a converted copy of the model is explained (the caller's is not changed).
+        batched_backward: take each tower's gradients in one vectorised backward
+            pass (``is_grads_batched``) instead of one pass per target; same numbers.
+        **options: the method's options (for a CLIP also ``text_start_layer``).
+
+    Raises:
+        UsageError: for an unknown method, option or value.
+        UnsupportedModelError: before any work, for a model the method cannot explain.
+    """
+
+    def __init__(self, adapter: Adapter, method: Method | str, precision: str = "auto",
+                 batched_backward: bool = False, **options: Any) -> None:
+        self.method = methods_by_name(method)
+        self.clip = len(adapter.towers) > 1
+        self.options = resolve_options(self.method, options, clip=self.clip)
+        supported_towers(self.method, adapter, self.clip)
+        self.adapter = adapter.converted(compute_dtype(adapter.dtype, precision))
+        self.batched_backward = batched_backward
+
+    def explain(self, images: torch.Tensor, targets: torch.Tensor | Sequence[Any] | None = None,
+                top_k: int = 1) -> Explanation:
+        """Explain each classifier image for each of its targets.
+
+        Args:
+            images: preprocessed ``[B, 3, H, W]``; moved to the model's device and dtype.
+            targets: class indices ``[B, K]`` (or ``[B]``); None = the ``top_k`` highest logits.
+            top_k: how many top classes when ``targets`` is None.
+        """
+        if self.clip:
+            raise UsageError(f"{self.adapter.name} is a CLIP model: explain its images against texts")
+        images = self._prepared(images)
+        wanted = None if targets is None else torch.as_tensor(targets, dtype=torch.long)
+        maps, scored, _ = self._run(images, lambda: self.adapter.score(images, wanted, top_k))  # type: ignore[attr-defined]
+        return Explanation(maps=maps, targets=scored.targets.cpu(), scores=scored.scores.detach().cpu(),
+                           labels=scored.labels, method=self.method.name, options=dict(self.options))
+
+    def explain_texts(self, images: torch.Tensor, texts: Sequence[str]) -> ClipExplanation:
+        """Explain every image against every text (a CLIP).
+
+        Args:
+            images: preprocessed ``[B, 3, H, W]``; moved to the model's device and dtype.
+            texts: T texts.
+        """
+        if not self.clip:
+            raise UsageError(f"{self.adapter.name} is a classifier; texts= is for CLIP models (use target=)")
+        if not texts:
+            raise UsageError("give at least one text to explain the images against")
+        images = self._prepared(images)
+        maps, scored, text_relevance = self._run(
+            images, lambda: self.adapter.score_texts(images, list(texts)))  # type: ignore[attr-defined]
+        assert scored.word_pieces is not None
+        return ClipExplanation(maps=maps, logits=scored.scores.detach().cpu(), texts=list(texts),
+                               word_pieces=scored.word_pieces, text_relevance=text_relevance,
+                               method=self.method.name, options=dict(self.options))
+
+    # -- the run -----------------------------------------------------------------
+
+    def _prepared(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise UsageError(f"images must be a [B, 3, H, W] tensor, got {tuple(images.shape)}")
+        return images.to(device=self.adapter.device, dtype=self.adapter.dtype)
+
+    def _start(self, tower_index: int, num_blocks: int) -> int:
+        key = "text_start_layer" if tower_index == 1 else "start_layer"
+        given = self.options.get(key, self.method.start_layer(self.options))
+        return resolve_start_layer(int(given), num_blocks)
+
+    def _run(self, images: torch.Tensor, score: Any) -> tuple[torch.Tensor, Scored, list[list[torch.Tensor]]]:
+        """Maps ``[B, K, gh, gw]``, the scores, and (CLIP) per image, per text, the token relevance."""
+        method, adapter = self.method, self.adapter
+        towers = adapter.towers if self.clip else adapter.towers[:1]
+        starts = [self._start(index, tower.num_blocks) for index, tower in enumerate(towers)]
+        views = [tower.lrp_view() if method.lrp_rules else None for tower in towers]
+        with full_float32(), ExitStack() as stack:
+            stack.enter_context(frozen_parameters(adapter.model))
+            captures = [stack.enter_context(tower.attention_capture(start if method.reads_gradients else None))
+                        for tower, start in zip(towers, starts)]
+            recorders = [stack.enter_context(view.capture(start)) if view else None
+                         for view, start in zip(views, starts)]
+            # Also under a caller's torch.no_grad(): the gradient methods need a graph.
+            with torch.set_grad_enabled(method.reads_gradients):
+                scored = score()
+            rows = []
+            for index, side in enumerate(scored.towers):
+                last_tower = index == len(scored.towers) - 1
+                probs = [p.detach() for p in captures[index].attention_probs]
+                rows.append(self._tower_rows(side, probs, captures[index], starts[index], views[index],
+                                             recorders[index], retain=not last_tower))
+        maps = torch.stack([read_grid(row, scored.towers[0].readout) for row in rows[0]], dim=1).cpu()
+        text_relevance: list[list[torch.Tensor]] = []
+        if self.clip:
+            spans = scored.towers[1].readout
+            assert isinstance(spans, Spans)
+            text_relevance = [[row[t, start:stop].cpu() for t, (start, stop) in enumerate(spans.spans)]
+                              for row in rows[1]]
+        return maps, scored, text_relevance
+
+    def _tower_rows(self, side: TowerScores, probs: list[torch.Tensor], capture: Any, start: int,
+                    view: Any, recorder: Any, retain: bool) -> list[torch.Tensor]:
+        """The relevance row ``[items, N]`` of one tower for each of its objectives."""
+        method = self.method
+        count = side.objectives.shape[0]
+        if method.class_agnostic and not method.reads_gradients and method.lrp_rules is None:
+            row = method.relevance(Evidence(probs[start:], None, None, side.query, side.tower.class_token),
+                                   self.options)
+            return [row] * count
+        grads = self._gradients(side.objectives, capture.tracked(), retain) if method.reads_gradients else None
+        rows = []
+        for k in range(count):
+            relevance = None
+            if view is not None:
+                with torch.no_grad():
+                    relevance = lrp_pass(view, recorder.activations(), probs, side.lrp_targets[k]).attention_relevance
+            evidence = Evidence(probs[start:], grads[k] if grads is not None else None, relevance, side.query,
+                                side.tower.class_token)
+            with torch.no_grad():
+                rows.append(method.relevance(evidence, self.options))
+        return rows
+
+    def _gradients(self, objectives: torch.Tensor, tracked: list[torch.Tensor],
+                   retain: bool) -> list[list[torch.Tensor]]:
+        """Per objective, the gradients of the tracked probabilities (no weight gradients)."""
+        with torch.enable_grad():  # indexing the objectives must stay in the graph, even under no_grad
+            count = objectives.shape[0]
+            if self.batched_backward:
+                one_hot = torch.eye(count, dtype=objectives.dtype, device=objectives.device)
+                batched = torch.autograd.grad(objectives, tracked, grad_outputs=one_hot, is_grads_batched=True,
+                                              retain_graph=retain)
+                return [[grad[k] for grad in batched] for k in range(count)]
+            return [list(torch.autograd.grad(objectives[k], tracked, retain_graph=retain or k + 1 < count))
+                    for k in range(count)]
+
+
+def read_grid(row: torch.Tensor, readout: Any) -> torch.Tensor:
+    """The image map: the query row over the patch tokens, as a ``[B, gh, gw]`` grid."""
+    assert isinstance(readout, Grid)
+    batch, tokens = row.shape
+    if tokens - readout.num_prefix_tokens != readout.height * readout.width:
+        raise RuntimeError(f"{tokens} tokens - {readout.num_prefix_tokens} prefix tokens != grid "
+                           f"{readout.height}x{readout.width}")
+    return row[:, readout.num_prefix_tokens:].reshape(batch, readout.height, readout.width)
+
+
+def methods_by_name(method: Method | str) -> Method:
+    """A method given by name or as itself."""
+    from heatmap.explainers.registry import method as find
+
+    return method if isinstance(method, Method) else find(method)

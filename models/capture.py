@@ -1,0 +1,158 @@
+"""The capture machinery every adapter shares: no library here, only torch hooks.
+
+- :class:`AttentionRecorder`: where an adapter's attention instrumentation
+  puts each block's probabilities; the start block becomes a leaf of the
+  graph so that gradients stop there.
+- :class:`ActivationCapture`: forward hooks that record the activations the
+  LRP rules read, during the one forward pass being explained.
+- :func:`frozen_parameters`: weights need no gradient while explaining.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import fields
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from heatmap.errors import UnsupportedModelError
+from heatmap.models.protocols import Activations, BlockActivations, HeadActivations
+
+
+class AttentionRecorder:
+    """Each block's attention probabilities, recorded during one forward pass.
+
+    Args:
+        num_blocks: the tower's blocks.
+        track_from: the first block whose probabilities get gradients, or None.
+        name: the model's name, for messages.
+    """
+
+    def __init__(self, num_blocks: int, track_from: int | None, name: str) -> None:
+        self.track_from = track_from
+        self.name = name
+        self._probs: list[torch.Tensor | None] = [None] * num_blocks
+
+    def record(self, index: int, probs: torch.Tensor) -> torch.Tensor:
+        """Keep block ``index``'s probabilities; return the tensor the forward pass goes on with."""
+        if self.track_from is not None and index == self.track_from and torch.is_grad_enabled():
+            # The start block becomes a leaf of the graph: blocks before it
+            # are never differentiated, blocks after it depend on it.
+            probs = probs.detach().requires_grad_(True)
+        self._probs[index] = probs
+        return probs
+
+    @property
+    def attention_probs(self) -> list[torch.Tensor]:
+        """Each block's probabilities ``[B, H, N, N]``; raises if any is missing."""
+        missing = [index for index, probs in enumerate(self._probs) if probs is None]
+        if missing:
+            raise UnsupportedModelError(
+                f"{self.name}: captured no attention probabilities from block(s) {missing}; its attention "
+                "implementation does not expose them, so no attention-based map can be made for this model")
+        return [probs for probs in self._probs if probs is not None]
+
+    def tracked(self) -> list[torch.Tensor]:
+        """The probabilities of blocks ``track_from..L-1``, which the gradients are taken for."""
+        if self.track_from is None:
+            raise RuntimeError("the capture was opened without track_from; no gradients were tracked")
+        return self.attention_probs[self.track_from:]
+
+
+@contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Within: no parameter of ``model`` requires grad, so a backward pass stops at the attention."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for param in params:
+        param.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param in params:
+            param.requires_grad_(True)
+
+
+Slot = dict[str, torch.Tensor]
+
+
+class ActivationCapture:
+    """Records, during one forward pass, the activations the LRP rules read.
+
+    Use it around the same forward pass that the attention probe records.
+    A subclass names the modules: :meth:`register_block` for each recorded
+    block, :meth:`register_head` and :meth:`head_activations` for the top.
+
+    Args:
+        blocks: every block of the network, in forward order.
+        first_block: record blocks from this one on (the start layer: the
+            pass never needs anything below it).
+        name: the model's name, for messages.
+    """
+
+    def __init__(self, blocks: list[nn.Module], first_block: int, name: str) -> None:
+        self.blocks = list(blocks)
+        self.first_block = first_block
+        self.name = name
+        self._handles: list = []
+        self._block_slots: list[Slot] = []
+        self._head_slot: Slot = {}
+        self._activations: Activations | None = None
+
+    def register_block(self, block: nn.Module, slot: Slot) -> None:
+        raise NotImplementedError
+
+    def register_head(self, slot: Slot) -> None:
+        raise NotImplementedError
+
+    def head_activations(self, slot: Slot, last_block: BlockActivations) -> HeadActivations:
+        raise NotImplementedError
+
+    def __enter__(self) -> "ActivationCapture":
+        self._block_slots = [{} for _ in self.blocks[self.first_block:]]
+        self._head_slot = {}
+        self._activations = None
+        try:
+            for slot, block in zip(self._block_slots, self.blocks[self.first_block:]):
+                self.register_block(block, slot)
+            self.register_head(self._head_slot)
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._remove()
+
+    def activations(self) -> Activations:
+        """The recorded activations (built once: every target's pass reads the same); raises if the
+        forward pass did not run through every hook."""
+        if self._activations is not None:
+            return self._activations
+        names = {f.name for f in fields(BlockActivations)}
+        if any(set(slot) != names for slot in self._block_slots):
+            raise UnsupportedModelError(f"{self.name}: the forward pass did not run through every layer that "
+                               "transformer-attribution records; no map can be made for this model")
+        blocks = [BlockActivations(**slot) for slot in self._block_slots]
+        self._activations = Activations(self.first_block, blocks, self.head_activations(self._head_slot, blocks[-1]))
+        return self._activations
+
+    def hook(self, module: nn.Module, slot: Slot, inputs: str | None = None, output: str | None = None,
+             layout: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor) -> None:
+        """Record ``module``'s first input and/or its output into ``slot``, through ``layout``."""
+        def record(_module, args, result):
+            # detach: the pass reads values only, in the dtype the model computes in
+            if inputs:
+                slot[inputs] = layout(args[0].detach())
+            if output:
+                slot[output] = layout(result.detach())
+
+        self._handles.append(module.register_forward_hook(record))
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+

@@ -1,1 +1,0 @@
-"""Shipped demo models: the shapes-world scene generator and the ViT classifier trained on it."""

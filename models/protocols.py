@@ -1,0 +1,288 @@
+"""What an adapter provides: the seams between a model library and the math.
+
+A model is one or more **towers** plus a **score** (docs/METHODS.md,
+"Notation"): a classifier is one image tower scored by a logit; a CLIP is an
+image tower and a text tower scored by ``logits_per_image[i, t]``. The
+driver (:mod:`heatmap.explainers.driver`) sees models only through these
+protocols; everything a library does differently lives in its adapter
+(``models/timm/``, ``models/open_clip/``).
+
+The LRP view (:class:`LrpView` and the activations it reads) is declared here
+too: it is the structure of a model as the LRP pass sees it, filled in by
+each adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, ContextManager, Literal, Protocol, Sequence, Union
+
+import torch
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+TowerKind = Literal["image", "text"]
+Box = tuple[float, float, float, float]
+
+
+class AttentionCapture(Protocol):
+    """Each block's attention probabilities as explicit tensors, recorded during a forward pass."""
+
+    @property
+    def attention_probs(self) -> list[torch.Tensor]:
+        """One ``[B, H, N, N]`` per block; raises when a block exposed none."""
+        ...
+
+    def tracked(self) -> list[torch.Tensor]:
+        """The probabilities of the blocks from ``track_from`` on, as leaves of the graph to differentiate."""
+        ...
+
+
+class Tower(Protocol):
+    """One stack of attention blocks and how its tokens are laid out."""
+
+    kind: TowerKind
+    name: str  # the model's name, for messages
+
+    @property
+    def num_blocks(self) -> int: ...
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """P: the tokens before the patches (class, distillation, register tokens); 0 for text."""
+        ...
+
+    @property
+    def class_token(self) -> int | None:
+        """The pooled class token's position, or None (mean pooling, text)."""
+        ...
+
+    def attention_capture(self, track_from: int | None) -> ContextManager[AttentionCapture]:
+        """Expose every block's probabilities for the duration of a ``with``; restore the model on exit.
+
+        Args:
+            track_from: the first block whose probabilities get gradients (the
+                start layer), or None when no gradient is taken.
+        """
+        ...
+
+    def lrp_view(self) -> LrpView:
+        """The structure the LRP pass reads.
+
+        Raises:
+            UnsupportedModelError: naming the first operation the LRP rules do not cover.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class Grid:
+    """An image tower's read-out: the patch tokens after P prefix tokens, as a ``gh x gw`` grid."""
+
+    num_prefix_tokens: int
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class Spans:
+    """A text tower's read-out: per text, the tokens ``[start, stop)`` between start and end-of-text."""
+
+    spans: list[tuple[int, int]]
+
+
+@dataclass
+class TowerScores:
+    """One tower's side of a scored forward pass.
+
+    Attributes:
+        tower: the tower.
+        objectives: ``[K]``: the k-th scalar whose gradient explains target k
+            of every item of this tower (scores summed over items: nothing in a
+            tower mixes items, so each item gets its own gradient).
+        lrp_targets: per objective, where the LRP pass starts (``LrpView.start``):
+            class indices ``[items]`` (``"logit"``) or ``[items, E]``, the
+            score's gradient with respect to the unit embedding (``"embedding"``).
+        query: ``[items, N]``, the query-row weights of each item (docs/METHODS.md).
+        readout: where the map is read from the query row.
+    """
+
+    tower: Tower
+    objectives: torch.Tensor
+    lrp_targets: Sequence[torch.Tensor]
+    query: torch.Tensor
+    readout: Union[Grid, Spans]
+
+
+@dataclass
+class Scored:
+    """A scored forward pass of B images against K targets.
+
+    Attributes:
+        scores: ``[B, K]``: the target logits (classifier) or ``logits_per_image`` (CLIP).
+        targets: ``[B, K]``: the class index (classifier) or text index (CLIP) of each score.
+        labels: ``[B][K]``: class names (or None) or texts.
+        towers: the image tower's side, then the text tower's (CLIP).
+        word_pieces: CLIP: per text, its word pieces between start and end-of-text.
+    """
+
+    scores: torch.Tensor
+    targets: torch.Tensor
+    labels: list[list[str | None]]
+    towers: list[TowerScores]
+    word_pieces: list[list[str]] | None = None
+
+
+class Adapter(Protocol):
+    """A loaded model, seen through the seams the driver uses."""
+
+    name: str
+    model: torch.nn.Module
+    labels: list[str] | None
+
+    @property
+    def towers(self) -> Sequence[Tower]:
+        """The image tower, then (CLIP) the text tower."""
+        ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    def converted(self, dtype: torch.dtype) -> Adapter:
+        """This adapter when its model is in ``dtype`` already, else one over a converted copy."""
+        ...
+
+    def preprocess(self, pictures: Sequence[Image.Image]) -> tuple[torch.Tensor, list[Box]]:
+        """The model's own eval transform: ``[B, 3, H, W]`` on its device and dtype, and each crop box."""
+        ...
+
+    def label(self, index: int) -> str | None: ...
+
+
+class ClassifierAdapter(Adapter, Protocol):
+    """A classifier: one image tower, the score of image i for class c is ``logits[i, c]``."""
+
+    def class_index(self, target: str) -> int:
+        """A target given as an index or a class name -> the class index (UsageError otherwise)."""
+        ...
+
+    def score(self, images: torch.Tensor, targets: torch.Tensor | None, top_k: int) -> Scored:
+        """Forward pass and the scores of the given targets ``[B, K]`` (None: the ``top_k`` highest)."""
+        ...
+
+
+class ClipAdapter(Adapter, Protocol):
+    """A CLIP: an image and a text tower, the score of image i for text t is ``logits_per_image[i, t]``."""
+
+    def score_texts(self, images: torch.Tensor, texts: Sequence[str]) -> Scored:
+        """Forward pass of both towers (once each) and every image-text score."""
+        ...
+
+
+# -- the LRP view ------------------------------------------------------------------
+
+
+@dataclass
+class BlockWeights:
+    """One pre-norm block's Linear weights (``[out, in]``, the model's own tensors) and head layout."""
+
+    qkv: torch.Tensor  # [3 D', D]: q, k, v of all heads
+    proj: torch.Tensor  # [D, D']
+    fc1: torch.Tensor  # [M, D]
+    fc2: torch.Tensor  # [D, M]
+    num_heads: int
+
+
+@dataclass
+class BlockActivations:
+    """What the rules read in one block, as the forward pass computed it (in the model's dtype).
+
+    Shapes: ``[B, N, D]`` unless noted; ``D'`` is the attention width, ``M`` the MLP width.
+    """
+
+    block_input: torch.Tensor  # x: the skip operand of the first residual add
+    attn_input: torch.Tensor  # norm1(x): the input of the qkv projection
+    qkv: torch.Tensor  # [B, N, 3 D'], q k v of all heads (unscaled)
+    proj_input: torch.Tensor  # [B, N, D'], the merged heads A V
+    attn_branch: torch.Tensor  # the branch operand of the first add
+    mid: torch.Tensor  # x after the first add: the skip operand of the second
+    mlp_input: torch.Tensor  # norm2(mid): the input of fc1
+    fc2_input: torch.Tensor  # [B, N, M]
+    mlp_branch: torch.Tensor  # the branch operand of the second add
+
+    @property
+    def output(self) -> torch.Tensor:
+        """The block's output tokens (the second add)."""
+        return self.mid + self.mlp_branch
+
+
+@dataclass
+class HeadActivations:
+    """The top of the network: pooling and the final Linear.
+
+    Attributes:
+        pooled: ``[B, D]``, the input of the final Linear.
+        output: ``[B, C]``, its output (logits, or the CLIP embedding), bias included.
+        token_index: token pooling: ``[B]``, the pooled token of each item.
+        selected: token pooling: ``[B, D]``, that token's value where it is
+            selected (the input of the authors' ``IndexSelect`` rule).
+        pooled_tokens: mean pooling: ``[B, N', D]``, the averaged tokens.
+        pooled_from: mean pooling: the position of the first averaged token.
+    """
+
+    pooled: torch.Tensor
+    output: torch.Tensor
+    token_index: torch.Tensor | None = None
+    selected: torch.Tensor | None = None
+    pooled_tokens: torch.Tensor | None = None
+    pooled_from: int = 0
+
+
+@dataclass
+class Activations:
+    """Everything the LRP pass reads, from one forward pass.
+
+    Attributes:
+        first_block: the lowest block recorded; the pass stops at its input.
+        blocks: per block from ``first_block`` on.
+        head: the pooling and the final Linear.
+    """
+
+    first_block: int
+    blocks: list[BlockActivations]
+    head: HeadActivations
+
+
+class ActivationRecorder(Protocol):
+    """Records, during the forward pass being explained, the activations the LRP rules read."""
+
+    def __enter__(self) -> ActivationRecorder: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+    def activations(self) -> Activations: ...
+
+
+@dataclass
+class LrpView:
+    """A model (one tower) as the LRP pass sees it.
+
+    Attributes:
+        blocks: every block's weights, in forward order.
+        head_weight: the final Linear's weight ``[C, D]`` (classifier head, or
+            CLIP's projection), None when there is none (identity).
+        pooling: ``"token"`` (one token per item) or ``"mean"`` (z-rule over the averaged tokens).
+        start: ``"logit"``: the one-hot of the target class (docs/METHODS.md);
+            ``"embedding"``: CLIP's ``R_e = e * (s / ||e||) * t_hat``.
+        capture: ``first_block -> ActivationRecorder`` for this model.
+    """
+
+    blocks: list[BlockWeights]
+    head_weight: torch.Tensor | None
+    pooling: Literal["token", "mean"]
+    start: Literal["logit", "embedding"]
+    capture: Callable[[int], ActivationRecorder]

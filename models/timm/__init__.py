@@ -1,0 +1,1 @@
+"""The timm adapter: ViT classifiers (``timm.models.VisionTransformer``)."""

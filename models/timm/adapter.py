@@ -1,0 +1,224 @@
+"""The adapter for timm Vision Transformers (``timm.models.VisionTransformer``).
+
+Everything timm-specific lives here: the model's own preprocessing, its
+blocks and how their attention is exposed (timm's fused-attention switch),
+its prefix tokens, how it pools, its grid and its class names. Nothing here
+knows which method runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from heatmap.errors import UnsupportedModelError, UsageError
+from heatmap.models.capture import AttentionRecorder
+from heatmap.models.geometry import crop_box
+from heatmap.models.protocols import Box, Grid, LrpView, Scored, TowerScores
+
+# Pooling a query row can be read for (docs/METHODS.md "query row").
+SUPPORTED_POOLS = ("token", "avg")
+
+
+class TimmTower:
+    """The one (image) tower of a timm ViT."""
+
+    kind = "image"
+
+    def __init__(self, model: VisionTransformer, name: str) -> None:
+        self.model = model
+        self.name = name
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.model.blocks)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.model.num_prefix_tokens)
+
+    @property
+    def class_token(self) -> int | None:
+        return 0 if self.model.global_pool == "token" else None
+
+    def query(self, batch: int, num_tokens: int) -> torch.Tensor:
+        """``[B, N]``: one-hot at the class token; for mean pooling, uniform over the averaged tokens."""
+        weights = torch.zeros(num_tokens, dtype=torch.float64)  # cast to the relevance's dtype where used
+        if self.class_token is not None:
+            weights[self.class_token] = 1.0
+        else:
+            first = 0 if getattr(self.model, "pool_include_prefix", False) else self.num_prefix_tokens
+            weights[first:] = 1.0 / (num_tokens - first)
+        return weights.expand(batch, num_tokens)
+
+    def grid(self, images: torch.Tensor) -> tuple[int, int]:
+        """``(gh, gw)``, read from the model and the input size, never assumed."""
+        patch_embed = self.model.patch_embed
+        if getattr(self.model, "dynamic_img_size", False):
+            height, width = patch_embed.dynamic_feat_size(tuple(images.shape[-2:]))
+        else:
+            height, width = patch_embed.grid_size
+        return int(height), int(width)
+
+    @contextmanager
+    def attention_capture(self, track_from: int | None) -> Iterator[AttentionRecorder]:
+        """timm's explicit attention path for the duration of a ``with``, its probabilities recorded.
+
+        The fused kernel never forms the attention matrix, so each module is
+        switched to its explicit path (softmax -> attn_drop -> @ v; the output
+        of attn_drop, the identity in eval mode, is exactly the matrix that
+        multiplies V) and switched back on exit, also on error.
+        """
+        recorder = AttentionRecorder(self.num_blocks, track_from, self.name)
+        modules = [block.attn for block in self.model.blocks]
+        for index, module in enumerate(modules):
+            if not (hasattr(module, "fused_attn") and isinstance(getattr(module, "attn_drop", None), nn.Module)):
+                raise UnsupportedModelError(
+                    f"{self.name}: block {index} uses {type(module).__name__}, an attention implementation "
+                    "vit-heatmap does not know; no attention map can be made")
+        was_fused = [module.fused_attn for module in modules]
+        handles = []
+        try:
+            for index, module in enumerate(modules):
+                module.fused_attn = False
+                handles.append(module.attn_drop.register_forward_hook(
+                    lambda _module, _inputs, output, index=index: recorder.record(index, output)))
+            yield recorder
+        finally:
+            for handle in handles:
+                handle.remove()
+            for module, fused in zip(modules, was_fused):
+                module.fused_attn = fused
+
+    def lrp_view(self) -> LrpView:
+        from heatmap.models.timm.lrp import timm_lrp_view
+
+        return timm_lrp_view(self.model, self.name)
+
+
+class TimmAdapter:
+    """A timm ViT classifier seen through the seams the driver uses.
+
+    Args:
+        model: a ``VisionTransformer`` (or subclass), put in eval mode here.
+        name: how the user named it (for messages and the manifest).
+        labels: class names by index, or None.
+
+    Raises:
+        UnsupportedModelError: for a model whose pooling has no query row.
+    """
+
+    def __init__(self, model: nn.Module, name: str, labels: Sequence[str] | None = None) -> None:
+        if not isinstance(model, VisionTransformer):
+            raise UnsupportedModelError(f"{name}: {type(model).__name__} is not a timm VisionTransformer; "
+                                        "vit-heatmap explains ViT-style models (vit_*, deit_*, ...)")
+        if getattr(model, "attn_pool", None) is not None or model.global_pool not in SUPPORTED_POOLS:
+            raise UnsupportedModelError(f"{name}: pooling {model.global_pool!r} (attention-pool head) is not "
+                                        f"supported; models that pool by {' or '.join(SUPPORTED_POOLS)} are")
+        if model.global_pool == "token" and not model.has_class_token:
+            raise UnsupportedModelError(f"{name}: token pooling without a class token is not supported")
+        self.model = model.eval()
+        self.name = name
+        self.labels = list(labels) if labels is not None else None
+        self.transform = create_transform(**resolve_data_config({}, model=model))
+        self.tower = TimmTower(model, name)
+
+    @property
+    def towers(self) -> tuple[TimmTower]:
+        return (self.tower,)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's weights."""
+        return next(self.model.parameters()).dtype
+
+    def converted(self, dtype: torch.dtype) -> TimmAdapter:
+        """This adapter when the model is in ``dtype`` already, else one over a converted copy.
+
+        The caller's model is never changed; the copy costs the model's size once per run.
+        """
+        if dtype == self.dtype:
+            return self
+        return TimmAdapter(copy.deepcopy(self.model).to(dtype), self.name, self.labels)
+
+    def preprocess(self, pictures: Sequence[Image.Image]) -> tuple[torch.Tensor, list[Box]]:
+        """The model's own eval transform.
+
+        Returns:
+            ``[B, 3, H, W]`` on the model's device and dtype, and per picture the
+            box ``(left, top, right, bottom)`` of it that the tensor shows (the
+            centre crop, say), for overlays at full size.
+        """
+        tensor = torch.stack([self.transform(picture) for picture in pictures])
+        boxes = [crop_box(self.transform, picture.size) for picture in pictures]
+        return tensor.to(device=self.device, dtype=self.dtype), boxes
+
+    def score(self, images: torch.Tensor, targets: torch.Tensor | None, top_k: int) -> Scored:
+        """Logits, the targets (given, or the ``top_k`` highest) and their scores ``[B, K]``."""
+        logits = self.model(images)
+        targets = self._targets(logits.detach(), targets, top_k)
+        scores = logits.gather(1, targets)
+        side = TowerScores(self.tower, objectives=scores.sum(dim=0),
+                           lrp_targets=[targets[:, k] for k in range(targets.shape[1])],
+                           query=self.tower.query(images.shape[0], self._num_tokens(images)),
+                           readout=Grid(self.tower.num_prefix_tokens, *self.tower.grid(images)))
+        labels = [[self.label(int(t)) for t in row] for row in targets.tolist()]
+        return Scored(scores=scores, targets=targets, labels=labels, towers=[side])
+
+    def _num_tokens(self, images: torch.Tensor) -> int:
+        height, width = self.tower.grid(images)
+        return self.tower.num_prefix_tokens + height * width
+
+    def _targets(self, logits: torch.Tensor, targets: torch.Tensor | None, top_k: int) -> torch.Tensor:
+        num_classes = logits.shape[1]
+        if targets is None:
+            if not 1 <= top_k <= num_classes:
+                raise UsageError(f"top-k {top_k} is out of range: the model has {num_classes} classes")
+            return logits.topk(top_k, dim=1).indices
+        targets = targets.to(device=logits.device, dtype=torch.long)
+        if targets.dim() == 1:
+            targets = targets[:, None]
+        if targets.shape[0] != logits.shape[0]:
+            raise UsageError(f"got targets for {targets.shape[0]} images but {logits.shape[0]} images")
+        bad = targets[(targets < 0) | (targets >= num_classes)]
+        if bad.numel():
+            raise UsageError(f"target {int(bad[0])} is out of range: the model has {num_classes} "
+                             f"classes (0..{num_classes - 1})")
+        return targets
+
+    def label(self, index: int) -> str | None:
+        """The class name of ``index``, or None when the model has none."""
+        if self.labels is None or not 0 <= index < len(self.labels):
+            return None
+        return self.labels[index]
+
+    def class_index(self, target: str) -> int:
+        """A target given as an index or a class name -> the class index."""
+        num_classes = int(self.model.num_classes)
+        if target.lstrip("-").isdigit():
+            index = int(target)
+        elif self.labels is None:
+            raise UsageError(f"{self.name} has no class names; give the target as an index 0..{num_classes - 1}")
+        else:
+            matches = [i for i, label in enumerate(self.labels) if label.lower() == target.lower()]
+            if not matches:
+                close = difflib.get_close_matches(target, self.labels, n=3)
+                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+                raise UsageError(f"{self.name} has no class {target!r}{hint}")
+            index = matches[0]
+        if not 0 <= index < num_classes:
+            raise UsageError(f"target {index} is out of range: {self.name} has {num_classes} classes "
+                             f"(0..{num_classes - 1})")
+        return index

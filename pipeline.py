@@ -1,0 +1,158 @@
+"""Between the CLI and the library: pictures -> batches -> explanations -> plain records.
+
+A :class:`Pipeline` holds one model and one method (a
+:class:`~heatmap.explainers.driver.Driver`) and what to explain (classes, the
+top K, or texts). It turns a batch of pictures into one :class:`MapRecord`
+per picture and target: the raw map as a numpy array, the crop box the model
+saw, and what the manifest says of it. Everything that reads maps (the CLI's
+writers, the pytest plugin, the evaluation) reads these records, never the
+driver's tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from heatmap.outputs import target_names
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from heatmap.explainers.driver import Driver
+    from heatmap.models.protocols import Box
+
+
+@dataclass
+class MapRecord:
+    """One map of one picture and target, as plain data.
+
+    Attributes:
+        heatmap: the raw map of docs/METHODS.md, float32 ``[gh, gw]``.
+        target_name: the target as it appears in file names.
+        box: the part of the picture the model saw ``(left, top, right, bottom)``,
+            or None for a preprocessed tensor.
+        target: the class index (classifier) or the text's index (CLIP).
+        label: the class name (or None) or the text.
+        score: the target logit (classifier) or ``logits_per_image`` (CLIP).
+        fields: what the manifest says of this target besides the common
+            fields (``target``, ``label``, ``score``, ``top_k``, ``rank``; for
+            CLIP ``text``, ``text_index``, ``logit``, ``probability``,
+            ``word_pieces``, ``token_relevance``).
+        word_pieces, token_relevance: CLIP: the text's word pieces and their
+            relevance (float32), for the token strip.
+    """
+
+    heatmap: np.ndarray
+    target_name: str
+    box: Box | None
+    target: int
+    label: str | None
+    score: float
+    fields: dict[str, Any] = field(default_factory=dict)
+    word_pieces: list[str] | None = None
+    token_relevance: np.ndarray | None = None
+
+
+class Pipeline:
+    """Explains batches of pictures with one driver, into :class:`MapRecord` lists.
+
+    Args:
+        driver: the model and the method.
+        targets: classifiers: the classes to explain in every picture, by index
+            or label (None or empty: the ``top_k`` highest-scoring classes).
+        top_k: classifiers: how many top classes when ``targets`` is None.
+        texts: CLIP: the texts to explain every picture against.
+
+    Raises:
+        UsageError: for a class the model does not have.
+    """
+
+    def __init__(self, driver: Driver, targets: Sequence[int | str] | None = None, top_k: int = 1,
+                 texts: Sequence[str] | None = None) -> None:
+        self.driver = driver
+        adapter: Any = driver.adapter
+        # every target through class_index: an index or a label, checked against the model's classes
+        self.targets = list(dict.fromkeys(adapter.class_index(str(target)) for target in targets)) \
+            if targets else None
+        self.top_k = top_k
+        self.texts = list(texts) if texts is not None else None
+        names = self.texts if self.texts is not None else adapter.labels
+        self._names = target_names(names)
+
+    def forward_batch_size(self, requested: int) -> int:
+        """Images per forward pass: 1 on CPU, so maps are byte-identical whatever the batch size.
+
+        CPU kernels may sum in another order for another batch shape; one image
+        per pass keeps every image's arithmetic the same (README, "Determinism").
+        """
+        return 1 if self.driver.adapter.device.type == "cpu" else requested
+
+    def target_name(self, target: int) -> str:
+        """How target ``target`` (class index, or text index) appears in file names."""
+        return self._names.get(target, str(target))
+
+    @property
+    def precision(self) -> str:
+        """The dtype the maps are computed in, as the manifest records it (``"float32"``)."""
+        return str(self.driver.adapter.dtype).removeprefix("torch.")
+
+    def explain(self, pictures: Sequence[Image.Image],
+                targets: Sequence[Sequence[int]] | None = None) -> list[list[MapRecord]]:
+        """Per picture, one record per target (or text).
+
+        Args:
+            pictures: RGB pictures; each is preprocessed with the model's own transform.
+            targets: classifiers: per picture, its class indices (all of one
+                length), overriding the pipeline's.
+        """
+        tensor, boxes = self.driver.adapter.preprocess(pictures)
+        return self._records(tensor, list(boxes), targets)
+
+    def explain_tensor(self, tensor: torch.Tensor,
+                       targets: Sequence[Sequence[int]] | None = None) -> list[list[MapRecord]]:
+        """As :meth:`explain`, for a preprocessed ``[B, 3, H, W]`` tensor (no crop boxes)."""
+        return self._records(tensor, [None] * tensor.shape[0], targets)
+
+    def _records(self, tensor: torch.Tensor, boxes: list[Box | None],
+                 targets: Sequence[Sequence[int]] | None) -> list[list[MapRecord]]:
+        if self.texts is not None:
+            return self._clip_records(tensor, boxes)
+        wanted = targets if targets is not None else (
+            None if self.targets is None else [self.targets] * tensor.shape[0])
+        explanation = self.driver.explain(tensor, wanted, top_k=self.top_k)
+        maps = explanation.maps.float().numpy()
+        records = []
+        for i, box in enumerate(boxes):
+            row = []
+            for k, target in enumerate(explanation.targets[i].tolist()):
+                chosen = {} if wanted is not None else {"top_k": self.top_k, "rank": k}
+                label, score = explanation.labels[i][k], float(explanation.scores[i, k])
+                row.append(MapRecord(maps[i, k], self.target_name(target), box, target, label, score,
+                                     fields={"target": target, "label": label, "score": score, **chosen}))
+            records.append(row)
+        return records
+
+    def _clip_records(self, tensor: torch.Tensor, boxes: list[Box | None]) -> list[list[MapRecord]]:
+        assert self.texts is not None
+        explanation = self.driver.explain_texts(tensor, self.texts)
+        maps = explanation.maps.float().numpy()
+        probabilities = explanation.probabilities
+        records = []
+        for i, box in enumerate(boxes):
+            row = []
+            for t, text in enumerate(self.texts):
+                relevance = explanation.text_relevance[i][t].float().numpy()
+                logit = float(explanation.logits[i, t])
+                pieces = explanation.word_pieces[t]
+                row.append(MapRecord(
+                    maps[i, t], self.target_name(t), box, t, text, logit,
+                    fields={"text": text, "text_index": t, "logit": logit,
+                            "probability": float(probabilities[i, t]), "word_pieces": pieces,
+                            "token_relevance": relevance.tolist()},
+                    word_pieces=pieces, token_relevance=relevance))
+            records.append(row)
+        return records
