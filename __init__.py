@@ -13,7 +13,8 @@ Heavy libraries (torch, timm, open_clip) are imported on first use, not on impor
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, Sequence, Union, overload
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, Union, overload
 
 from heatmap.errors import HeatmapError, UnsupportedModelError, UsageError
 

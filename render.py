@@ -31,7 +31,7 @@ def _lookup_table(red: list[tuple[float, float]], green: list[tuple[float, float
                   blue: list[tuple[float, float]]) -> np.ndarray:
     """A ``[256, 3]`` uint8 table from piecewise-linear channels of (position, value in [0, 1])."""
     positions = np.linspace(0.0, 1.0, 256)
-    channels = [np.interp(positions, *zip(*anchors)) for anchors in (red, green, blue)]
+    channels = [np.interp(positions, *zip(*anchors, strict=False)) for anchors in (red, green, blue)]
     return np.rint(np.stack(channels, axis=-1) * 255.0).astype(np.uint8)
 
 
@@ -39,7 +39,7 @@ def _from_hex(colours: list[str]) -> np.ndarray:
     """A table interpolating linearly between evenly spaced anchor colours."""
     positions = np.linspace(0.0, 1.0, len(colours))
     rgb = np.array([[int(code[i:i + 2], 16) / 255.0 for i in (1, 3, 5)] for code in colours])
-    return _lookup_table(*(list(zip(positions, rgb[:, channel])) for channel in range(3)))
+    return _lookup_table(*(list(zip(positions, rgb[:, channel], strict=False)) for channel in range(3)))
 
 
 COLORMAPS: dict[str, np.ndarray] = {
@@ -229,7 +229,7 @@ def text_strip(word_pieces: list[str], relevance: np.ndarray, colormap: str = "i
     strip = Image.new("RGB", (max(sum(widths), 1), height), "white")
     draw = ImageDraw.Draw(strip)
     left = 0
-    for piece, width, colour in zip(word_pieces, widths, colours):
+    for piece, width, colour in zip(word_pieces, widths, colours, strict=False):
         draw.rectangle([left, 0, left + width - 1, height - 1], fill=tuple(int(c) for c in colour))
         light = float(np.dot(colour, [0.299, 0.587, 0.114])) > 140
         draw.text((left + pad, pad // 2), piece, fill="black" if light else "white", font=font)

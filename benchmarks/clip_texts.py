@@ -20,12 +20,13 @@ Median of ``--repeats`` after one warm-up.
 from __future__ import annotations
 
 import argparse
+
 import open_clip
 import torch
+from timing import median_seconds
 
 from heatmap.explainers.driver import Driver
 from heatmap.models import adapter_for
-from timing import median_seconds
 
 TEXTS = ["a photo of a cat", "a dog on a sofa", "a red car", "two people talking", "a bowl of soup",
          "a mountain lake", "a plate of food", "a bald man"]
@@ -65,7 +66,8 @@ def main() -> None:
         ("image tower forward + backward (weights)", median_seconds(image_forward_backward, args.repeats)),
         ("per pair: one call per text", median_seconds(
             lambda: [retained.explain_texts(image, [text]) for text in texts], args.repeats)),
-        ("shared, retained graph (default)", median_seconds(lambda: retained.explain_texts(image, texts), args.repeats)),
+        ("shared, retained graph (default)",
+         median_seconds(lambda: retained.explain_texts(image, texts), args.repeats)),
         ("shared, batched backward", median_seconds(lambda: batched.explain_texts(image, texts), args.repeats)),
     ]
     per_pair = rows[2][1]

@@ -22,8 +22,8 @@ import torch
 
 import heatmap
 from heatmap.compare.metrics import compare_maps
-from heatmap.models import load_clip
 from heatmap.demo.shapes_world import make_scenes
+from heatmap.models import load_clip
 
 TENSOR = "blocks.2.attn.qkv.weight"
 
@@ -48,8 +48,8 @@ def main() -> None:
         targets = base.targets.tolist()
         rounded = heatmap.explain(adapter, images, method, target=targets, precision="float64").maps.float()
         moved = heatmap.explain(changed, images, method, target=targets).maps
-        round_off = max(compare_maps(b.numpy(), r.numpy()).max_diff for b, r in zip(base.maps, rounded))
-        change = sorted(compare_maps(b.numpy(), m.numpy()).max_diff for b, m in zip(base.maps, moved))
+        round_off = max(compare_maps(b.numpy(), r.numpy()).max_diff for b, r in zip(base.maps, rounded, strict=False))
+        change = sorted(compare_maps(b.numpy(), m.numpy()).max_diff for b, m in zip(base.maps, moved, strict=False))
         print(f"| {method} | {round_off:.2g} | {statistics.median(change):.2g} / {change[-1]:.2g} |")
     clip_round_off(scenes)
 
@@ -66,7 +66,8 @@ def clip_round_off(scenes) -> None:
             captions = [obj.caption for obj in scene.objects]
             single = heatmap.explain(clip, [scene.image], method, texts=captions).maps[0]
             double = heatmap.explain(clip, [scene.image], method, texts=captions, precision="float64").maps[0]
-            worst = max(worst, *(compare_maps(a.numpy(), b.float().numpy()).max_diff for a, b in zip(single, double)))
+            worst = max(worst, *(compare_maps(a.numpy(), b.float().numpy()).max_diff
+                                 for a, b in zip(single, double, strict=True)))
         print(f"| {method} | {worst:.2g} |")
 
 

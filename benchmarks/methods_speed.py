@@ -25,13 +25,14 @@ allocated before.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import statistics
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -73,9 +74,8 @@ def build_rows(model: torch.nn.Module, images: torch.Tensor, model_name: str,
     adapter = adapter_for(model, model_name)
     for row, (method, precision) in explainers.items():
         if only in (None, row):
-            driver = Driver(adapter, method, precision=precision)
-            rows[row] = (lambda driver: lambda: driver.explain(images))(driver)
-    return rows if only is None else {only: rows[only]}
+            rows[row] = functools.partial(Driver(adapter, method, precision=precision).explain, images)
+    return {name: function for name, function in rows.items() if only in (None, name)}
 
 
 def interleaved_ratios(rows: dict[str, Callable[[], object]], rounds: int, device: str) -> dict[str, dict]:
@@ -96,8 +96,8 @@ def interleaved_ratios(rows: dict[str, Callable[[], object]], rounds: int, devic
         for name, function in rows.items():
             seconds[name].append(timed(function))
     return {name: {"seconds": statistics.median(times),
-                   "x_forward": statistics.median(t / f for t, f in zip(times, seconds[FORWARD])),
-                   "x_floor": statistics.median(t / f for t, f in zip(times, seconds[FLOOR]))}
+                   "x_forward": statistics.median(t / f for t, f in zip(times, seconds[FORWARD], strict=False)),
+                   "x_floor": statistics.median(t / f for t, f in zip(times, seconds[FLOOR], strict=False))}
             for name, times in seconds.items()}
 
 
@@ -157,8 +157,9 @@ def main() -> None:
                  "--memory-row", row], capture_output=True, text=True, check=True)
             memory[row] = json.loads(child.stdout.strip().splitlines()[-1])["extra_mib"]
         for row, figures in timing.items():
+            floor_share = memory[row] / (memory[FLOOR] or float("nan"))
             print(f"| {batch} | {row} | {figures['seconds']:.3f} | {figures['x_forward']:.2f} | "
-                  f"{figures['x_floor']:.2f} | {memory[row]:.0f} | {memory[row] / (memory[FLOOR] or float('nan')):.2f} |", flush=True)
+                  f"{figures['x_floor']:.2f} | {memory[row]:.0f} | {floor_share:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,24 @@ failed, 2 a usage error, 130 stopped by Ctrl-C (143 by SIGTERM).
 import inspect
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from heatmap import __version__
 from heatmap.cli import console
-from heatmap.cli.options import (CLIP_SHARED, SHARED, Debug, Json, Quiet, clip_method_parameters, method_choices,
-                                 method_parameters)
+from heatmap.cli.options import (
+    CLIP_SHARED,
+    SHARED,
+    Debug,
+    Json,
+    Quiet,
+    clip_method_parameters,
+    method_choices,
+    method_parameters,
+)
 from heatmap.compare.metrics import Thresholds
 from heatmap.errors import HeatmapError, UsageError
 from heatmap.explainers.registry import Method, methods

@@ -8,9 +8,10 @@ job array, and every resumed run, sees the same order and the same names.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from heatmap.errors import HeatmapError, UsageError
 
@@ -23,7 +24,7 @@ class Shard:
     count: int
 
     @classmethod
-    def parse(cls, text: str) -> "Shard":
+    def parse(cls, text: str) -> Shard:
         """``"2/4"`` -> ``Shard(2, 4)``; raises :class:`UsageError` with the fix."""
         number, _, count = text.partition("/")
         if not (number.strip().isdigit() and count.strip().isdigit()):
@@ -69,7 +70,7 @@ def plan_jobs(inputs: Sequence[Path], recursive: bool = False, shard: Shard | No
         except HeatmapError as error:
             failures.append(str(error))
     ordered = sorted(paths.values(), key=lambda path: (str(path), path.parts))
-    jobs = [Job(path, stem) for path, stem in zip(ordered, output_stems(ordered))]
+    jobs = [Job(path, stem) for path, stem in zip(ordered, output_stems(ordered), strict=False)]
     return (shard.select(jobs) if shard else jobs), len(jobs), failures
 
 

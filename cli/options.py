@@ -6,9 +6,10 @@ by ``heatmap --help``.
 """
 
 import inspect
+from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -61,7 +62,8 @@ def shared_options(
         "--model", "-m", help="'demo' (shipped, offline), a timm name (vit_base_patch16_224[.tag]) "
         "or hf-hub:org/name. Default: vit_base_patch16_224 from the local cache.", show_default=False)] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(
-        exists=True, dir_okay=False, help="Local .safetensors / .pt / .pth weights for --model's architecture.")] = None,
+        exists=True, dir_okay=False,
+        help="Local .safetensors / .pt / .pth weights for --model's architecture.")] = None,
     target: Annotated[Optional[list[str]], typer.Option(
         "--target", "-t", help="Class to explain, as an index or a label; repeat for several. "
         "Default: the top-1 prediction.", show_default=False)] = None,

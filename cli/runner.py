@@ -10,10 +10,11 @@ others; Ctrl-C stops the run at once, and every file already written is whole.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -232,7 +233,7 @@ def _run(request: RunRequest, load: Callable[[], Any], what: str, weights: tuple
     try:
         for loaded in run.batches(pipeline.forward_batch_size(request.batch_size)):
             records = pipeline.explain([picture for _, picture in loaded])
-            for (job, picture), row in zip(loaded, records):
+            for (job, picture), row in zip(loaded, records, strict=False):
                 for record in row:
                     entries.append(writer.write(job.path, job.stem, picture, record, method=request.method,
                                                 target_name=record.target_name, common=common))

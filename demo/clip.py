@@ -20,8 +20,9 @@ training, so a word the model never saw is embedded as the zero vector.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 

@@ -10,8 +10,8 @@ are timm's or open_clip's own.
 
 from __future__ import annotations
 
-from torch import nn
 from timm.layers import PatchEmbed
+from torch import nn
 
 PATCH_SIZE = 8
 
@@ -25,7 +25,7 @@ def conv_stem(in_chans: int, embed_dim: int) -> nn.Sequential:
     """
     widths = (in_chans, embed_dim // 4, embed_dim // 2, embed_dim)
     layers: list[nn.Module] = []
-    for c_in, c_out in zip(widths[:-1], widths[1:]):
+    for c_in, c_out in zip(widths[:-1], widths[1:], strict=False):
         layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.GELU()]
     layers += [nn.Conv2d(embed_dim, embed_dim, 3, padding=1), nn.BatchNorm2d(embed_dim), nn.GELU()]
     return nn.Sequential(*layers, nn.Conv2d(embed_dim, embed_dim, 1))

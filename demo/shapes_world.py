@@ -197,7 +197,7 @@ def _pick_color(rng: np.random.Generator, palette: np.ndarray) -> str:
     names = list(COLORS)
     values = np.array([COLORS[name] for name in names], dtype=np.float64)
     contrast = np.linalg.norm(values[:, None, :] - palette[None, :, :], axis=2).min(axis=1)
-    visible = [name for name, c in zip(names, contrast) if c >= _MIN_CONTRAST]
+    visible = [name for name, c in zip(names, contrast, strict=False) if c >= _MIN_CONTRAST]
     if not visible:
         return names[int(np.argmax(contrast))]
     return visible[int(rng.integers(len(visible)))]
@@ -211,8 +211,9 @@ def _place(
         left = int(rng.integers(0, size - side + 1))
         top = int(rng.integers(0, size - side + 1))
         if all(
-            left + side + _GAP <= l or left >= r + _GAP or top + side + _GAP <= t or top >= b + _GAP
-            for l, t, r, b in taken
+            left + side + _GAP <= other_left or left >= right + _GAP or top + side + _GAP <= other_top
+            or top >= bottom + _GAP
+            for other_left, other_top, right, bottom in taken
         ):
             return left, top
     return None

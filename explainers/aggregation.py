@@ -6,7 +6,7 @@ Every tensor has a leading batch dimension and every operation is per image.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -6,7 +6,8 @@ mean after), ``R = I``, ``R = R + Abar_l @ R``. docs/METHODS.md#chefer-generic.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from heatmap.explainers.registry import Evidence, Method, register, start_layer_option
 

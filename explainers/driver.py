@@ -17,9 +17,10 @@ dtype asked for, on a converted copy of the model.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -42,7 +43,8 @@ class Explanation:
             (``[B, gh, gw]`` after :meth:`squeeze`).
         targets: class indices ``[B, K]`` (int64).
         scores: the target scores ``y`` (pre-softmax logits) ``[B, K]``.
-        labels: per image, per target, the class name or None.
+        labels: per image, per target, the class name or None (per image
+            after :meth:`squeeze`).
         method: the method's name.
         options: the method's options as used (start layer as given).
     """
@@ -50,7 +52,7 @@ class Explanation:
     maps: torch.Tensor
     targets: torch.Tensor
     scores: torch.Tensor
-    labels: list[list[str | None]]
+    labels: list[Any]
     method: str
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -214,9 +216,9 @@ class Driver:
         with full_float32(), ExitStack() as stack:
             stack.enter_context(frozen_parameters(adapter.model))
             captures = [stack.enter_context(tower.attention_capture(start if method.reads_gradients else None))
-                        for tower, start in zip(towers, starts)]
+                        for tower, start in zip(towers, starts, strict=False)]
             recorders = [stack.enter_context(view.capture(start)) if view else None
-                         for view, start in zip(views, starts)]
+                         for view, start in zip(views, starts, strict=False)]
             # Also under a caller's torch.no_grad(): the gradient methods need a graph.
             with torch.set_grad_enabled(method.reads_gradients):
                 scored = score()

@@ -8,7 +8,8 @@ discard. docs/METHODS.md#grad-rollout.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from heatmap.explainers.registry import Evidence, Method, Option, register, start_layer_option
 from heatmap.explainers.rollout import check_discard_ratio

@@ -18,14 +18,13 @@ independent of the rest of the batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from heatmap.models.protocols import Activations, BlockActivations, BlockWeights, LrpView
-
 
 # -- the rules -----------------------------------------------------------------
 
@@ -132,7 +131,8 @@ def lrp_pass(view: LrpView, activations: Activations, attention_probs: Sequence[
     pooled = start if view.head_weight is None else linear_relevance(head.pooled, view.head_weight, start)
     # the final norm (and timm's fc_norm, head_drop): identity
     relevance = pooling_relevance(view, activations, pooled)
-    attention_relevance, residual_sums = [], []
+    attention_relevance: list[torch.Tensor] = []
+    residual_sums: list[tuple[torch.Tensor, torch.Tensor]] = []
     first = activations.first_block
     for weights, acts, probs in reversed(list(zip(view.blocks[first:], activations.blocks,
                                                   attention_probs[first:], strict=True))):
@@ -146,7 +146,8 @@ def start_relevance(view: LrpView, output: torch.Tensor, target: torch.Tensor) -
     if view.start == "logit":
         return F.one_hot(target.to(output.device), output.shape[-1]).to(output)
     # R_e = e * (s / ||e||) * t_hat: each dimension's share of the score s cos(e, t)
-    return output / output.norm(dim=-1, keepdim=True) * target.to(output)
+    unit: torch.Tensor = output / output.norm(dim=-1, keepdim=True)
+    return unit * target.to(output)
 
 
 def pooling_relevance(view: LrpView, activations: Activations, pooled: torch.Tensor) -> torch.Tensor:
@@ -155,6 +156,7 @@ def pooling_relevance(view: LrpView, activations: Activations, pooled: torch.Ten
     tokens = torch.zeros_like(activations.blocks[-1].mlp_branch)
     if view.pooling == "token":
         # the selected token gets x * safe_divide(R, x), the others nothing (METHODS.md, IndexSelect)
+        assert head.token_index is not None and head.selected is not None  # what token pooling records
         rows = torch.arange(len(tokens))
         tokens[rows, head.token_index.to(tokens.device)] = selection_relevance(head.selected, pooled)
         return tokens
@@ -162,12 +164,13 @@ def pooling_relevance(view: LrpView, activations: Activations, pooled: torch.Ten
     # R_i = x_i * safe_divide(R, sum_j x_j) per dimension over the pooled tokens
     # (the 1/n of the mean cancels); the other tokens get nothing.
     averaged = head.pooled_tokens
+    assert averaged is not None  # what mean pooling records
     tokens[:, head.pooled_from:] = averaged * safe_divide(pooled[:, None], averaged.sum(dim=1, keepdim=True))
     return tokens
 
 
 def block_relevance(weights: BlockWeights, acts: BlockActivations, probs: torch.Tensor, relevance: torch.Tensor,
-                    residual_sums: list) -> tuple[torch.Tensor, torch.Tensor]:
+                    residual_sums: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Relevance at a block's output -> at its input, and the block's ``RA`` (METHODS.md)."""
     # x = mid + drop_path2(ls2(mlp(norm2(mid)))); drop_path, layer-scale: identity
     to_mid, to_mlp = residual_relevance(acts.mid, acts.mlp_branch, relevance)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from heatmap.errors import UsageError
 
@@ -175,7 +176,9 @@ def method(name: str) -> Method:
 
 def check_start_layer(value: Any) -> str | None:
     """Start layers are integers; the range is checked against the model's blocks."""
-    return None if isinstance(value, int) and not isinstance(value, bool) else f"start layer {value!r} is not an integer"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None
+    return f"start layer {value!r} is not an integer"
 
 
 def start_layer_option(default: int = 0) -> Option:

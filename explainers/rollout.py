@@ -6,7 +6,8 @@ Class-agnostic: the map is the same for every target. docs/METHODS.md#rollout:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from heatmap.explainers.registry import Evidence, Method, Option, register, start_layer_option
 

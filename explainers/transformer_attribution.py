@@ -10,7 +10,8 @@ paper's Eq. 13; not rollout's ``rownorm``, not chefer-generic's ``R += Abar R``)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from heatmap.explainers.registry import Evidence, Method, register, start_layer_option
 

@@ -10,7 +10,7 @@ neither timm nor open_clip.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from heatmap.errors import UsageError
 from heatmap.models.devices import resolve_device
@@ -43,7 +43,8 @@ def load(name: str | None = None, checkpoint: str | Path | None = None,
     if name == DEMO:
         from heatmap.demo.classifier import create_demo_classifier
 
-        model, labels = create_demo_classifier(checkpoint)
+        model, demo_labels = create_demo_classifier(checkpoint)
+        labels: list[str] | None = demo_labels
     else:
         model = create_timm(name, checkpoint)
         labels = imagenet_labels(model)
@@ -102,7 +103,7 @@ def is_clip(model: object) -> bool:
     return hasattr(model, "visual") and hasattr(model, "encode_text")
 
 
-def adapter_for(model: torch.nn.Module, name: str | None = None) -> TimmAdapter | ClipAdapter:
+def adapter_for(model: Any, name: str | None = None) -> TimmAdapter | ClipAdapter:
     """Wrap a model object the caller built in its library's adapter (timm ViT or open_clip CLIP)."""
     if is_clip(model):
         import open_clip

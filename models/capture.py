@@ -10,9 +10,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -61,6 +61,11 @@ class AttentionRecorder:
         return self.attention_probs[self.track_from:]
 
 
+def parameter_of(model: nn.Module) -> torch.Tensor:
+    """The model's first parameter: its device and dtype are the model's."""
+    return next(model.parameters())
+
+
 @contextmanager
 def frozen_parameters(model: nn.Module) -> Iterator[None]:
     """Within: no parameter of ``model`` requires grad, so a backward pass stops at the attention."""
@@ -95,7 +100,7 @@ class ActivationCapture:
         self.blocks = list(blocks)
         self.first_block = first_block
         self.name = name
-        self._handles: list = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._block_slots: list[Slot] = []
         self._head_slot: Slot = {}
         self._activations: Activations | None = None
@@ -109,12 +114,12 @@ class ActivationCapture:
     def head_activations(self, slot: Slot, last_block: BlockActivations) -> HeadActivations:
         raise NotImplementedError
 
-    def __enter__(self) -> "ActivationCapture":
+    def __enter__(self) -> ActivationCapture:
         self._block_slots = [{} for _ in self.blocks[self.first_block:]]
         self._head_slot = {}
         self._activations = None
         try:
-            for slot, block in zip(self._block_slots, self.blocks[self.first_block:]):
+            for slot, block in zip(self._block_slots, self.blocks[self.first_block:], strict=False):
                 self.register_block(block, slot)
             self.register_head(self._head_slot)
         except BaseException:
@@ -122,7 +127,7 @@ class ActivationCapture:
             raise
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._remove()
 
     def activations(self) -> Activations:
@@ -141,7 +146,7 @@ class ActivationCapture:
     def hook(self, module: nn.Module, slot: Slot, inputs: str | None = None, output: str | None = None,
              layout: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor) -> None:
         """Record ``module``'s first input and/or its output into ``slot``, through ``layout``."""
-        def record(_module, args, result):
+        def record(_module: nn.Module, args: tuple[torch.Tensor, ...], result: torch.Tensor) -> None:
             # detach: the pass reads values only, in the dtype the model computes in
             if inputs:
                 slot[inputs] = layout(args[0].detach())

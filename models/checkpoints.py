@@ -10,6 +10,7 @@ import hashlib
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,7 +20,7 @@ from heatmap.errors import HeatmapError
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "module")
 
 
-def file_digest(path: str | os.PathLike) -> str:
+def file_digest(path: str | os.PathLike[str]) -> str:
     """``sha256:<hex>`` of a file, read in chunks (a weight file's identity in the manifest)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -28,7 +29,7 @@ def file_digest(path: str | os.PathLike) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Load a state dict from ``.safetensors`` or a weights-only pickle.
 
     Nested dicts (``{"state_dict": ...}``, ``{"model": ...}``) and the
@@ -41,7 +42,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
-            state = load_file(str(path))
+            state: Any = load_file(str(path))
         except (SafetensorError, OSError) as error:
             raise HeatmapError(f"checkpoint {path} is not a readable .safetensors file ({error})") from None
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -45,7 +46,7 @@ def compute_dtype(model_dtype: torch.dtype, precision: str = "auto") -> torch.dt
 
 
 @contextmanager
-def full_float32():
+def full_float32() -> Iterator[None]:
     """Within: CUDA matmuls and convolutions in full float32, not TF32; the settings restored after.
 
     PyTorch lets cuDNN convolutions use TF32 (a 10-bit mantissa) by default,

@@ -7,17 +7,19 @@ follows the geometric steps of a torchvision transform pipeline.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torchvision import transforms as T
 
 # Steps that change values but not geometry.
 _VALUE_ONLY = (T.ToTensor, T.PILToTensor, T.Normalize, T.ConvertImageDtype, T.Lambda)
 
 
-def _value_only(step) -> bool:
+def _value_only(step: Any) -> bool:
     return isinstance(step, _VALUE_ONLY) or type(step).__name__ in {"MaybeToTensor", "MaybePILToTensor", "ToNumpy"}
 
 
-def crop_box(transform, size: tuple[int, int]) -> tuple[float, float, float, float]:
+def crop_box(transform: Any, size: tuple[int, int]) -> tuple[float, float, float, float]:
     """The box of the original picture that ``transform``'s output shows.
 
     Args:

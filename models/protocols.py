@@ -14,8 +14,10 @@ each adapter.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ContextManager, Literal, Protocol, Sequence, Union
+from typing import TYPE_CHECKING, Literal, Protocol, Union
 
 import torch
 
@@ -58,7 +60,7 @@ class Tower(Protocol):
         """The pooled class token's position, or None (mean pooling, text)."""
         ...
 
-    def attention_capture(self, track_from: int | None) -> ContextManager[AttentionCapture]:
+    def attention_capture(self, track_from: int | None) -> AbstractContextManager[AttentionCapture]:
         """Expose every block's probabilities for the duration of a ``with``; restore the model on exit.
 
         Args:
@@ -175,7 +177,7 @@ class ClassifierAdapter(Adapter, Protocol):
         ...
 
 
-class ClipAdapter(Adapter, Protocol):
+class ImageTextAdapter(Adapter, Protocol):
     """A CLIP: an image and a text tower, the score of image i for text t is ``logits_per_image[i, t]``."""
 
     def score_texts(self, images: torch.Tensor, texts: Sequence[str]) -> Scored:

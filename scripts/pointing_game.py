@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 
 import heatmap
+from heatmap.demo.shapes_world import make_scenes
 from heatmap.errors import HeatmapError
 from heatmap.evaluation.pointing import pointing_game
 from heatmap.models import load_clip
-from heatmap.demo.shapes_world import make_scenes
 
 
 def main() -> None:

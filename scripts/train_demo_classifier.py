@@ -36,9 +36,9 @@ import torch
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
-from heatmap.evaluation.pointing import pointing_game
 from heatmap.demo.conv_stem import ConvStemPatchEmbed
 from heatmap.demo.shapes_world import SHAPES, make_scenes
+from heatmap.evaluation.pointing import pointing_game
 from heatmap.models.timm.adapter import TimmAdapter
 
 MODEL_ARGS = {"img_size": 96, "patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4, "mlp_ratio": 4.0,

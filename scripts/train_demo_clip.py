@@ -110,7 +110,7 @@ class ScenePool:
         centre = np.arange(patch // 2, scenes[0].image.size[0], patch)
         labels = np.full((count, len(centre), len(centre)), -1, dtype=np.int64)
         for n, scene in enumerate(scenes):
-            for obj, key in zip(scene.objects, self.objects[n]):
+            for obj, key in zip(scene.objects, self.objects[n], strict=False):
                 self.present[n, key] = True
                 labels[n][obj.mask[np.ix_(centre, centre)]] = key
         self.patch_labels = torch.from_numpy(labels)

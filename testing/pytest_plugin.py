@@ -25,9 +25,10 @@ import json
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
@@ -56,7 +57,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="write the heatmap_snapshot files anew instead of comparing against them")
     for ini_name, field_name in INI_THRESHOLDS.items():
         # "string", not "float": pytest before 8.4 has no float ini type.
-        parser.addini(ini_name, f"heatmap_snapshot threshold {field_name} (default: heatmap.compare.metrics.Thresholds)",
+        parser.addini(ini_name,
+                      f"heatmap_snapshot threshold {field_name} (default: heatmap.compare.metrics.Thresholds)",
                       default="")
 
 
@@ -76,7 +78,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 
 @pytest.fixture
-def heatmap_snapshot(request: pytest.FixtureRequest) -> "HeatmapSnapshot":
+def heatmap_snapshot(request: pytest.FixtureRequest) -> HeatmapSnapshot:
     """Compare heatmaps with snapshots stored beside the test; see :class:`HeatmapSnapshot`."""
     return HeatmapSnapshot(request)
 
@@ -111,14 +113,14 @@ class Computed:
         clip: whether the maps are a CLIP's (stored ``[T, gh, gw]``).
     """
 
-    maps: "np.ndarray"
+    maps: np.ndarray
     names: list[str]
     scores: list[float]
     record: dict[str, Any]
     clip: bool
 
     @property
-    def stored(self) -> "np.ndarray":
+    def stored(self) -> np.ndarray:
         """The array as the ``.npy`` holds it."""
         return self.maps if self.clip else self.maps[0]
 
@@ -138,7 +140,7 @@ class HeatmapSnapshot:
     def __call__(self, model: Any, image: Any, method: str = "chefer-generic", target: int | str | None = None,
                  texts: Sequence[str] | None = None, name: str | None = None, max_diff: float | None = None,
                  min_corr: float | None = None, min_top_iou: float | None = None,
-                 **options: Any) -> "np.ndarray":
+                 **options: Any) -> np.ndarray:
         """Explain one image and compare the map(s) with the test's snapshot.
 
         Args:
@@ -210,7 +212,7 @@ class HeatmapSnapshot:
 
     # -- thresholds --------------------------------------------------------------
 
-    def thresholds(self, **per_call: float | None) -> "Thresholds":
+    def thresholds(self, **per_call: float | None) -> Thresholds:
         """The defaults, updated by the ini options, updated by this call's keywords."""
         from heatmap.compare.metrics import Thresholds
 
@@ -411,7 +413,7 @@ def json_round_trip(value: Any) -> Any:
 # -- comparing -----------------------------------------------------------------
 
 
-def check_snapshot(files: SnapshotFiles, computed: Computed, thresholds: "Thresholds") -> None:
+def check_snapshot(files: SnapshotFiles, computed: Computed, thresholds: Thresholds) -> None:
     """Fail the test unless ``computed`` matches the snapshot in ``files``."""
     stored, maps = read_snapshot(files)
     differences = record_differences(stored, computed.record)
@@ -430,7 +432,7 @@ def check_snapshot(files: SnapshotFiles, computed: Computed, thresholds: "Thresh
              f"top-iou >= {thresholds.min_top_iou:g}.\n{ACCEPT_HINT}")
 
 
-def read_snapshot(files: SnapshotFiles) -> tuple[dict[str, Any], "np.ndarray"]:
+def read_snapshot(files: SnapshotFiles) -> tuple[dict[str, Any], np.ndarray]:
     """The record and maps of a snapshot; fails with the file's name when either is unreadable."""
     import numpy as np
 
@@ -473,7 +475,7 @@ def show(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def compare_each(baseline: "np.ndarray", computed: Computed, stored: dict[str, Any], thresholds: "Thresholds"
+def compare_each(baseline: np.ndarray, computed: Computed, stored: dict[str, Any], thresholds: Thresholds
                  ) -> tuple[list[str], bool]:
     """One message line per map (target or text), and whether any map failed."""
     from heatmap.compare.metrics import compare_maps

@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from heatmap.errors import UsageError
-from heatmap.explainers.aggregation import (accumulated_relevance, discard_lowest, fuse_heads, normalized_rollout,
-                                            query_row, resolve_start_layer)
+from heatmap.explainers.aggregation import (
+    accumulated_relevance,
+    discard_lowest,
+    fuse_heads,
+    normalized_rollout,
+    query_row,
+    resolve_start_layer,
+)
 from heatmap.explainers.driver import read_grid
 from heatmap.explainers.registry import method
 from heatmap.models.protocols import Grid

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,7 +64,7 @@ def test_console_script_on_a_folder_with_a_bad_file(scenes_folder, tmp_path):
     assert len(failed) == 1 and "broken.png" in failed[0]
     entries = read_manifest(out)
     assert [Path(e["input"]).name for e in entries] == ["scene0.png", "scene1.png", "scene2.png"]
-    for entry, scene in zip(entries, scenes):
+    for entry, scene in zip(entries, scenes, strict=False):
         assert entry["model"] == "demo" and entry["method"] == "chefer-generic"
         assert entry["options"] == {"start_layer": 0}
         raw = np.load(out / entry["files"]["npy"])
@@ -140,7 +139,8 @@ def test_missing_and_non_image_inputs_fail_with_exit_1(scenes_folder, tmp_path):
     folder, _ = scenes_folder
     text = tmp_path / "notes.jpg"
     text.write_text("hello")
-    result = invoke("rollout", tmp_path / "missing.png", text, folder / "scene2.png", "-m", "demo", "-o", tmp_path / "o")
+    result = invoke("rollout", tmp_path / "missing.png", text, folder / "scene2.png", "-m", "demo",
+                    "-o", tmp_path / "o")
     assert result.exit_code == 1
     assert "no such file or folder" in result.output and "notes.jpg: not an image" in result.output
     assert [Path(e["input"]).name for e in read_manifest(tmp_path / "o")] == ["scene2.png"]

@@ -135,6 +135,13 @@ def test_logits_identical_with_and_without_probe(images):
     assert all("forward" not in vars(module) for module in modules)  # restored
 
 
+def sequence_first(attention):
+    """A block's attention called sequence-first, as older open_clip releases do."""
+    def call(q_x, k_x=None, v_x=None, attn_mask=None):
+        return attention(q_x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+    return call
+
+
 def test_sequence_first_multihead_attention_is_handled(images):
     model, images = tiny_clip().double(), images.double()
     explainer_bf = Driver(adapter_for(model), "chefer-generic", start_layer=0)
@@ -142,9 +149,7 @@ def test_sequence_first_multihead_attention_is_handled(images):
     # Older open_clip releases run their blocks sequence-first: emulate one.
     for block in [*model.visual.transformer.resblocks, *model.transformer.resblocks]:
         block.attn.batch_first = False
-        original = block.attention
-        block.attention = (lambda original: lambda q_x, k_x=None, v_x=None, attn_mask=None:
-                           original(q_x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1))(original)
+        block.attention = sequence_first(block.attention)
     actual = Driver(adapter_for(model), "chefer-generic", start_layer=0).explain_texts(images, TEXTS)
     assert relative_error(actual.maps, expected.maps) < FLOAT64_TOLERANCE
 

@@ -23,7 +23,8 @@ MODELS = {
     "4-prefix-tokens": (lambda: tiny_vit(reg_tokens=3), ("token", 0), 0),
     "distillation-token": (distilled_vit, ("token", 0), 0),
     "mean-pooled": (lambda: tiny_vit(global_pool="avg"), ("mean", 1), None),
-    "mean-pooled-4-registers": (lambda: tiny_vit(class_token=False, reg_tokens=4, global_pool="avg"), ("mean", 4), None),
+    "mean-pooled-4-registers": (lambda: tiny_vit(class_token=False, reg_tokens=4, global_pool="avg"), ("mean", 4),
+                                None),
 }
 
 CASES = [
@@ -51,7 +52,8 @@ def reference_maps(model, images, targets, method, options, query, protect):
         A = [a[b] for a in attentions]
         G = [g[b] for g in grads]
         if method == "rollout":
-            R = reference.rollout_one(A, options.get("head_fusion", "mean"), options.get("discard_ratio", 0.0), start, protect)
+            R = reference.rollout_one(A, options.get("head_fusion", "mean"), options.get("discard_ratio", 0.0), start,
+                                      protect)
         elif method == "grad-rollout":
             R = reference.grad_rollout_one(A, G, options.get("discard_ratio", 0.9), start)
         else:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import heatmap
-from heatmap.evaluation.pointing import peak_pixel, pointing_game
 from heatmap.demo.shapes_world import make_scenes
+from heatmap.evaluation.pointing import peak_pixel, pointing_game
 
 HELD_OUT_SEED = 777  # the demo classifier was trained on other seeds
 DEMO_DIR = Path(__file__).parents[1] / "demo"

@@ -31,7 +31,7 @@ def test_records_the_probabilities_that_multiply_v(images):
             model(images)
         recorded = probe.attention_probs
     assert len(recorded) == len(model.blocks)
-    for probs, reference_probs in zip(recorded, expected):
+    for probs, reference_probs in zip(recorded, expected, strict=False):
         # float64; measured identical (0 difference): the probe records the very tensor
         torch.testing.assert_close(probs, reference_probs, rtol=1e-12, atol=1e-15)
         torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1], dtype=torch.float64))
@@ -88,7 +88,7 @@ def test_gradients_only_for_attention_not_weights(images):
     assert all(p.grad is None for p in model.parameters())
     # the same gradients as a plain backward through the explicit forward
     _, _, expected = reference.gradients(model, images, torch.tensor([2, 2, 2]))
-    for grad, reference_grad in zip(grads, expected[1:]):
+    for grad, reference_grad in zip(grads, expected[1:], strict=False):
         # float64; measured identical (0 difference): the same backward through the same forward
         torch.testing.assert_close(grad, reference_grad, rtol=1e-12, atol=1e-15)
 
@@ -110,7 +110,7 @@ def test_empty_capture_is_an_error_naming_the_model(images):
     with capture(model, "my-opaque-vit") as probe:
         model(images)
     with pytest.raises(HeatmapError, match=r"my-opaque-vit.*block\(s\) \[2\]"):
-        probe.attention_probs
+        _ = probe.attention_probs
 
 
 def test_unknown_attention_module_is_refused(images):

@@ -18,7 +18,9 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import open_clip  # noqa: F401
 import pytest
+import timm  # noqa: F401
 import torch
 
 # pytester forgets the modules a run imports once the run is over; torch and
@@ -31,9 +33,6 @@ import heatmap.models.open_clip.adapter  # noqa: F401
 import heatmap.models.timm.adapter  # noqa: F401
 import heatmap.outputs  # noqa: F401
 import heatmap.pipeline  # noqa: F401
-import open_clip  # noqa: F401
-import timm  # noqa: F401
-
 from heatmap.compare.metrics import Thresholds
 
 pytest_plugins = ["pytester"]

@@ -26,9 +26,17 @@ from heatmap.explainers.registry import methods
 from heatmap.models import adapter_for
 from heatmap.models.timm.lrp import check_supported, timm_lrp_view, unsupported_operation
 from helpers import reference
+from helpers.lrp_reference import (
+    assert_close_scaled,
+    ref_add,
+    ref_clone,
+    ref_linear,
+    ref_product,
+    ref_safe_divide,
+    ref_select,
+    ref_unnormalized_rollout,
+)
 from helpers.models import sharpen_attention, tiny_vit
-from helpers.lrp_reference import (assert_close_scaled, ref_add, ref_clone, ref_linear, ref_product, ref_safe_divide,
-                           ref_select, ref_unnormalized_rollout, relative_error)
 
 TARGETS = torch.tensor([1, 4, 2])
 

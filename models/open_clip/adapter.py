@@ -15,19 +15,20 @@ tokenizer. Anything else is refused with the reason.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
 from torch import nn
 
 from heatmap.errors import UnsupportedModelError
-from heatmap.models.capture import AttentionRecorder
+from heatmap.models.capture import AttentionRecorder, parameter_of
 from heatmap.models.geometry import crop_box
 from heatmap.models.open_clip.attention import multihead_attention_capture
 from heatmap.models.open_clip.text import end_of_text
-from heatmap.models.protocols import Box, Grid, LrpView, Scored, Spans, TowerScores
+from heatmap.models.protocols import Box, Grid, LrpView, Scored, Spans, TowerKind, TowerScores
 
 
 class ClipTower:
@@ -40,9 +41,9 @@ class ClipTower:
         name: the model's name, for messages.
     """
 
-    def __init__(self, module: nn.Module, kind: str, name: str) -> None:
+    def __init__(self, module: Any, kind: TowerKind, name: str) -> None:
         self.module = module
-        self.kind = kind
+        self.kind: TowerKind = kind
         self.name = name
         self.attention_modules = [block.attn for block in module.transformer.resblocks]
 
@@ -91,9 +92,10 @@ class ClipAdapter:
         preprocess: the model's eval image transform (PIL -> tensor).
     """
 
-    labels = None
+    labels: list[str] | None = None
 
-    def __init__(self, model: nn.Module, name: str, tokenizer: Callable, preprocess: Callable) -> None:
+    def __init__(self, model: Any, name: str, tokenizer: Callable[[list[str]], torch.Tensor],
+                 preprocess: Callable[[Image.Image], torch.Tensor]) -> None:
         self.model = model.eval()
         self.name = name
         self.tokenizer = tokenizer
@@ -131,12 +133,12 @@ class ClipAdapter:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return parameter_of(self.model).device
 
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of the model's weights."""
-        return next(self.model.parameters()).dtype
+        return parameter_of(self.model).dtype
 
     def converted(self, dtype: torch.dtype) -> ClipAdapter:
         """This adapter when the model is in ``dtype`` already, else one over a converted copy.
@@ -165,7 +167,7 @@ class ClipAdapter:
         decoder = getattr(self.tokenizer, "decoder", None)
         ends = end_of_text(tokens).tolist()
         return [[decoder[i].replace("</w>", "") if decoder else str(i) for i in row[1:end]]
-                for row, end in zip(tokens.tolist(), ends)]
+                for row, end in zip(tokens.tolist(), ends, strict=False)]
 
     def grid(self, images: torch.Tensor) -> tuple[int, int]:
         """``(gh, gw)`` of the image tower, from its patch size and the input size."""
@@ -177,7 +179,8 @@ class ClipAdapter:
     @property
     def logit_scale(self) -> torch.Tensor:
         """``s``, the scale of the cosine in the score."""
-        return self.model.logit_scale.exp()
+        scale: torch.Tensor = self.model.logit_scale.exp()
+        return scale
 
     def embeddings(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The unit embeddings ``[B, E]`` and ``[T, E]``: each image's vision forward runs once for all texts."""
@@ -228,10 +231,10 @@ def _cells(grid: tuple[int, int]) -> int:
     return grid[0] * grid[1]
 
 
-def _text_pool_type(model: nn.Module, text: nn.Module) -> str:
+def _text_pool_type(model: Any, text: Any) -> str:
     # CLIP keeps it as text_pool_type; CustomTextCLIP's TextTransformer as pool_type.
     if hasattr(text, "text_pool_type"):
-        return text.text_pool_type
+        return str(text.text_pool_type)
     if text is not model and hasattr(text, "pool_type"):
-        return text.pool_type
-    return getattr(model, "text_pool_type", "argmax")
+        return str(text.pool_type)
+    return str(getattr(model, "text_pool_type", "argmax"))

@@ -9,8 +9,9 @@ exit, also on error.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,10 +32,11 @@ def multihead_attention_capture(modules: Sequence[nn.Module], track_from: int | 
             raise UnsupportedModelError(
                 f"{name}: block {index} uses a MultiheadAttention variant (separate k/v sizes, bias_k or zero "
                 "attention) that vit-heatmap does not support")
-    replaced = []
+    replaced: list[nn.Module] = []
     try:
         for index, module in enumerate(modules):
-            module.forward = _explicit_forward(module, lambda probs, index=index: recorder.record(index, probs))
+            assert isinstance(module, nn.MultiheadAttention)  # checked above
+            module.forward = _explicit_forward(module, functools.partial(recorder.record, index))  # type: ignore[method-assign]
             replaced.append(module)
         yield recorder
     finally:
@@ -42,9 +44,13 @@ def multihead_attention_capture(modules: Sequence[nn.Module], track_from: int | 
             del module.forward
 
 
-def _explicit_forward(module: nn.MultiheadAttention, record: Callable[[torch.Tensor], torch.Tensor]):
-    def forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,  # type: ignore[no-untyped-def]
-                average_attn_weights=True, is_causal=False):
+def _explicit_forward(module: nn.MultiheadAttention, record: Callable[[torch.Tensor], torch.Tensor]
+                      ) -> Callable[..., tuple[torch.Tensor, None]]:
+    """A stand-in for ``module.forward`` with its signature; the probabilities go to ``record``."""
+    def forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
+                attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[torch.Tensor, None]:
         return explicit_multihead_attention(module, query, key, value, attn_mask, key_padding_mask, record), None
 
     return forward

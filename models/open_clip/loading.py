@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import Any
 
 from heatmap.errors import HeatmapError, UsageError
 from heatmap.models.checkpoints import cached_hub_file, check_fits, download_hub_file, read_state_dict
@@ -12,7 +13,7 @@ DEFAULT_CLIP = ("ViT-B-32", "openai")
 _HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
-def create_clip(name: str, pretrained: str | Path | None):
+def create_clip(name: str, pretrained: str | Path | None) -> tuple[Any, Any, Any]:
     """``(model, tokenizer, preprocess)`` for an open_clip name and a tag or local file.
 
     Args:

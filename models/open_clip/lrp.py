@@ -16,14 +16,16 @@ numbers the attention probe's explicit path computes).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heatmap.models.open_clip.text import end_of_text
-
 from heatmap.errors import UnsupportedModelError
 from heatmap.models.capture import ActivationCapture, Slot
+from heatmap.models.open_clip.text import end_of_text
 from heatmap.models.protocols import BlockActivations, BlockWeights, HeadActivations, LrpView
 
 NORMS = (nn.LayerNorm, nn.Identity)
@@ -31,7 +33,8 @@ NORMS = (nn.LayerNorm, nn.Identity)
 
 def _activations() -> tuple[type, ...]:
     from open_clip.transformer import QuickGELU
-    from timm.layers.activations import GELU, QuickGELU as TimmQuickGELU
+    from timm.layers.activations import GELU
+    from timm.layers.activations import QuickGELU as TimmQuickGELU
     return nn.GELU, GELU, QuickGELU, TimmQuickGELU
 
 
@@ -40,7 +43,7 @@ def _layer_scales() -> tuple[type, ...]:
     return LayerScale, nn.Identity
 
 
-def unsupported_operation(tower: nn.Module, kind: str) -> str | None:
+def unsupported_operation(tower: Any, kind: str) -> str | None:
     """The first operation of an open_clip tower the LRP rules do not cover, or None.
 
     Args:
@@ -71,7 +74,7 @@ def unsupported_operation(tower: nn.Module, kind: str) -> str | None:
     return None
 
 
-def _unsupported_in_block(block: nn.Module, block_type: type) -> str | None:
+def _unsupported_in_block(block: Any, block_type: Any) -> str | None:
     if type(block) is not block_type:
         return f"the block type {type(block).__name__}"
     if hasattr(block, "ln_1_kv"):
@@ -102,7 +105,7 @@ class ClipTowerCapture(ActivationCapture):
         name: the model's name, for messages.
     """
 
-    def __init__(self, tower: nn.Module, kind: str, first_block: int = 0, name: str = "model") -> None:
+    def __init__(self, tower: Any, kind: str, first_block: int = 0, name: str = "model") -> None:
         super().__init__(list(tower.transformer.resblocks), first_block, name)
         self.tower = tower
         self.kind = kind
@@ -110,13 +113,13 @@ class ClipTowerCapture(ActivationCapture):
         # batch-first (open_clip before 2.24 had no such flag and was not).
         self.layout = _layout(getattr(tower.transformer, "batch_first", False))
 
-    def register_block(self, block: nn.Module, slot: Slot) -> None:
+    def register_block(self, block: Any, slot: Slot) -> None:
         layout = self.layout
         self.hook(block.ln_1, slot, inputs="block_input", output="attn_input", layout=layout)
         attn = block.attn
         attn_layout = _layout(attn.batch_first)
 
-        def record_qkv(_module, args, _result):
+        def record_qkv(_module: nn.Module, args: tuple[torch.Tensor, ...], _result: object) -> None:
             query = attn_layout(args[0].detach())
             bias = attn.in_proj_bias.detach() if attn.in_proj_bias is not None else None
             slot["qkv"] = F.linear(query, attn.in_proj_weight.detach(), bias)
@@ -138,26 +141,26 @@ class ClipTowerCapture(ActivationCapture):
 
     def head_activations(self, slot: Slot, last_block: BlockActivations) -> HeadActivations:
         if "normed" not in slot:
-            raise UnsupportedModelError(f"{self.name}: the forward pass did not reach the {self.kind} tower's final "
-                               "norm; no map can be made")
+            raise UnsupportedModelError(f"{self.name}: the forward pass did not reach the {self.kind} tower's "
+                                        "final norm; no map can be made")
         normed = slot["normed"]
         batch = len(normed)
         if self.kind == "text":
             token_index = end_of_text(slot["text"].long()).cpu()
             pooled = normed[torch.arange(batch), token_index.to(normed.device)]
-            head = dict(token_index=token_index, selected=pooled)
-        elif self.tower.pool_type == "tok":
+            return HeadActivations(pooled, self._project(pooled), token_index=token_index, selected=pooled)
+        if self.tower.pool_type == "tok":
             # ln_post before the pooling (open_clip's default) or after it; the
             # class token is selected from ln_post's output or the last block's
             norm_first = normed.dim() == 3
             pooled = normed[:, 0] if norm_first else normed
             selected = pooled if norm_first else last_block.output[:, 0]
-            head = dict(token_index=torch.zeros(batch, dtype=torch.long), selected=selected)
-        else:  # mean of the patch tokens (ln_post before or after the mean: identity either way)
-            tokens = normed if normed.dim() == 3 else last_block.output
-            pooled = normed[:, 1:].mean(dim=1) if normed.dim() == 3 else normed
-            head = dict(pooled_tokens=tokens[:, 1:], pooled_from=1)
-        return HeadActivations(pooled, self._project(pooled), **head)
+            return HeadActivations(pooled, self._project(pooled), token_index=torch.zeros(batch, dtype=torch.long),
+                                   selected=selected)
+        # mean of the patch tokens (ln_post before or after the mean: identity either way)
+        tokens = normed if normed.dim() == 3 else last_block.output
+        pooled = normed[:, 1:].mean(dim=1) if normed.dim() == 3 else normed
+        return HeadActivations(pooled, self._project(pooled), pooled_tokens=tokens[:, 1:], pooled_from=1)
 
     def _project(self, pooled: torch.Tensor) -> torch.Tensor:
         projection = self.tower.proj if self.kind == "image" else self.tower.text_projection
@@ -166,14 +169,15 @@ class ClipTowerCapture(ActivationCapture):
         if isinstance(projection, nn.Linear):
             bias = projection.bias.detach() if projection.bias is not None else None
             return F.linear(pooled, projection.weight.detach(), bias)
-        return pooled @ projection.detach()
+        projected: torch.Tensor = pooled @ projection.detach()
+        return projected
 
 
-def _layout(batch_first: bool):
+def _layout(batch_first: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     return (lambda tensor: tensor) if batch_first else (lambda tensor: tensor.transpose(0, 1))
 
 
-def projection_weight(tower: nn.Module, kind: str) -> torch.Tensor | None:
+def projection_weight(tower: Any, kind: str) -> torch.Tensor | None:
     """The projection as a Linear weight ``[E, D]`` (open_clip keeps most as a ``[D, E]`` matrix)."""
     projection = tower.proj if kind == "image" else tower.text_projection
     if projection is None:
@@ -181,7 +185,7 @@ def projection_weight(tower: nn.Module, kind: str) -> torch.Tensor | None:
     return projection.weight if isinstance(projection, nn.Linear) else projection.t()
 
 
-def clip_lrp_view(tower: nn.Module, kind: str, name: str) -> LrpView:
+def clip_lrp_view(tower: Any, kind: str, name: str) -> LrpView:
     """The LRP view of one tower; raises :class:`UnsupportedModelError` for an unsupported structure."""
     problem = unsupported_operation(tower, kind)
     if problem:
@@ -191,6 +195,6 @@ def clip_lrp_view(tower: nn.Module, kind: str, name: str) -> LrpView:
         attn = block.attn
         blocks.append(BlockWeights(attn.in_proj_weight, attn.out_proj.weight, block.mlp.c_fc.weight,
                                    block.mlp.c_proj.weight, attn.num_heads))
-    pooling = "mean" if kind == "image" and tower.pool_type == "avg" else "token"
+    pooling: Literal["token", "mean"] = "mean" if kind == "image" and tower.pool_type == "avg" else "token"
     return LrpView(blocks, projection_weight(tower, kind), pooling, start="embedding",
                    capture=lambda first_block: ClipTowerCapture(tower, kind, first_block, name))

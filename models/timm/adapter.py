@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -20,9 +21,9 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from heatmap.errors import UnsupportedModelError, UsageError
-from heatmap.models.capture import AttentionRecorder
+from heatmap.models.capture import AttentionRecorder, parameter_of
 from heatmap.models.geometry import crop_box
-from heatmap.models.protocols import Box, Grid, LrpView, Scored, TowerScores
+from heatmap.models.protocols import Box, Grid, LrpView, Scored, TowerKind, TowerScores
 
 # Pooling a query row can be read for (docs/METHODS.md "query row").
 SUPPORTED_POOLS = ("token", "avg")
@@ -31,9 +32,9 @@ SUPPORTED_POOLS = ("token", "avg")
 class TimmTower:
     """The one (image) tower of a timm ViT."""
 
-    kind = "image"
+    kind: TowerKind = "image"
 
-    def __init__(self, model: VisionTransformer, name: str) -> None:
+    def __init__(self, model: Any, name: str) -> None:
         self.model = model
         self.name = name
 
@@ -95,7 +96,7 @@ class TimmTower:
         finally:
             for handle in handles:
                 handle.remove()
-            for module, fused in zip(modules, was_fused):
+            for module, fused in zip(modules, was_fused, strict=False):
                 module.fused_attn = fused
 
     def lrp_view(self) -> LrpView:
@@ -116,7 +117,7 @@ class TimmAdapter:
         UnsupportedModelError: for a model whose pooling has no query row.
     """
 
-    def __init__(self, model: nn.Module, name: str, labels: Sequence[str] | None = None) -> None:
+    def __init__(self, model: Any, name: str, labels: Sequence[str] | None = None) -> None:
         if not isinstance(model, VisionTransformer):
             raise UnsupportedModelError(f"{name}: {type(model).__name__} is not a timm VisionTransformer; "
                                         "vit-heatmap explains ViT-style models (vit_*, deit_*, ...)")
@@ -137,12 +138,12 @@ class TimmAdapter:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return parameter_of(self.model).device
 
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of the model's weights."""
-        return next(self.model.parameters()).dtype
+        return parameter_of(self.model).dtype
 
     def converted(self, dtype: torch.dtype) -> TimmAdapter:
         """This adapter when the model is in ``dtype`` already, else one over a converted copy.

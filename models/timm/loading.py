@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from heatmap.errors import HeatmapError, UsageError
 from heatmap.models.checkpoints import cached_hub_file, check_fits, download_hub_file, read_state_dict
@@ -13,7 +12,7 @@ from heatmap.models.checkpoints import cached_hub_file, check_fits, download_hub
 _HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def imagenet_labels(model: torch.nn.Module) -> list[str] | None:
+def imagenet_labels(model: Any) -> list[str] | None:
     """Short ImageNet class names ("tabby") when the model's head is an ImageNet one."""
     from timm.data import ImageNetInfo, infer_imagenet_subset
     subset = infer_imagenet_subset(model)
@@ -23,7 +22,7 @@ def imagenet_labels(model: torch.nn.Module) -> list[str] | None:
     return [info.index_to_description(i).split(",")[0].strip() for i in range(model.num_classes)]
 
 
-def create_timm(name: str, checkpoint: str | Path | None = None) -> torch.nn.Module:
+def create_timm(name: str, checkpoint: str | Path | None = None) -> Any:
     """A timm model by name, with pretrained weights (cache first) or a local checkpoint.
 
     Args:
@@ -59,7 +58,7 @@ def create_timm(name: str, checkpoint: str | Path | None = None) -> torch.nn.Mod
     return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"state_dict": read_state_dict(weights)})
 
 
-def _create_from_hub_name(timm, name: str, checkpoint) -> torch.nn.Module:
+def _create_from_hub_name(timm: Any, name: str, checkpoint: str | Path | None) -> Any:
     try:
         model = timm.create_model(name, pretrained=checkpoint is None)
     except Exception as error:  # whatever timm or huggingface_hub raise: keep their words

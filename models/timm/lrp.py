@@ -8,6 +8,8 @@ is missing instead of a map made with the wrong rules.
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import torch
 from timm.layers import DropPath, LayerScale, Mlp
 from timm.layers.activations import GELU, GELUTanh, QuickGELU
@@ -28,7 +30,7 @@ LAYER_SCALES = (LayerScale, nn.Identity)
 POOLS = ("token", "avg")
 
 
-def unsupported_operation(model: nn.Module) -> str | None:
+def unsupported_operation(model: Any) -> str | None:
     """The first operation of ``model`` that the LRP rules of METHODS.md do not cover, or None."""
     if type(model) is not VisionTransformer:
         if isinstance(model, VisionTransformer) and hasattr(model, "head_dist"):
@@ -55,7 +57,7 @@ def unsupported_operation(model: nn.Module) -> str | None:
     return None
 
 
-def _unsupported_in_block(block: nn.Module) -> str | None:
+def _unsupported_in_block(block: Any) -> str | None:
     if type(block) is not Block:
         return f"the block type {type(block).__name__}"
     attn, mlp = block.attn, block.mlp
@@ -135,6 +137,6 @@ def timm_lrp_view(model: VisionTransformer, name: str) -> LrpView:
     check_supported(model, name)
     blocks = [BlockWeights(block.attn.qkv.weight, block.attn.proj.weight, block.mlp.fc1.weight,
                            block.mlp.fc2.weight, block.attn.num_heads) for block in model.blocks]
-    pooling = "token" if model.global_pool == "token" else "mean"
+    pooling: Literal["token", "mean"] = "token" if model.global_pool == "token" else "mean"
     return LrpView(blocks, model.head.weight, pooling, start="logit",
                    capture=lambda first_block: TimmCapture(model, first_block, name))

@@ -76,7 +76,7 @@ def grad_rollout_one(attentions, grads, ratio, start):
     N = attentions[0].shape[-1]
     eye = torch.eye(N, dtype=attentions[0].dtype)
     R = eye
-    for A, G in zip(attentions[start:], grads[start:]):
+    for A, G in zip(attentions[start:], grads[start:], strict=False):
         F = (A * G).mean(0)
         F[F < 0] = 0
         count = math.floor(ratio * N * N)
@@ -93,7 +93,7 @@ def grad_rollout_one(attentions, grads, ratio, start):
 def chefer_generic_one(attentions, grads, start):
     N = attentions[0].shape[-1]
     R = torch.eye(N, dtype=attentions[0].dtype)
-    for A, G in zip(attentions[start:], grads[start:]):
+    for A, G in zip(attentions[start:], grads[start:], strict=False):
         Abar = (G * A).clamp(min=0).mean(0)
         R = R + Abar @ R
     return R
