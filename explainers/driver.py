@@ -17,8 +17,8 @@ dtype asked for, on a converted copy of the model.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,8 +28,6 @@ from heatmap.errors import UnsupportedModelError, UsageError
 from heatmap.explainers.aggregation import resolve_start_layer
 from heatmap.explainers.lrp import lrp_pass
 from heatmap.explainers.registry import Evidence, Method, methods
-from heatmap.models.capture import frozen_parameters
-from heatmap.models.devices import compute_dtype, full_float32
 from heatmap.models.protocols import Adapter, Grid, Scored, Spans, TowerScores
 
 
@@ -91,6 +89,55 @@ class ClipExplanation:
     def probabilities(self) -> torch.Tensor:
         """Softmax of each image's logits over the given texts ``[B, T]``."""
         return self.logits.softmax(dim=1)
+
+
+PRECISIONS = ("auto", "float32", "float64")
+
+
+def compute_dtype(model_dtype: torch.dtype, precision: str = "auto") -> torch.dtype:
+    """The dtype an explanation computes in (docs/METHODS.md, "Precision").
+
+    ``auto``: the wider of float32 and the model's dtype, so a float16 or
+    bfloat16 model is explained in float32 and a float64 model in float64;
+    ``float32`` / ``float64``: that dtype, whatever the model's.
+    """
+    if precision == "auto":
+        return torch.promote_types(model_dtype, torch.float32) if model_dtype.is_floating_point else torch.float32
+    if precision == "float32":
+        return torch.float32
+    if precision == "float64":
+        return torch.float64
+    raise UsageError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+
+
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """Within: CUDA matmuls and convolutions in full float32, not TF32; the settings restored after.
+
+    PyTorch lets cuDNN convolutions use TF32 (a 10-bit mantissa) by default,
+    which moves maps of a GPU run away from a CPU run of the same model far
+    more than float32 round-off does; explanations run without it.
+    """
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+@contextmanager
+def frozen_parameters(model: torch.nn.Module) -> Iterator[None]:
+    """Within: no parameter of ``model`` requires grad, so a backward pass stops at the attention."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for param in params:
+        param.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param in params:
+            param.requires_grad_(True)
 
 
 def resolve_options(method: Method, given: Mapping[str, Any], clip: bool = False) -> dict[str, Any]:

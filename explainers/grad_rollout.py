@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from heatmap.explainers.registry import Evidence, Method, Option, register, start_layer_option
-from heatmap.explainers.rollout import check_discard_ratio
+from heatmap.explainers.registry import Evidence, Method, discard_ratio_option, register, start_layer_option
 
 if TYPE_CHECKING:
     import torch
@@ -31,8 +30,6 @@ METHOD = register(Method(
     name="grad-rollout",
     summary="Gradient attention rollout (vit-explain, with its bugs fixed).",
     description="Rollout of each block's attention weighted by its gradient, negatives clamped.",
-    options=(Option("discard_ratio", 0.9, "Fraction r of the smallest fused-attention entries set to 0, in [0, 1).",
-                    check=check_discard_ratio),
-             start_layer_option()),
+    options=(discard_ratio_option(0.9), start_layer_option()),
     relevance=relevance,
 ))

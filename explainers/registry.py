@@ -186,3 +186,15 @@ def start_layer_option(default: int = 0) -> Option:
     return Option("start_layer", default, "First block to use, counted like a Python index (-1 = the last block only).",
                   check=check_start_layer)
 
+
+def check_discard_ratio(ratio: Any) -> str | None:
+    """Discard ratios live in [0, 1)."""
+    if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0.0 <= ratio < 1.0:
+        return None
+    return f"discard ratio {ratio} is out of range; use a value in [0, 1)"
+
+
+def discard_ratio_option(default: float) -> Option:
+    """The ``discard_ratio`` option of the rollouts (docs/METHODS.md, rollout step 2)."""
+    return Option("discard_ratio", default, "Fraction r of the smallest fused-attention entries set to 0, in [0, 1).",
+                  check=check_discard_ratio)

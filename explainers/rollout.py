@@ -9,19 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from heatmap.explainers.registry import Evidence, Method, Option, register, start_layer_option
+from heatmap.explainers.registry import Evidence, Method, Option, discard_ratio_option, register, start_layer_option
 
 if TYPE_CHECKING:
     import torch
 
 HEAD_FUSIONS = ("mean", "max", "min")
-
-
-def check_discard_ratio(ratio: Any) -> str | None:
-    """Discard ratios live in [0, 1)."""
-    if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0.0 <= ratio < 1.0:
-        return None
-    return f"discard ratio {ratio} is out of range; use a value in [0, 1)"
 
 
 def relevance(evidence: Evidence, options: Mapping[str, Any]) -> torch.Tensor:
@@ -40,8 +33,7 @@ METHOD = register(Method(
     description="Multiplies each block's head-fused attention (plus identity, rows normalised) "
                 "from the start layer on.",
     options=(Option("head_fusion", "mean", "How to fuse the heads of each block.", choices=HEAD_FUSIONS),
-             Option("discard_ratio", 0.0, "Fraction r of the smallest fused-attention entries set to 0, in [0, 1).",
-                    check=check_discard_ratio),
+             discard_ratio_option(0.0),
              start_layer_option()),
     relevance=relevance,
     reads_gradients=False,

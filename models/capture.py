@@ -5,13 +5,11 @@
   graph so that gradients stop there.
 - :class:`ActivationCapture`: forward hooks that record the activations the
   LRP rules read, during the one forward pass being explained.
-- :func:`frozen_parameters`: weights need no gradient while explaining.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import fields
 
 import torch
@@ -64,19 +62,6 @@ class AttentionRecorder:
 def parameter_of(model: nn.Module) -> torch.Tensor:
     """The model's first parameter: its device and dtype are the model's."""
     return next(model.parameters())
-
-
-@contextmanager
-def frozen_parameters(model: nn.Module) -> Iterator[None]:
-    """Within: no parameter of ``model`` requires grad, so a backward pass stops at the attention."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    for param in params:
-        param.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for param in params:
-            param.requires_grad_(True)
 
 
 Slot = dict[str, torch.Tensor]

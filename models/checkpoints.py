@@ -116,8 +116,9 @@ def download_hub_file(repo_id: str, filenames: tuple[str, ...], model_name: str)
         for filename in filenames:
             try:
                 return hf_hub_download(repo_id, filename)
-            except Exception as error:  # no such file, gated repo, dropped connection...
-                reason = type(error).__name__
+            except Exception as error:  # no such file, gated repo, dropped connection: keep its own words
+                first_line = str(error).strip().splitlines()[0] if str(error).strip() else "no message"
+                reason = f"{type(error).__name__}: {first_line}"
     raise HeatmapError(
         f"weights of {model_name} are not in the local cache and could not be downloaded ({reason}); "
         f"download them once with network access (e.g. `hf download {repo_id}`), "

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from timm.layers import Attention
 
 from heatmap.errors import HeatmapError
-from heatmap.models.capture import frozen_parameters
+from heatmap.explainers.driver import frozen_parameters
 from heatmap.models.timm.adapter import TimmTower
 from helpers import reference
 from helpers.models import tiny_vit
