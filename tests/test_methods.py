@@ -126,7 +126,7 @@ def test_default_target_is_top1(images):
     assert result.targets.tolist() == model(images).argmax(dim=1).tolist()
 
 
-@pytest.mark.parametrize("method", ["rollout", "grad-rollout", "chefer-generic"])
+@pytest.mark.parametrize("method", heatmap.methods())
 def test_batch_equals_one_by_one_and_runs_repeat_exactly(method, images):
     model, images = tiny_vit().double(), images.double()
     targets = [0, 2, 4]

@@ -16,7 +16,7 @@ import heatmap
 from heatmap.cli.app import app
 from helpers.models import TEXTS, tiny_clip, tiny_vit
 
-METHODS = ["rollout", "grad-rollout", "chefer-generic", "transformer-attribution"]
+METHODS = heatmap.methods()  # every registered method
 
 
 @pytest.mark.parametrize("method", METHODS)
