@@ -180,14 +180,17 @@ def _integer_range(image: Image.Image, values: np.ndarray) -> tuple[float, float
     return 0.0, 2.0**bits - 1
 
 
-def collect_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False) -> list[Path]:
+def collect_inputs(inputs: Sequence[str | os.PathLike[str]], recursive: bool = False,
+                   out_dir: Path | None = None) -> list[Path]:
     """Expand files, folders and glob patterns into the list of files to explain.
 
     A path that exists is taken literally (even if it contains glob
     characters). A file is kept whatever its suffix (the loader says if it is
     not an image). A folder gives its files whose suffix is in
     ``IMAGE_SUFFIXES`` (case-insensitive), skipping hidden files and, when
-    ``recursive``, descending into subfolders except hidden ones. A string
+    ``recursive``, descending into subfolders except hidden ones and the
+    output folder ``out_dir``. Files a vit-heatmap run wrote (named in the
+    ``manifest.jsonl`` of their folder) are never inputs. A string
     with ``*``, ``?`` or ``[`` that is not an existing path is expanded by
     ``glob.glob(..., recursive=True)`` (so ``**`` works); the files it
     matches are kept as they are, folders it matches are ignored.
@@ -195,6 +198,7 @@ def collect_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False)
     Args:
         inputs: Paths and patterns, in the order the user gave them.
         recursive: Whether folders are searched in their subfolders too.
+        out_dir: The run's output folder, never searched for inputs.
 
     Returns:
         Paths, spelled as the user's input plus the found names: inputs in the
@@ -208,11 +212,12 @@ def collect_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False)
     """
     collected: list[Path] = []
     seen: set[Path] = set()
+    written: dict[Path, set[str]] = {}  # per folder, read once
     for raw in inputs:
         text = os.fspath(raw)
         path = Path(text)
         if path.is_dir():
-            expanded = _images_in_folder(path, recursive)
+            expanded = _images_in_folder(path, recursive, out_dir)
         elif path.exists():
             expanded = [path]
         elif any(character in _GLOB_CHARACTERS for character in text):
@@ -224,14 +229,29 @@ def collect_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False)
             raise HeatmapError(f"no such file or folder: {text}; check the path")
         for found in expanded:
             identity = found.resolve()
+            if found.parent not in written:
+                written[found.parent] = written_by_a_run(found.parent)
+            if found.name in written[found.parent]:
+                continue
             if identity not in seen:
                 seen.add(identity)
                 collected.append(found)
     return collected
 
 
-def _images_in_folder(folder: Path, recursive: bool) -> list[Path]:
+def written_by_a_run(folder: Path) -> set[str]:
+    """The names of the files vit-heatmap runs wrote into ``folder`` (its manifest's ``files``)."""
+    from heatmap.outputs import read_manifest
+
+    try:
+        return {name for entry in read_manifest(folder) for name in entry["files"].values()}
+    except OSError:
+        return set()
+
+
+def _images_in_folder(folder: Path, recursive: bool, out_dir: Path | None = None) -> list[Path]:
     found: list[Path] = []
+    skip = out_dir.resolve() if out_dir is not None else None
     try:
         if recursive:
             # os.walk swallows errors by default; make an unreadable subfolder loud.
@@ -239,7 +259,8 @@ def _images_in_folder(folder: Path, recursive: bool) -> list[Path]:
                 raise error
 
             for directory, subfolders, names in os.walk(folder, onerror=fail):
-                subfolders[:] = [sub for sub in subfolders if not sub.startswith(".")]
+                subfolders[:] = [sub for sub in subfolders if not sub.startswith(".")
+                                 and (Path(directory) / sub).resolve() != skip]
                 found.extend(Path(directory) / name for name in names if _is_image_name(name))
             found = [path for path in found if path.is_file()]
         else:

@@ -10,6 +10,7 @@ target), which is how a resumed run knows what is done and how
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from PIL import Image
 
+from heatmap.errors import HeatmapError
 from heatmap.render import overlay, text_strip
 
 if TYPE_CHECKING:
@@ -32,21 +34,78 @@ if TYPE_CHECKING:
 MANIFEST = "manifest.jsonl"
 
 
+class OutputError(HeatmapError):
+    """A file of one input could not be written; the input fails, the run goes on."""
+
+
+# Byte budgets of the parts of a file name (most file systems allow 255 bytes): a part
+# over its budget is cut and gets a hash of the whole, so it stays distinct.
+STEM_BYTES = 80
+TARGET_BYTES = 60
+
+
+def short_hash(text: str, length: int = 8) -> str:
+    """The first ``length`` hex digits of ``text``'s sha256: a stable, run-independent tag."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
 def slug(text: str) -> str:
-    """A file-name-safe form of a label: ``"tabby, tabby cat"`` -> ``"tabby_tabby_cat"``."""
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:60] or "x"
+    """A file-name-safe form of a label: letters and digits of every script kept, the rest ``_``.
+
+    ``"tabby, tabby cat"`` -> ``"tabby_tabby_cat"``, ``"красное сердце"`` -> ``"красное_сердце"``.
+    """
+    return re.sub(r"[\W_]+", "_", text).strip("_") or "x"
+
+
+def fitted(name: str, budget: int) -> str:
+    """``name`` when it fits in ``budget`` UTF-8 bytes, else cut to fit with a hash of the whole appended."""
+    if len(name.encode("utf-8")) <= budget:
+        return name
+    tag = "-" + short_hash(name)
+    cut = name.encode("utf-8")[:budget - len(tag)].decode("utf-8", errors="ignore")
+    return cut + tag
+
+
+def text_name(text: str) -> str:
+    """How a CLIP text appears in file names: its slug, with a hash of the text when the slug lost anything.
+
+    Two texts that slug alike (``"🙂"`` and ``"🙃"``, ``"a cat"`` and ``"a-cat"``) get distinct names;
+    a text's name never depends on the other texts of the run.
+    """
+    name = slug(text)
+    if name != text:
+        name = f"{name}-{short_hash(text)}"
+    return fitted(name, TARGET_BYTES)
 
 
 def output_stems(paths: Sequence[Path]) -> list[str]:
-    """A distinct output name per input: its stem, or, where stems clash
-    (``a/cat.jpg``, ``b/cat.jpg``), its path below their common folder
-    (``a__cat_jpg``, ``b__cat_jpg``)."""
-    counts = Counter(path.stem for path in paths)
-    clashing = [path.resolve() for path in paths if counts[path.stem] > 1]
+    """A distinct output name per input, chosen over all inputs of a run.
+
+    Its stem; where stems clash (also only by case: ``Cat.jpg``, ``cat.png``),
+    its path below their common folder with the suffix kept (``a__cat.jpg``,
+    ``b__cat.jpg``); a name still shared after that (or cut to fit) gets a
+    hash of the input's full path. Never two inputs with one name.
+    """
+    counts = Counter(path.stem.casefold() for path in paths)
+    clashing = [path.resolve() for path in paths if counts[path.stem.casefold()] > 1]
     root = Path(os.path.commonpath(clashing)) if clashing else None
-    return [path.stem if counts[path.stem] == 1
-            else "__".join(path.resolve().relative_to(root).parts).replace(".", "_")
-            for path in paths]
+    names = [path.stem if counts[path.stem.casefold()] == 1
+             else "__".join(path.resolve().relative_to(root).parts)  # type: ignore[arg-type]
+             for path in paths]
+    names = [fitted(name, STEM_BYTES) for name in names]
+    taken = Counter(name.casefold() for name in names)
+    return [name if taken[name.casefold()] == 1 else fitted(f"{name}-{short_hash(str(path.resolve()))}", STEM_BYTES)
+            for name, path in zip(names, paths, strict=True)]
+
+
+def configuration_tag(fields: dict[str, Any]) -> str:
+    """A short tag of everything that makes a map other than its input and target.
+
+    ``fields``: model, weights, kind (classifier or CLIP), method, options,
+    precision. Part of every file name, so two configurations never write
+    the same file (README, "Outputs").
+    """
+    return short_hash(json.dumps(fields, sort_keys=True, default=str))
 
 
 def target_names(labels: Sequence[str] | None) -> dict[int, str]:
@@ -57,9 +116,9 @@ def target_names(labels: Sequence[str] | None) -> dict[int, str]:
     """
     if labels is None:
         return {}
-    slugs = [slug(label) for label in labels]
-    counts = Counter(slugs)
-    return {i: (s if counts[s] == 1 else f"{i}-{s}") for i, s in enumerate(slugs)}
+    slugs = [fitted(slug(label), TARGET_BYTES) for label in labels]
+    counts = Counter(name.casefold() for name in slugs)
+    return {i: (name if counts[name.casefold()] == 1 else f"{i}-{name}") for i, name in enumerate(slugs)}
 
 
 TEMPORARY_MARK = ".tmp-"
@@ -188,11 +247,13 @@ class ResultWriter:
         out_dir: the folder (created if needed).
         model: the model's name, recorded in the manifest.
         writers: the file writers, each one kind of file.
+        tag: the run's :func:`configuration_tag`, the last part of every file's base name.
     """
 
     out_dir: Path
     model: str
     writers: list[FileWriter] = field(default_factory=default_writers)
+    tag: str = ""
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -211,12 +272,16 @@ class ResultWriter:
             target_name: the target as it appears in file names.
             common: what the manifest says of every map of the run (weights, precision, options).
         """
-        base = f"{stem}.{method}.{target_name}"
+        base = ".".join(part for part in (stem, method, target_name, self.tag) if part)
         files = {}
-        for writer in self.writers:
-            name = writer(self.out_dir, base, picture, record)
-            if name is not None:
-                files[writer.kind] = name
+        try:
+            for writer in self.writers:
+                name = writer(self.out_dir, base, picture, record)
+                if name is not None:
+                    files[writer.kind] = name
+        except OSError as error:
+            # this input's failure (a name the file system refuses, a full disk): the run goes on
+            raise OutputError(f"{source}: cannot write {base}.*: {error.strerror or error}") from error
         entry = {"input": str(source), "model": self.model, "method": method, **common, **record.fields,
                  "map_shape": list(record.heatmap.shape), "files": files}
         append_manifest_line(self.out_dir / MANIFEST, entry)

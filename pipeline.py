@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from heatmap.outputs import target_names
+from heatmap.outputs import target_names, text_name
 
 if TYPE_CHECKING:
     import torch
@@ -81,8 +81,8 @@ class Pipeline:
             if targets else None
         self.top_k = top_k
         self.texts = list(texts) if texts is not None else None
-        names = self.texts if self.texts is not None else adapter.labels
-        self._names = target_names(names)
+        self._names = ({t: text_name(text) for t, text in enumerate(self.texts)} if self.texts is not None
+                       else target_names(adapter.labels))
 
     def forward_batch_size(self, requested: int) -> int:
         """Images per forward pass: 1 on CPU, so maps are byte-identical whatever the batch size.

@@ -10,6 +10,7 @@ failed, 2 a usage error, 130 stopped by Ctrl-C (143 by SIGTERM).
 """
 
 import inspect
+import json
 import signal
 import threading
 from collections.abc import Callable
@@ -89,7 +90,7 @@ def execute(method: str, options: dict, inputs, model, checkpoint, target, top_k
                                     **batch_options(recursive, skip_existing, shard, quiet, json))
         return run_classifier(request).exit_code
 
-    exit_with(run, debug)
+    exit_with(run, debug, json)
 
 
 def batch_options(recursive: bool, skip_existing: bool, shard: Optional[str], quiet: bool, json: bool) -> dict:
@@ -106,12 +107,21 @@ def exit_code(error: HeatmapError) -> int:
     return 2 if isinstance(error, UsageError) else 1
 
 
-def exit_with(run: Callable[[], int], debug: bool) -> None:
+def exit_with(run: Callable[[], int], debug: bool, json_output: bool = False) -> None:
     """Call ``run``; exit with its code, turning errors into one line and an exit code.
 
     Ctrl-C and SIGTERM (a scheduler's stop) end the run at once: the runner
-    keeps what is written (every file is whole) and exits 130 or 143.
+    keeps what is written (every file is whole) and exits 130 or 143. With
+    ``--json``, a run that fails before its summary still prints one JSON
+    line on stdout (``error``, ``exit_code``), so a script's ``jq`` always gets one.
     """
+
+    def fail(message: str, code: int) -> typer.Exit:
+        console.say_error(message)
+        if json_output:
+            console.say_json(json.dumps({"error": message, "exit_code": code}))
+        return typer.Exit(code)
+
     from heatmap.cli.runner import Interrupted
 
     def stop(signum, _frame):
@@ -125,16 +135,20 @@ def exit_with(run: Callable[[], int], debug: bool) -> None:
     except HeatmapError as error:
         if debug:
             console.stderr.print_exception()
-        console.say_error(str(error))
-        raise typer.Exit(exit_code(error)) from None
+        raise fail(str(error), exit_code(error)) from None
     except KeyboardInterrupt as interrupt:
-        console.say_error("interrupted; files already written are complete")
-        raise typer.Exit(getattr(interrupt, "exit_code", 130)) from None
+        raise fail("interrupted; files already written are complete", getattr(interrupt, "exit_code", 130)) from None
+    except OSError as error:  # the file system said no (read-only folder, full disk, unwritable report)
+        if debug:
+            console.stderr.print_exception()
+        where = f"{error.filename}: " if error.filename else ""
+        raise fail(f"{where}{error.strerror or error}; check that the path is writable and the disk has room",
+                   1) from None
     except Exception as error:  # a bug, not the user's doing: say so in one line
         if debug:
             console.stderr.print_exception()
-        console.say_error(f"internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)")
-        raise typer.Exit(1) from None
+        hint = "" if debug else " (rerun with --debug for the traceback)"
+        raise fail(f"internal error: {type(error).__name__}: {error}{hint}", 1) from None
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -172,7 +186,7 @@ def clip_command() -> None:
                 colormap=shared.pop("colormap").value, alpha=shared.pop("alpha"), pretrained=shared.pop("pretrained"),
                 texts=texts, **batch_options(**shared))).exit_code
 
-        exit_with(run, debug)
+        exit_with(run, debug, shared.get("json", False))
 
     command.__signature__ = inspect.Signature(fixed[:8] + own + fixed[8:])  # type: ignore[attr-defined]
     command.__name__ = "clip"
@@ -223,7 +237,7 @@ def compare(
 
     request = CompareRequest(baseline, candidate, Thresholds(max_diff, min_corr, min_top_iou), report, diff_dir,
                              "json" if json else "quiet" if quiet else "normal")
-    exit_with(lambda: run_compare(request), debug)
+    exit_with(lambda: run_compare(request), debug, json)
 
 
 def main() -> None:

@@ -43,8 +43,12 @@ def run_compare(request: CompareRequest) -> int:
     except FileNotFoundError as error:
         raise HeatmapError(str(error)) from None
     if request.report is not None:
-        request.report.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(request.report, junit_xml(comparison))
+        try:
+            request.report.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(request.report, junit_xml(comparison))
+        except OSError as error:
+            raise HeatmapError(f"cannot write the report {request.report}: {error.strerror or error}; "
+                               "choose another --report path") from None
     pictures = write_difference_pictures(comparison, request.diff_dir) if request.diff_dir is not None else []
     if request.output == "json":
         console.say_json(json.dumps(_summary(comparison, pictures)))

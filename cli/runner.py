@@ -10,6 +10,7 @@ others; Ctrl-C stops the run at once, and every file already written is whole.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -123,7 +124,7 @@ class Run:
 
     def __init__(self, request: RunRequest) -> None:
         self.request = request
-        jobs, total, failures = plan_jobs(request.inputs, request.recursive, request.shard)
+        jobs, total, failures = plan_jobs(request.inputs, request.recursive, request.shard, Path(request.out))
         self.summary = RunSummary(Path(request.out), total=total, inputs=len(jobs))
         for failure in failures:
             self.fail(failure)
@@ -161,7 +162,6 @@ class Run:
                         self.fail(str(error))
                 if loaded:
                     yield loaded
-                    self.summary.explained += len(loaded)
                 progress.advance(task, len(batch))
 
     def finish(self) -> RunSummary:
@@ -201,13 +201,14 @@ def _run(request: RunRequest, load: Callable[[], Any], what: str, weights: tuple
     from heatmap.explainers.driver import Driver, resolve_options
     from heatmap.explainers.registry import method as find_method
     from heatmap.models import weights_identity
-    from heatmap.outputs import ResultWriter, default_writers, remove_stale_temporaries
+    from heatmap.outputs import OutputError, ResultWriter, configuration_tag, default_writers, remove_stale_temporaries
     from heatmap.pipeline import Pipeline
 
     clip = isinstance(request, ClipRequest)
     method = find_method(request.method)
     options = resolve_options(method, request.options, clip=clip)  # a bad option fails before the model loads
     run = Run(request)
+    ensure_writable(Path(request.out))  # before minutes of model loading and explaining
     with _loading(request, what):
         driver = Driver(load(), method, precision=request.precision, **request.options)
     if clip:
@@ -226,18 +227,25 @@ def _run(request: RunRequest, load: Callable[[], Any], what: str, weights: tuple
             run.leave_out_done(lambda job: done.has_targets(job.path, "target", pipeline.targets))
         else:
             run.leave_out_done(lambda job: done.has_top_k(job.path, request.top_k))
-    writer = ResultWriter(request.out, model_name, default_writers(request.colormap, request.alpha))
+    tag = configuration_tag({"model": model_name, "weights": identity, "kind": "clip" if clip else "classifier",
+                             "method": request.method, "options": options, "precision": pipeline.precision})
+    writer = ResultWriter(request.out, model_name, default_writers(request.colormap, request.alpha), tag)
     remove_stale_temporaries(writer.out_dir)
     common = {"weights": identity, "precision": pipeline.precision, "options": driver.options}
     entries = []
     try:
         for loaded in run.batches(pipeline.forward_batch_size(request.batch_size)):
             records = pipeline.explain([picture for _, picture in loaded])
-            for (job, picture), row in zip(loaded, records, strict=False):
-                for record in row:
-                    entries.append(writer.write(job.path, job.stem, picture, record, method=request.method,
-                                                target_name=record.target_name, common=common))
-                    run.summary.maps += 1
+            for (job, picture), row in zip(loaded, records, strict=True):
+                try:
+                    for record in row:
+                        entries.append(writer.write(job.path, job.stem, picture, record, method=request.method,
+                                                    target_name=record.target_name, common=common))
+                        run.summary.maps += 1
+                except OutputError as error:  # this input fails; the others go on
+                    run.fail(str(error))
+                    continue
+                run.summary.explained += 1
                 if clip and request.chatty:
                     _print_clip_table(job.path, row)
     except Interrupted as stop:
@@ -248,6 +256,22 @@ def _run(request: RunRequest, load: Callable[[], Any], what: str, weights: tuple
         else:
             _print_classifier_summary(entries, writer.out_dir)
     return run.finish()
+
+
+def ensure_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and check a file can be written there, or say what to do.
+
+    Raises:
+        HeatmapError: naming the folder and the file system's reason.
+    """
+    probe = folder / f".heatmap-write-check-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise HeatmapError(f"cannot write to the output folder {folder}: {error.strerror or error}; "
+                           "choose another --out or make it writable") from None
 
 
 def _loading(request: RunRequest, what: str):

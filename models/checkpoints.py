@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +50,21 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             raise HeatmapError(f"checkpoint {path} is not a readable .safetensors file ({error})") from None
     else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except __import__("pickle").UnpicklingError as error:
-            first_line = str(error).strip().splitlines()[0]
-            raise HeatmapError(
-                f"checkpoint {path} needs code to unpickle, which vit-heatmap never runs "
-                f"({first_line}); save it with torch.save(model.state_dict(), ...) or as .safetensors"
-            ) from None
-        except Exception as error:  # zip errors, EOF, wrong magic number...
-            raise HeatmapError(f"checkpoint {path} is not a readable PyTorch file ({error})") from None
+            with warnings.catch_warnings():  # torch's notes on old pickle protocols are not the user's business
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            # torch's message advises turning the safety off; never relay that, name what was refused
+            needed = re.search(r"(?:Unsupported global: |unsupported )GLOBAL (\S+)", str(error))
+            if needed:
+                raise HeatmapError(
+                    f"checkpoint {path} needs code to unpickle ({needed.group(1)}), which vit-heatmap never runs; "
+                    "save it with torch.save(model.state_dict(), ...) or as .safetensors") from None
+            raise HeatmapError(f"checkpoint {path} is not a PyTorch checkpoint (its contents are not a "
+                               "pickle of tensors); pass a .safetensors, .pt or .pth file of weights") from None
+        except Exception:  # zip errors, EOF, wrong magic number...
+            raise HeatmapError(f"checkpoint {path} is not a PyTorch checkpoint (unreadable as one); pass a "
+                               ".safetensors, .pt or .pth file of weights") from None
     for key in _NESTED_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -108,7 +117,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
-def download_hub_file(repo_id: str, filenames: tuple[str, ...], model_name: str) -> str:
+def download_hub_file(repo_id: str, filenames: tuple[str, ...], model_name: str,
+                      local_option: str = "--checkpoint FILE") -> str:
     """Download the first of ``filenames`` that exists; a one-line error when none can be had."""
     from huggingface_hub import hf_hub_download
     reason = "offline"
@@ -122,5 +132,5 @@ def download_hub_file(repo_id: str, filenames: tuple[str, ...], model_name: str)
     raise HeatmapError(
         f"weights of {model_name} are not in the local cache and could not be downloaded ({reason}); "
         f"download them once with network access (e.g. `hf download {repo_id}`), "
-        "pass --checkpoint FILE, or use --model demo, which runs offline"
+        f"pass {local_option}, or use --model demo, which runs offline"
     )

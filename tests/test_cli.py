@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,7 +72,9 @@ def test_console_script_on_a_folder_with_a_bad_file(scenes_folder, tmp_path):
         assert raw.dtype == np.float32 and list(raw.shape) == entry["map_shape"] == [12, 12]
         with Image.open(out / entry["files"]["png"]) as png:
             assert png.size == scene.image.size
-        assert entry["files"]["npy"] == f"{Path(entry['input']).stem}.chefer-generic.{entry['label']}.npy"
+        # <stem>.<method>.<target>.<configuration tag>.npy (README, "Outputs")
+        assert re.fullmatch(rf"{Path(entry['input']).stem}\.chefer-generic\.{entry['label']}\.[0-9a-f]{{8}}\.npy",
+                            entry["files"]["npy"])
 
 
 def test_cli_maps_equal_the_python_api(scenes_folder, tmp_path):

@@ -50,9 +50,20 @@ def test_pickle_that_needs_code_is_refused_never_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pt"
     torch.save({"weights": Payload()}, path)
-    with pytest.raises(HeatmapError, match="needs code to unpickle, which vit-heatmap never runs"):
+    refused = r"needs code to unpickle \(.*system\), which vit-heatmap never runs"
+    with pytest.raises(HeatmapError, match=refused) as info:
         load(TINY, checkpoint=path, device="cpu")
     assert not (tmp_path / "pwned").exists()
+    assert "weights_only" not in str(info.value)  # never relay advice to turn the safety off
+
+
+def test_random_bytes_are_not_a_checkpoint_and_nothing_leaks(tmp_path, recwarn):
+    path = tmp_path / "noise.pt"
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(HeatmapError, match="is not a PyTorch checkpoint") as info:
+        load(TINY, checkpoint=path, device="cpu")
+    assert "weights_only" not in str(info.value) and "unpickle" not in str(info.value)
+    assert not [warning for warning in recwarn if "torch" in str(warning.filename)]
 
 
 def test_checkpoint_of_another_architecture_names_the_keys(tmp_path):
@@ -126,7 +137,7 @@ def test_pretrained_name_resolves_from_the_filled_cache_offline(tmp_path):
     image = Path(__file__).parents[1] / "sample_images" / "coffee.png"
     result = run_offline(["rollout", str(image), "-m", TINY, "-o", "out", "-t", "espresso"], tmp_path / "hub", tmp_path)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "out" / "coffee.rollout.espresso.npy").is_file()
+    assert len(list((tmp_path / "out").glob("coffee.rollout.espresso.*.npy"))) == 1
 
 
 def test_default_model_missing_from_cache_says_how_to_get_it(tmp_path):

@@ -16,7 +16,7 @@ from heatmap.render import COLORMAPS, text_strip
 
 def test_output_stems_are_distinct_and_stable():
     paths = [Path("/x/a/cat.jpg"), Path("/x/b/cat.jpg"), Path("/x/dog.png"), Path("/x/a/cat.png")]
-    assert output_stems(paths) == ["a__cat_jpg", "b__cat_jpg", "dog", "a__cat_png"]
+    assert output_stems(paths) == ["a__cat.jpg", "b__cat.jpg", "dog", "a__cat.png"]
     assert output_stems([Path("/x/dog.png")]) == ["dog"]
 
 

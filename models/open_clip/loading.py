@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,18 @@ from heatmap.models.checkpoints import cached_hub_file, check_fits, download_hub
 
 DEFAULT_CLIP = ("ViT-B-32", "openai")
 _HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+@contextmanager
+def quiet_open_clip() -> Iterator[None]:
+    """Within: open_clip's warnings (it logs through the root logger) are not shown."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def create_clip(name: str, pretrained: str | Path | None) -> tuple[Any, Any, Any]:
@@ -32,7 +47,8 @@ def create_clip(name: str, pretrained: str | Path | None) -> tuple[Any, Any, Any
         raise HeatmapError(f"{name}: its tokenizer ({type(tokenizer).__name__}) is not CLIP's byte-pair "
                            "tokenizer; only CLIP-tokenizer models are supported")
     if pretrained is not None and Path(pretrained).is_file():
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
+        with quiet_open_clip():  # "no pretrained weights loaded": the local file's are, just below
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
         state = read_state_dict(pretrained)
         check_fits(model, state, str(pretrained), name)
         model.load_state_dict(state)
@@ -48,7 +64,7 @@ def create_clip(name: str, pretrained: str | Path | None) -> tuple[Any, Any, Any
         raise HeatmapError(f"{name} {tag}: weights are only published at a plain URL, not on the Hugging Face "
                            "hub; download the file and pass --pretrained PATH")
     weights = (cached_hub_file(repo_id, _HUB_WEIGHT_FILES)
-               or download_hub_file(repo_id, _HUB_WEIGHT_FILES, f"{name} ({tag})"))
+               or download_hub_file(repo_id, _HUB_WEIGHT_FILES, f"{name} ({tag})", local_option="--pretrained PATH"))
     model, _, preprocess = open_clip.create_model_and_transforms(
         name, pretrained=weights, image_mean=config.get("mean"), image_std=config.get("std"))
     return model, tokenizer, preprocess

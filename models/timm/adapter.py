@@ -105,6 +105,22 @@ class TimmTower:
         return timm_lrp_view(self.model, self.name)
 
 
+def check_architecture(model: Any, name: str) -> None:
+    """Refuse a timm model vit-heatmap cannot explain, naming why (also for a model built on the meta device).
+
+    Raises:
+        UnsupportedModelError: not a ``VisionTransformer``, or a pooling with no query row.
+    """
+    if not isinstance(model, VisionTransformer):
+        raise UnsupportedModelError(f"{name}: {type(model).__name__} is not a timm VisionTransformer; "
+                                    "vit-heatmap explains ViT-style models (vit_*, deit_*, ...)")
+    if getattr(model, "attn_pool", None) is not None or model.global_pool not in SUPPORTED_POOLS:
+        raise UnsupportedModelError(f"{name}: pooling {model.global_pool!r} (attention-pool head) is not "
+                                    f"supported; models that pool by {' or '.join(SUPPORTED_POOLS)} are")
+    if model.global_pool == "token" and not model.has_class_token:
+        raise UnsupportedModelError(f"{name}: token pooling without a class token is not supported")
+
+
 class TimmAdapter:
     """A timm ViT classifier seen through the seams the driver uses.
 
@@ -118,14 +134,7 @@ class TimmAdapter:
     """
 
     def __init__(self, model: Any, name: str, labels: Sequence[str] | None = None) -> None:
-        if not isinstance(model, VisionTransformer):
-            raise UnsupportedModelError(f"{name}: {type(model).__name__} is not a timm VisionTransformer; "
-                                        "vit-heatmap explains ViT-style models (vit_*, deit_*, ...)")
-        if getattr(model, "attn_pool", None) is not None or model.global_pool not in SUPPORTED_POOLS:
-            raise UnsupportedModelError(f"{name}: pooling {model.global_pool!r} (attention-pool head) is not "
-                                        f"supported; models that pool by {' or '.join(SUPPORTED_POOLS)} are")
-        if model.global_pool == "token" and not model.has_class_token:
-            raise UnsupportedModelError(f"{name}: token pooling without a class token is not supported")
+        check_architecture(model, name)
         self.model = model.eval()
         self.name = name
         self.labels = list(labels) if labels is not None else None

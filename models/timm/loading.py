@@ -6,8 +6,11 @@ import difflib
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from heatmap.errors import HeatmapError, UsageError
 from heatmap.models.checkpoints import cached_hub_file, check_fits, download_hub_file, read_state_dict
+from heatmap.models.timm.adapter import check_architecture
 
 _HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -40,6 +43,10 @@ def create_timm(name: str, checkpoint: str | Path | None = None) -> Any:
         close = difflib.get_close_matches(architecture, timm.list_models(), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; `timm.list_models('vit*')` lists them"
         raise UsageError(f"unknown model {name!r}{hint}")
+    # refuse an architecture vit-heatmap cannot explain before any download: built on the
+    # meta device, the model costs no memory and no weights
+    with torch.device("meta"):
+        check_architecture(timm.create_model(architecture, pretrained=False), name)
     if checkpoint is not None:
         state = read_state_dict(checkpoint)
         head = state.get("head.weight")

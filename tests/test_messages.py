@@ -1,0 +1,78 @@
+"""What a user is told: each message names the right option, says what to do, and nothing leaks.
+
+Each test runs the console script in a subprocess, offline, as a user's shell would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+SCENE = Path(__file__).resolve().parents[1] / "sample_images" / "shapes_002_red-heart_pink-cross.png"
+
+
+def heatmap(*args: object, cache: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if cache is not None:
+        env["HF_HUB_CACHE"] = str(cache)
+    return subprocess.run(["heatmap", *map(str, args)], capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_clip_offline_names_its_own_option(tmp_path):
+    result = heatmap("clip", SCENE, "--text", "a cat", "-o", tmp_path / "out", cache=tmp_path / "empty-cache")
+    assert result.returncode == 1
+    assert "--pretrained PATH" in result.stderr and "--checkpoint" not in result.stderr
+
+
+def test_a_local_clip_checkpoint_loads_without_a_random_init_warning(tmp_path):
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    save_file(open_clip.create_model("ViT-B-32").state_dict(), tmp_path / "b32.safetensors")
+    result = heatmap("clip", SCENE, "-m", "ViT-B-32", "--pretrained", tmp_path / "b32.safetensors",
+                     "--text", "a cat", "-o", tmp_path / "out", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "initialized randomly" not in result.stderr and "No pretrained weights" not in result.stderr
+
+
+def test_an_unwritable_output_folder_is_refused_before_the_model_loads(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = heatmap("chefer-generic", SCENE, "-m", "no_such_model_so_loading_would_fail", "-o", blocker / "out")
+    assert result.returncode == 1
+    assert "cannot write to the output folder" in result.stderr and "choose another --out" in result.stderr
+    assert "no_such_model" not in result.stderr  # refused before the model was even looked up
+    assert "internal error" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_unwritable_report_is_one_line_with_advice(tmp_path):
+    out = tmp_path / "out"
+    assert heatmap("rollout", SCENE, "-m", "demo", "-o", out, "--quiet").returncode == 0
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = heatmap("compare", out, out, "--report", blocker / "report.xml", "--debug")
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert "cannot write the report" in last and "report.xml" in last and "choose another --report" in last
+    assert "internal error" not in result.stderr and "rerun with --debug" not in result.stderr
+
+
+def test_json_always_prints_one_line(tmp_path):
+    failing = (["rollout", SCENE, "-m", "vit_nonexistent_model"], ["rollout", tmp_path / "missing.png", "-m", "demo"])
+    for args in failing:
+        result = heatmap(*args, "-o", tmp_path / "out", "--json")
+        lines = result.stdout.strip().splitlines()
+        assert result.returncode != 0 and len(lines) == 1
+        summary = json.loads(lines[0])
+        assert summary["exit_code"] == result.returncode and summary["error"]
+
+
+def test_an_unsupported_architecture_is_refused_before_any_download(tmp_path):
+    result = heatmap("rollout", SCENE, "-m", "resnet18", "-o", tmp_path / "out", cache=tmp_path / "empty-cache")
+    assert result.returncode == 1
+    assert "ResNet is not a timm VisionTransformer" in result.stderr
+    assert "download" not in result.stderr
