@@ -79,6 +79,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
                 # Decoding is lazy: force it inside the try so that a truncated
                 # or damaged file fails here, with its name, not deep in a model.
                 opened.load()
+                frames = getattr(opened, "n_frames", 1)
                 oriented = ImageOps.exif_transpose(opened)
     except HeatmapError:
         raise
@@ -99,7 +100,9 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             f"{name}: cannot decode the image ({type(exc).__name__}: {_one_line(exc)}); "
             "the file is probably truncated or damaged, copy it again"
         ) from None
-    return _to_rgb(oriented)
+    picture = _to_rgb(oriented)
+    picture.info["frames"] = frames  # a multi-page TIFF or an animated GIF: the first frame is explained
+    return picture
 
 
 def _one_line(exc: BaseException) -> str:
@@ -181,7 +184,7 @@ def _integer_range(image: Image.Image, values: np.ndarray) -> tuple[float, float
 
 
 def collect_inputs(inputs: Sequence[str | os.PathLike[str]], recursive: bool = False,
-                   out_dir: Path | None = None) -> list[Path]:
+                   out_dir: Path | None = None, left_out: list[str] | None = None) -> list[Path]:
     """Expand files, folders and glob patterns into the list of files to explain.
 
     A path that exists is taken literally (even if it contains glob
@@ -199,6 +202,9 @@ def collect_inputs(inputs: Sequence[str | os.PathLike[str]], recursive: bool = F
         inputs: Paths and patterns, in the order the user gave them.
         recursive: Whether folders are searched in their subfolders too.
         out_dir: The run's output folder, never searched for inputs.
+        left_out: Where to name each file a folder held that is not taken
+            (not an image by its suffix, a broken link, a linked folder, an
+            earlier run's output), one line each.
 
     Returns:
         Paths, spelled as the user's input plus the found names: inputs in the
@@ -217,7 +223,7 @@ def collect_inputs(inputs: Sequence[str | os.PathLike[str]], recursive: bool = F
         text = os.fspath(raw)
         path = Path(text)
         if path.is_dir():
-            expanded = _images_in_folder(path, recursive, out_dir)
+            expanded = _images_in_folder(path, recursive, out_dir, left_out)
         elif path.exists():
             expanded = [path]
         elif any(character in _GLOB_CHARACTERS for character in text):
@@ -232,6 +238,8 @@ def collect_inputs(inputs: Sequence[str | os.PathLike[str]], recursive: bool = F
             if found.parent not in written:
                 written[found.parent] = written_by_a_run(found.parent)
             if found.name in written[found.parent]:
+                if left_out is not None:
+                    left_out.append(f"{found}: written by an earlier run (in its folder's manifest.jsonl)")
                 continue
             if identity not in seen:
                 seen.add(identity)
@@ -249,9 +257,11 @@ def written_by_a_run(folder: Path) -> set[str]:
         return set()
 
 
-def _images_in_folder(folder: Path, recursive: bool, out_dir: Path | None = None) -> list[Path]:
+def _images_in_folder(folder: Path, recursive: bool, out_dir: Path | None = None,
+                      left_out: list[str] | None = None) -> list[Path]:
     found: list[Path] = []
     skip = out_dir.resolve() if out_dir is not None else None
+    noted: list[str] = []
     try:
         if recursive:
             # os.walk swallows errors by default; make an unreadable subfolder loud.
@@ -259,24 +269,49 @@ def _images_in_folder(folder: Path, recursive: bool, out_dir: Path | None = None
                 raise error
 
             for directory, subfolders, names in os.walk(folder, onerror=fail):
-                subfolders[:] = [sub for sub in subfolders if not sub.startswith(".")
-                                 and (Path(directory) / sub).resolve() != skip]
-                found.extend(Path(directory) / name for name in names if _is_image_name(name))
-            found = [path for path in found if path.is_file()]
+                kept = []
+                for sub in subfolders:
+                    path = Path(directory) / sub
+                    if path.is_symlink():  # os.walk does not follow it: say so
+                        noted.append(f"{path}: a linked folder, not followed")
+                    elif not sub.startswith(".") and path.resolve() != skip:
+                        kept.append(sub)
+                subfolders[:] = kept
+                found.extend(_taken(Path(directory), names, noted))
         else:
-            found = [
-                entry for entry in folder.iterdir() if _is_image_name(entry.name) and entry.is_file()
-            ]
+            found = _taken(folder, [entry.name for entry in folder.iterdir()], noted, recursive=False)
     except PermissionError:
         raise HeatmapError(f"cannot read folder {folder}: permission denied; make it readable") from None
     except OSError as exc:
         raise HeatmapError(f"cannot read folder {folder}: {_one_line(exc)}") from None
+    if left_out is not None:
+        left_out.extend(sorted(noted))
     if not found:
         where = "or its subfolders" if recursive else "(subfolders are searched only when recursive)"
         raise HeatmapError(
             f"no images in folder {folder} {where}; images need a suffix such as .jpg, .png, .webp"
         )
     return sorted(found)
+
+
+def _taken(folder: Path, names: Sequence[str], noted: list[str], recursive: bool = True) -> list[Path]:
+    """The image files among ``names`` in ``folder``; every other visible entry is named in ``noted``."""
+    taken = []
+    for name in names:
+        path = folder / name
+        if name.startswith("."):
+            continue  # hidden: vit-heatmap's own temporaries, editors' files
+        if path.is_dir():
+            if not recursive:
+                continue  # subfolders are searched with --recursive; the help says so
+            noted.append(f"{path}: a folder")
+        elif not _is_image_name(name):
+            noted.append(f"{path}: not an image by its suffix")
+        elif not path.is_file():
+            noted.append(f"{path}: a broken link")
+        else:
+            taken.append(path)
+    return taken
 
 
 def _is_image_name(name: str) -> bool:

@@ -10,6 +10,7 @@ target), which is how a resumed run knows what is done and how
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -17,7 +18,8 @@ import os
 import re
 import socket
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -29,6 +31,7 @@ from heatmap.errors import HeatmapError
 from heatmap.render import overlay, text_strip
 
 if TYPE_CHECKING:
+    from heatmap.models.protocols import Box
     from heatmap.pipeline import MapRecord
 
 MANIFEST = "manifest.jsonl"
@@ -196,21 +199,43 @@ class NpyWriter:
         return name
 
 
+OVERLAY_SIZE = 2048  # the overlay's longest side by default: a 24 MP photo's would cost seconds and GBs
+
+
 @dataclass
 class OverlayWriter:
-    """The map over the picture it explains, as ``<base>.png``."""
+    """The map over the picture it explains, as ``<base>.png``.
+
+    Attributes:
+        colormap, alpha: the overlay's colours and opacity.
+        max_side: the overlay's longest side in pixels (the picture is scaled
+            down to it first, never up); 0: the picture's own size.
+    """
 
     colormap: str = "jet"
     alpha: float = 0.5
+    max_side: int = OVERLAY_SIZE
     kind = "png"
 
     def __call__(self, folder: Path, base: str, picture: Image.Image | None, record: MapRecord) -> str | None:
         if picture is None:
             return None
+        picture, box = scaled_down(picture, record.box, self.max_side)
         heatmap = np.ascontiguousarray(record.heatmap, dtype=np.float32)
         name = f"{base}.png"
-        write_atomically(folder / name, png_bytes(overlay(picture, heatmap, record.box, self.colormap, self.alpha)))
+        write_atomically(folder / name, png_bytes(overlay(picture, heatmap, box, self.colormap, self.alpha)))
         return name
+
+
+def scaled_down(picture: Image.Image, box: Box | None, max_side: int) -> tuple[Image.Image, Box | None]:
+    """``picture`` scaled so its longest side is at most ``max_side`` (0: as it is), and ``box`` with it."""
+    longest = max(picture.size)
+    if not max_side or longest <= max_side:
+        return picture, box
+    factor = max_side / longest
+    size = (max(1, round(picture.width * factor)), max(1, round(picture.height * factor)))
+    scaled_box = None if box is None else (box[0] * factor, box[1] * factor, box[2] * factor, box[3] * factor)
+    return picture.resize(size, Image.Resampling.LANCZOS), scaled_box
 
 
 class TokenStripWriter:
@@ -234,9 +259,9 @@ class FileWriter(Protocol):
     def __call__(self, folder: Path, base: str, picture: Image.Image | None, record: MapRecord) -> str | None: ...
 
 
-def default_writers(colormap: str = "jet", alpha: float = 0.5) -> list[FileWriter]:
+def default_writers(colormap: str = "jet", alpha: float = 0.5, overlay_size: int = OVERLAY_SIZE) -> list[FileWriter]:
     """What every explaining command writes: the map, the overlay, and (CLIP) the token strip."""
-    return [NpyWriter(), OverlayWriter(colormap, alpha), TokenStripWriter()]
+    return [NpyWriter(), OverlayWriter(colormap, alpha, overlay_size), TokenStripWriter()]
 
 
 @dataclass
@@ -288,41 +313,85 @@ class ResultWriter:
         return entry
 
 
+@contextmanager
+def locked_manifest(path: Path) -> Iterator[int]:
+    """An open, exclusively locked descriptor of the manifest ``path`` (created if needed).
+
+    Appends and repairs take this lock, so a repair never loses a concurrent
+    shard's line; after a repair replaced the file, a waiting writer reopens
+    the new one.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def append_manifest_line(path: Path, entry: dict[str, Any]) -> None:
     """Append ``entry`` as one line, in one write: a reader never sees half an entry.
 
     A last line left without its newline by a killed writer is closed first,
-    so the new entry starts on a line of its own (readers skip the broken one).
+    so the new entry starts on a line of its own (readers skip the broken one,
+    and :func:`repair_manifest` removes it).
     """
     line = (json.dumps(entry, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
+    with locked_manifest(path) as fd:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             line = b"\n" + line
         os.write(fd, line)
-    finally:
-        os.close(fd)
+
+
+def manifest_lines(folder: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """The entries of ``folder``'s manifest in order, and the numbers (from 1) of the lines that are none.
+
+    A line that is not a whole entry (a writer killed mid-line, or text put
+    there by hand) is left out of the entries and counted.
+    """
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        return [], []
+    entries, broken = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            entry = None
+        if isinstance(entry, dict) and isinstance(entry.get("files"), dict) and "input" in entry:
+            entries.append(entry)
+        elif line.strip():
+            broken.append(number)
+    return entries, broken
 
 
 def read_manifest(folder: Path) -> list[dict[str, Any]]:
-    """The entries of ``folder``'s manifest, in order; [] when there is none.
+    """The entries of ``folder``'s manifest, in order; [] when there is none (broken lines left out)."""
+    return manifest_lines(folder)[0]
 
-    A line that is not a whole JSON object (a writer killed mid-line) is
-    skipped: its files, if any, are rewritten by the next run.
+
+def repair_manifest(folder: Path) -> list[int]:
+    """Rewrite ``folder``'s manifest without its broken lines, atomically; return their numbers.
+
+    A run does this before it appends, so a fragment a killed run left does
+    not stay forever.
     """
     path = Path(folder) / MANIFEST
     if not path.exists():
         return []
-    entries = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(entry, dict) and "files" in entry:
-            entries.append(entry)
-    return entries
+    with locked_manifest(path):
+        entries, broken = manifest_lines(folder)
+        if broken:
+            write_atomically(path, "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in entries).encode())
+    return broken
 
 
 def entry_target(entry: dict[str, Any]) -> str:

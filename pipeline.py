@@ -84,6 +84,13 @@ class Pipeline:
         self._names = ({t: text_name(text) for t, text in enumerate(self.texts)} if self.texts is not None
                        else target_names(adapter.labels))
 
+    def input_size(self) -> tuple[int, int]:
+        """``(height, width)`` of the model's input, as its own transform makes it."""
+        from PIL import Image
+
+        tensor, _ = self.driver.adapter.preprocess([Image.new("RGB", (64, 64))])
+        return int(tensor.shape[-2]), int(tensor.shape[-1])
+
     def forward_batch_size(self, requested: int) -> int:
         """Images per forward pass: 1 on CPU, so maps are byte-identical whatever the batch size.
 
@@ -91,6 +98,13 @@ class Pipeline:
         per pass keeps every image's arithmetic the same (README, "Determinism").
         """
         return 1 if self.driver.adapter.device.type == "cpu" else requested
+
+    def truncated_texts(self) -> list[str]:
+        """The texts longer than the model's context: it sees only their beginning."""
+        truncated = getattr(self.driver.adapter, "truncated", None)
+        if self.texts is None or truncated is None:
+            return []
+        return [text for text, cut in zip(self.texts, truncated(self.texts), strict=True) if cut]
 
     def target_name(self, target: int) -> str:
         """How target ``target`` (class index, or text index) appears in file names."""
@@ -140,6 +154,7 @@ class Pipeline:
     def _clip_records(self, tensor: torch.Tensor, boxes: list[Box | None]) -> list[list[MapRecord]]:
         assert self.texts is not None
         explanation = self.driver.explain_texts(tensor, self.texts)
+        truncated = self.truncated_texts()
         maps = explanation.maps.float().numpy()
         probabilities = explanation.probabilities
         records = []
@@ -153,7 +168,7 @@ class Pipeline:
                     maps[i, t], self.target_name(t), box, t, text, logit,
                     fields={"text": text, "text_index": t, "logit": logit,
                             "probability": float(probabilities[i, t]), "word_pieces": pieces,
-                            "token_relevance": relevance.tolist()},
+                            "token_relevance": relevance.tolist(), "truncated": text in truncated},
                     word_pieces=pieces, token_relevance=relevance))
             records.append(row)
         return records

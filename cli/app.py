@@ -12,6 +12,7 @@ failed, 2 a usage error, 130 stopped by Ctrl-C (143 by SIGTERM).
 import inspect
 import json
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +45,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    # plain help: flags read "-q, --quiet", not "--quiet <bool>"; markup-free, so also quick
+    rich_markup_mode=None,
 )
 
 
@@ -78,26 +80,28 @@ def classifier_command(method: Method) -> None:
 
 
 def execute(method: str, options: dict, inputs, model, checkpoint, target, top_k, out, device, precision,
-            batch_size, colormap, alpha, recursive, skip_existing, shard, quiet, json, debug) -> None:
+            batch_size, colormap, alpha, overlay_size, recursive, skip_existing, shard, quiet, verbose, json,
+            debug) -> None:
     """Run one classifier command."""
     from heatmap.cli.runner import ClassifierRequest, run_classifier
 
     def run() -> int:
         request = ClassifierRequest(method=method, options=options, inputs=list(inputs), model=model, out=out,
                                     device=device.value, precision=precision.value, batch_size=batch_size,
-                                    colormap=colormap.value,
+                                    colormap=colormap.value, overlay_size=overlay_size,
                                     alpha=alpha, checkpoint=checkpoint, targets=list(target or []), top_k=top_k,
-                                    **batch_options(recursive, skip_existing, shard, quiet, json))
+                                    **batch_options(recursive, skip_existing, shard, quiet, json, verbose))
         return run_classifier(request).exit_code
 
     exit_with(run, debug, json)
 
 
-def batch_options(recursive: bool, skip_existing: bool, shard: Optional[str], quiet: bool, json: bool) -> dict:
+def batch_options(recursive: bool, skip_existing: bool, shard: Optional[str], quiet: bool, json: bool,
+                  verbose: bool = False) -> dict:
     """The shared options of unattended runs, as ``RunRequest`` fields."""
     from heatmap.cli.jobs import Shard as InputShard
 
-    return {"recursive": recursive, "skip_existing": skip_existing,
+    return {"recursive": recursive, "skip_existing": skip_existing, "verbose": verbose,
             "shard": InputShard.parse(shard) if shard is not None else None,
             "output": "json" if json else "quiet" if quiet else "normal"}
 
@@ -155,6 +159,32 @@ def exit_with(run: Callable[[], int], debug: bool, json_output: bool = False) ->
     raise typer.Exit(code)
 
 
+def read_texts(given: list[str], texts_file: Path | None) -> list[str]:
+    """The texts of ``--text`` and ``--texts-file``, checked, each once.
+
+    Raises:
+        UsageError: for an empty text or a texts file with no text.
+    """
+    texts = []
+    for text in given:
+        if not text.strip():
+            raise UsageError("--text '' is empty; give each --text at least one word")
+        texts.append(text.strip())
+    if texts_file is not None:
+        # utf-8-sig: a byte-order mark some editors write is not part of the first text
+        from_file = [line.strip() for line in texts_file.read_text(encoding="utf-8-sig").splitlines()
+                     if line.strip()]
+        if not from_file:
+            raise UsageError(f"the texts file {texts_file} holds no text; write one text per line")
+        texts += from_file
+    unique = list(dict.fromkeys(texts))
+    if len(unique) < len(texts):
+        duplicates = sorted({text for text in texts if texts.count(text) > 1})
+        console.stderr.print(f"[yellow]note:[/] {len(texts) - len(unique)} duplicate text(s) explained once: "
+                             f"{', '.join(map(repr, duplicates))}", soft_wrap=True, highlight=False, markup=True)
+    return unique
+
+
 def clip_command() -> None:
     """Register ``heatmap clip``: its own options, every method's options (optional), the shared ones."""
     choices = method_choices(METHODS.values())
@@ -170,10 +200,7 @@ def clip_command() -> None:
         debug = shared.pop("debug")
 
         def run() -> int:
-            texts = list(shared.pop("text") or [])
-            texts_file = shared.pop("texts_file")
-            if texts_file is not None:
-                texts += [line.strip() for line in texts_file.read_text().splitlines() if line.strip()]
+            texts = read_texts(shared.pop("text") or [], shared.pop("texts_file"))
             options = {name: getattr(value, "value", value) for name, value in kwargs.items() if value is not None}
             for name in ("start_layer", "text_start_layer"):
                 if shared[name] is not None:
@@ -183,7 +210,8 @@ def clip_command() -> None:
                 method=shared.pop("method").value, options=options, inputs=list(shared.pop("inputs")),
                 model=shared.pop("model"), out=shared.pop("out"), device=shared.pop("device").value,
                 precision=shared.pop("precision").value, batch_size=shared.pop("batch_size"),
-                colormap=shared.pop("colormap").value, alpha=shared.pop("alpha"), pretrained=shared.pop("pretrained"),
+                colormap=shared.pop("colormap").value, alpha=shared.pop("alpha"),
+                overlay_size=shared.pop("overlay_size"), pretrained=shared.pop("pretrained"),
                 texts=texts, **batch_options(**shared))).exit_code
 
         exit_with(run, debug, shared.get("json", False))
@@ -241,5 +269,22 @@ def compare(
 
 
 def main() -> None:
-    """The console script's entry point."""
-    app()
+    """The console script's entry point: a usage error is one line, like every other error (exit 2)."""
+    try:
+        from typer._click import exceptions as click_errors  # recent Typer vendors click
+    except ImportError:
+        from click import exceptions as click_errors  # type: ignore[no-redef]
+
+    try:
+        code = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as help_instead:
+        console.stdout.print(help_instead.format_message(), markup=False, highlight=False)
+        sys.exit(2)
+    except click_errors.UsageError as error:
+        command = error.ctx.command_path if error.ctx is not None else "heatmap"
+        console.say_error(f"{error.format_message().rstrip('.')}; see {command} --help")
+        sys.exit(2)
+    except click_errors.Abort:
+        console.say_error("interrupted")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

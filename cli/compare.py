@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from heatmap.cli import console
@@ -42,6 +43,10 @@ def run_compare(request: CompareRequest) -> int:
         comparison = compare_folders(request.baseline, request.candidate, request.thresholds)
     except FileNotFoundError as error:
         raise HeatmapError(str(error)) from None
+    for side, lines in comparison.broken_lines.items():
+        if lines and request.output != "json":
+            console.stderr.print(f"[yellow]note:[/] {side} manifest: {len(lines)} line(s) that are not entries "
+                                 f"left out (line {', '.join(map(str, lines))})", highlight=False)
     if request.report is not None:
         try:
             request.report.parent.mkdir(parents=True, exist_ok=True)
@@ -62,6 +67,10 @@ def run_compare(request: CompareRequest) -> int:
         console.say_error(f"{len(comparison.failed)} of {len(comparison.entries)} entries differ "
                           f"({missing} missing, {extra} extra) beyond max-diff {request.thresholds.max_diff:g}, "
                           f"min-corr {request.thresholds.min_corr:g}, min-top-iou {request.thresholds.min_top_iou:g}")
+        if comparison.nothing_paired:
+            console.say_error("no entry of the baseline has a partner in the candidate: entries pair by input "
+                              "path as given, model, method, options and target; run both from the same folder "
+                              "with the same method and options")
     return 0 if comparison.passed else 1
 
 
@@ -74,22 +83,29 @@ def _summary(comparison, pictures: list[Path]) -> dict:
                         "top_iou": metrics.top_iou if metrics else None, "score_change": entry.score_change})
     return {"baseline": str(comparison.baseline_dir), "candidate": str(comparison.candidate_dir),
             "entries": len(comparison.entries), "failed": len(comparison.failed), "passed": comparison.passed,
+            "broken_manifest_lines": comparison.broken_lines, "nothing_paired": comparison.nothing_paired,
             "difference_pictures": [str(path) for path in pictures], "results": entries}
 
 
 def _print_table(comparison) -> None:
+    from heatmap.outputs import entry_target
+
     worst = comparison.worst_first()
     table = Table(title=f"{len(comparison.entries) - len(comparison.failed)} of {len(comparison.entries)} "
                         f"entries agree", title_justify="left")
-    for column in ("entry", "max-diff", "corr", "top-iou", "score change", "result"):
-        table.add_column(column, justify="left" if column in ("entry", "result") else "right", overflow="fold")
+    for column in ("input", "method", "target", "max-diff", "corr", "top-iou", "score change", "result"):
+        table.add_column(column, justify="left" if column in ("input", "method", "target", "result") else "right",
+                         overflow="fold")
     for entry in worst[:WORST_ROWS]:
         metrics = entry.metrics
         cells = ([f"{metrics.max_diff:.2g}", f"{metrics.corr:.6f}", f"{metrics.top_iou:.2f}"] if metrics
                  else ["-", "-", "-"])
         change = f"{entry.score_change:+.3g}" if entry.score_change is not None else "-"
-        result = "[green]ok[/]" if entry.passed else f"[red]{'; '.join(entry.problems)}[/]"
-        table.add_row(entry.name, *cells, change, result)
+        result = "[green]ok[/]" if entry.passed else f"[red]{escape('; '.join(entry.problems))}[/]"
+        shown = entry.baseline or entry.candidate or {}
+        target = " ".join(str(part) for part in (entry_target(shown), shown.get("label")) if part is not None)
+        table.add_row(escape(str(shown.get("input"))), str(shown.get("method")), escape(target), *cells, change,
+                      result)
     if len(worst) > WORST_ROWS:
         table.caption = f"the {WORST_ROWS} worst of {len(worst)}"
     console.stdout.print(table)

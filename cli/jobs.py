@@ -51,7 +51,7 @@ class Job:
 
 
 def plan_jobs(inputs: Sequence[Path], recursive: bool = False, shard: Shard | None = None,
-              out_dir: Path | None = None) -> tuple[list[Job], int, list[str]]:
+              out_dir: Path | None = None, left_out: list[str] | None = None) -> tuple[list[Job], int, list[str]]:
     """The jobs of this run (sorted by path), how many inputs all shards hold, and the failed arguments.
 
     Each argument is expanded on its own, so one bad argument loses no others.
@@ -65,7 +65,7 @@ def plan_jobs(inputs: Sequence[Path], recursive: bool = False, shard: Shard | No
     failures = []
     for argument in inputs:
         try:
-            for path in collect_inputs([argument], recursive=recursive, out_dir=out_dir):
+            for path in collect_inputs([argument], recursive=recursive, out_dir=out_dir, left_out=left_out):
                 paths.setdefault(path.resolve(), path)
         except HeatmapError as error:
             failures.append(str(error))

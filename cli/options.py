@@ -43,6 +43,9 @@ BatchSize = Annotated[int, typer.Option(
     min=1, help="Images per forward pass on a GPU; on CPU each image runs alone, so maps are byte-identical.")]
 ColormapOption = Annotated[Colormap, typer.Option(help="Colormap of the overlay.")]
 Alpha = Annotated[float, typer.Option(min=0.0, max=1.0, help="Opacity of the heatmap over the image.")]
+OverlaySize = Annotated[int, typer.Option(
+    min=0, help="Longest side of the overlay PNG in pixels (the picture is scaled down to it); 0: the picture's "
+    "own size.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 Recursive = Annotated[bool, typer.Option("--recursive", "-r", help="Search folders in their subfolders too.")]
 SkipExisting = Annotated[bool, typer.Option(
@@ -52,6 +55,7 @@ Shard = Annotated[Optional[str], typer.Option(
     metavar="K/N", help="Process only the K-th of N slices of the sorted inputs (K = 1..N), so that N jobs "
     "split one folder with no overlap and no gap.", show_default=False)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no table; errors still go to stderr.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Name every file of the folders that is left out.")]
 Json = Annotated[bool, typer.Option(
     "--json", help="No progress bar; print a machine-readable summary (JSON) on stdout instead of tables.")]
 
@@ -74,10 +78,12 @@ def shared_options(
     batch_size: BatchSize = 8,
     colormap: ColormapOption = Colormap.jet,  # type: ignore[attr-defined]
     alpha: Alpha = 0.5,
+    overlay_size: OverlaySize = 2048,
     recursive: Recursive = False,
     skip_existing: SkipExisting = False,
     shard: Shard = None,
     quiet: Quiet = False,
+    verbose: Verbose = False,
     json: Json = False,
     debug: Debug = False,
 ) -> None:
@@ -108,10 +114,12 @@ def clip_options(
     batch_size: BatchSize = 8,
     colormap: ColormapOption = Colormap.jet,  # type: ignore[attr-defined]
     alpha: Alpha = 0.5,
+    overlay_size: OverlaySize = 2048,
     recursive: Recursive = False,
     skip_existing: SkipExisting = False,
     shard: Shard = None,
     quiet: Quiet = False,
+    verbose: Verbose = False,
     json: Json = False,
     debug: Debug = False,
 ) -> None:

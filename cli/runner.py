@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -25,6 +26,7 @@ from heatmap.cli.jobs import DoneMaps, Job, Shard, plan_jobs
 from heatmap.errors import HeatmapError, UsageError
 
 SUMMARY_ROWS = 40
+CLIP_TABLE_ROWS = 20  # texts shown per image; the manifest has them all
 
 
 @dataclass
@@ -41,8 +43,10 @@ class RunRequest:
     batch_size: int = 8
     colormap: str = "jet"
     alpha: float = 0.5
+    overlay_size: int = 2048
     recursive: bool = False
     skip_existing: bool = False
+    verbose: bool = False
     shard: Shard | None = None
     output: str = "normal"  # "normal", "quiet" (no bar, no table) or "json" (no bar, JSON summary)
 
@@ -99,6 +103,8 @@ class RunSummary:
     maps: int = 0
     failures: list[str] = field(default_factory=list)
     interrupted: int = 0
+    left_out: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -109,6 +115,7 @@ class RunSummary:
         return json.dumps({"out": str(self.out_dir), "inputs_total": self.total, "inputs": self.inputs,
                            "explained": self.explained, "skipped": self.skipped, "maps": self.maps,
                            "failed": len(self.failures), "failures": self.failures,
+                           "left_out": len(self.left_out), "left_out_files": self.left_out, "notes": self.notes,
                            "interrupted": bool(self.interrupted), "exit_code": self.exit_code})
 
 
@@ -124,8 +131,16 @@ class Run:
 
     def __init__(self, request: RunRequest) -> None:
         self.request = request
-        jobs, total, failures = plan_jobs(request.inputs, request.recursive, request.shard, Path(request.out))
-        self.summary = RunSummary(Path(request.out), total=total, inputs=len(jobs))
+        left_out: list[str] = []
+        jobs, total, failures = plan_jobs(request.inputs, request.recursive, request.shard, Path(request.out),
+                                          left_out)
+        self.summary = RunSummary(Path(request.out), total=total, inputs=len(jobs), left_out=left_out)
+        if left_out and request.verbose and request.output != "json":
+            for line in left_out:
+                console.stderr.print(f"left out: {escape(line)}", soft_wrap=True, highlight=False)
+        elif left_out:
+            self.note(f"{len(left_out)} file(s) in the folders are left out (not images, broken links, "
+                      "linked folders, earlier outputs); --verbose lists them")
         for failure in failures:
             self.fail(failure)
         if not total:
@@ -135,6 +150,12 @@ class Run:
     def fail(self, message: str) -> None:
         self.summary.failures.append(message)
         console.say_failed(message)
+
+    def note(self, message: str) -> None:
+        """One line on stderr about something the user should know (in the JSON summary with --json)."""
+        self.summary.notes.append(message)
+        if self.request.chatty:
+            console.stderr.print(f"[yellow]note:[/] {escape(message)}", soft_wrap=True, highlight=False)
 
     def leave_out_done(self, is_done) -> None:
         """Drop the jobs ``is_done(job)`` says are complete (``--skip-existing``)."""
@@ -178,45 +199,71 @@ class Run:
 
 def run_classifier(request: ClassifierRequest) -> RunSummary:
     """Run a classifier command."""
-    from heatmap.models import load
-
     if request.targets and request.top_k != 1:
         raise UsageError("--target and --top-k exclude each other: name the classes, or ask for the top K")
-    return _run(request, lambda: load(request.model, request.checkpoint, request.device),
+
+    def load() -> Any:
+        from heatmap.models import load
+
+        return load(request.model, request.checkpoint, request.device)
+
+    return _run(request, load,
                 request.model or "the default model", weights=(request.model, request.checkpoint, False))
 
 
 def run_clip(request: ClipRequest) -> RunSummary:
     """Run ``heatmap clip``."""
-    from heatmap.models import load_clip
-
     if not request.texts:
         raise UsageError("give at least one --text (or --texts-file) to explain the images against")
-    return _run(request, lambda: load_clip(request.model, request.pretrained, request.device),
+
+    def load() -> Any:
+        from heatmap.models import load_clip
+
+        return load_clip(request.model, request.pretrained, request.device)
+
+    return _run(request, load,
                 request.model or "ViT-B-32 (openai)", weights=(request.model, request.pretrained, True))
 
 
 def _run(request: RunRequest, load: Callable[[], Any], what: str, weights: tuple[Any, Any, bool]) -> RunSummary:
     """Load the model, leave out what is done, explain batch by batch, write, summarise."""
-    from heatmap.explainers.driver import Driver, resolve_options
     from heatmap.explainers.registry import method as find_method
-    from heatmap.models import weights_identity
-    from heatmap.outputs import OutputError, ResultWriter, configuration_tag, default_writers, remove_stale_temporaries
-    from heatmap.pipeline import Pipeline
+    from heatmap.explainers.registry import resolve_options
 
+    # Options, inputs and the output folder are checked before torch is even imported:
+    # a typo is reported at once, not after seconds of imports and model loading.
     clip = isinstance(request, ClipRequest)
     method = find_method(request.method)
-    options = resolve_options(method, request.options, clip=clip)  # a bad option fails before the model loads
+    options = resolve_options(method, request.options, clip=clip)
     run = Run(request)
-    ensure_writable(Path(request.out))  # before minutes of model loading and explaining
+    ensure_writable(Path(request.out))
+
+    from heatmap.explainers.driver import Driver
+    from heatmap.models import weights_identity
+    from heatmap.outputs import (
+        OutputError,
+        ResultWriter,
+        configuration_tag,
+        default_writers,
+        remove_stale_temporaries,
+        repair_manifest,
+    )
+    from heatmap.pipeline import Pipeline
+
     with _loading(request, what):
         driver = Driver(load(), method, precision=request.precision, **request.options)
     if clip:
         assert isinstance(request, ClipRequest)
         pipeline = Pipeline(driver, texts=request.texts)
+        for text in pipeline.truncated_texts():
+            run.note(f"text {text!r} is longer than the model's context: only its beginning is explained "
+                     "(manifest: truncated)")
     else:
         assert isinstance(request, ClassifierRequest)
         pipeline = Pipeline(driver, targets=request.targets, top_k=request.top_k)
+    several = len(request.texts) > 1 if clip else (len(pipeline.targets or []) > 1 or request.top_k > 1)
+    if method.class_agnostic and several:
+        run.note(f"{method.name} is class-agnostic: every target of an image gets the same map")
     model_name = driver.adapter.name
     identity = weights_identity(*weights[:2], clip=weights[2])
     if request.skip_existing:
@@ -229,12 +276,24 @@ def _run(request: RunRequest, load: Callable[[], Any], what: str, weights: tuple
             run.leave_out_done(lambda job: done.has_top_k(job.path, request.top_k))
     tag = configuration_tag({"model": model_name, "weights": identity, "kind": "clip" if clip else "classifier",
                              "method": request.method, "options": options, "precision": pipeline.precision})
-    writer = ResultWriter(request.out, model_name, default_writers(request.colormap, request.alpha), tag)
+    writers = default_writers(request.colormap, request.alpha, request.overlay_size)
+    writer = ResultWriter(request.out, model_name, writers, tag)
     remove_stale_temporaries(writer.out_dir)
+    repaired = repair_manifest(writer.out_dir)
+    if repaired:
+        run.note(f"{writer.out_dir / 'manifest.jsonl'}: removed {len(repaired)} broken line(s) an interrupted run "
+                 f"left (line {', '.join(map(str, repaired))})")
     common = {"weights": identity, "precision": pipeline.precision, "options": driver.options}
     entries = []
     try:
+        input_height, input_width = pipeline.input_size()
         for loaded in run.batches(pipeline.forward_batch_size(request.batch_size)):
+            for job, picture in loaded:
+                if picture.info.get("frames", 1) > 1:
+                    run.note(f"{job.path}: {picture.info['frames']} frames (pages); only the first is explained")
+                if picture.width * 4 <= input_width or picture.height * 4 <= input_height:
+                    run.note(f"{job.path}: {picture.width}x{picture.height} px, far smaller than the model's "
+                             f"{input_width}x{input_height} input: it is upscaled, the map says little")
             records = pipeline.explain([picture for _, picture in loaded])
             for (job, picture), row in zip(loaded, records, strict=True):
                 try:
@@ -298,7 +357,11 @@ def _print_clip_table(path: Path, records: list) -> None:
     table.add_column("logit", justify="right")
     table.add_column("probability", justify="right")
     best = max(range(len(records)), key=lambda t: records[t].score)
-    for t, record in enumerate(records):
+    for t, record in enumerate(records[:CLIP_TABLE_ROWS]):
         style = "bold green" if t == best else None
         table.add_row(record.label, f"{record.score:.2f}", f"{record.fields['probability']:.1%}", style=style)
+    if len(records) > CLIP_TABLE_ROWS:
+        best_record = records[best]
+        table.caption = (f"... and {len(records) - CLIP_TABLE_ROWS} more texts in manifest.jsonl; the best: "
+                         f"{best_record.label!r} ({best_record.fields['probability']:.1%})")
     console.stdout.print(table)

@@ -17,6 +17,7 @@ measurements behind them.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,12 +141,23 @@ class EntryComparison:
 
 @dataclass
 class FolderComparison:
-    """Every entry of two result folders, paired."""
+    """Every entry of two result folders, paired.
+
+    Attributes:
+        broken_lines: per side (``baseline``, ``candidate``), the numbers of
+            manifest lines that are not entries (left out).
+    """
 
     baseline_dir: Path
     candidate_dir: Path
     thresholds: Thresholds
     entries: list[EntryComparison]
+    broken_lines: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def nothing_paired(self) -> bool:
+        """No entry of the baseline found its partner: the runs differ in kind, not in maps."""
+        return all(entry.baseline is None or entry.candidate is None for entry in self.entries)
 
     @property
     def failed(self) -> list[EntryComparison]:
@@ -176,12 +188,12 @@ def compare_folders(baseline_dir: Path, candidate_dir: Path, thresholds: Thresho
     Raises:
         FileNotFoundError: when a folder has no manifest.
     """
-    from heatmap.outputs import latest_entries, read_manifest
+    from heatmap.outputs import latest_entries, manifest_lines
 
     baseline_dir, candidate_dir = Path(baseline_dir), Path(candidate_dir)
-    sides = {}
+    sides, broken = {}, {}
     for label, folder in (("baseline", baseline_dir), ("candidate", candidate_dir)):
-        entries = read_manifest(folder)
+        entries, broken[label] = manifest_lines(folder)
         if not entries:
             raise FileNotFoundError(f"{label} {folder} has no manifest.jsonl with entries; "
                                     "give a folder a heatmap run wrote")
@@ -191,7 +203,33 @@ def compare_folders(baseline_dir: Path, candidate_dir: Path, thresholds: Thresho
     for key in [*baseline, *(key for key in candidate if key not in baseline)]:
         results.append(_compare_entry(key, baseline.get(key), candidate.get(key), baseline_dir, candidate_dir,
                                       thresholds))
-    return FolderComparison(baseline_dir, candidate_dir, thresholds, results)
+    return FolderComparison(baseline_dir, candidate_dir, thresholds, _changed_targets(results), broken)
+
+
+def _changed_targets(results: list[EntryComparison]) -> list[EntryComparison]:
+    """A top-k class that changed (missing as one class, extra as another, same rank) as ONE changed entry."""
+    def slot(entry: dict[str, Any]) -> tuple:
+        return (entry["input"], entry["model"], entry["method"], json.dumps(entry.get("options", {}), sort_keys=True),
+                entry.get("top_k"), entry.get("rank"))
+
+    extra = {slot(result.candidate): result for result in results
+             if result.baseline is None and result.candidate is not None and result.candidate.get("rank") is not None}
+    merged, used = [], set()
+    for result in results:
+        partner = extra.get(slot(result.baseline)) if result.candidate is None and result.baseline is not None \
+            and result.baseline.get("rank") is not None else None
+        if partner is None:
+            merged.append(result)
+            continue
+        used.add(id(partner))
+        was, now = result.baseline, partner.candidate
+        assert was is not None and now is not None
+        rank = int(was["rank"]) + 1
+        changed = EntryComparison(result.key, was, now, score_change=None, problems=[
+            f"top-{rank} class changed: was {was['target']} {was.get('label') or ''}".rstrip()
+            + f", is {now['target']} {now.get('label') or ''}".rstrip()])
+        merged.append(changed)
+    return [result for result in merged if id(result) not in used]
 
 
 def _compare_entry(key, baseline, candidate, baseline_dir: Path, candidate_dir: Path,

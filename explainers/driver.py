@@ -17,7 +17,7 @@ dtype asked for, on a converted copy of the model.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -27,7 +27,7 @@ import torch
 from heatmap.errors import UnsupportedModelError, UsageError
 from heatmap.explainers.aggregation import resolve_start_layer
 from heatmap.explainers.lrp import lrp_pass
-from heatmap.explainers.registry import Evidence, Method, methods
+from heatmap.explainers.registry import Evidence, Method, methods, resolve_options
 from heatmap.models.protocols import Adapter, Grid, Scored, Spans, TowerScores
 
 
@@ -140,22 +140,6 @@ def frozen_parameters(model: torch.nn.Module) -> Iterator[None]:
             param.requires_grad_(True)
 
 
-def resolve_options(method: Method, given: Mapping[str, Any], clip: bool = False) -> dict[str, Any]:
-    """The method's options as used: defaults (CLIP's for a CLIP), ``given``, checked; no model needed.
-
-    For a CLIP, ``text_start_layer`` (default: the start layer) sets the text
-    tower's first block when the method has a start layer.
-    """
-    given = dict(given)
-    text_start = given.pop("text_start_layer", None) if clip else None
-    resolved = method.resolve_options(given, clip=clip)
-    if clip and "start_layer" in resolved:
-        resolved["text_start_layer"] = resolved["start_layer"] if text_start is None else int(text_start)
-    elif text_start is not None:
-        raise UsageError(f"{method.name} has no start layer, so no text start layer either")
-    return resolved
-
-
 def supported_towers(method: Method, adapter: Adapter, clip: bool) -> None:
     """Refuse, before any work, a model or tower ``method`` cannot explain, naming why and what works.
 
@@ -252,7 +236,14 @@ class Driver:
     def _start(self, tower_index: int, num_blocks: int) -> int:
         key = "text_start_layer" if tower_index == 1 else "start_layer"
         given = self.options.get(key, self.method.start_layer(self.options))
-        return resolve_start_layer(int(given), num_blocks)
+        try:
+            return resolve_start_layer(int(given), num_blocks)
+        except UsageError as error:
+            if not self.clip:
+                raise
+            tower = self.adapter.towers[tower_index].kind
+            option = "--text-start-layer" if tower_index == 1 else "--start-layer"
+            raise UsageError(f"{tower} tower ({option}): {error}") from None
 
     def _run(self, images: torch.Tensor, score: Any) -> tuple[torch.Tensor, Scored, list[list[torch.Tensor]]]:
         """Maps ``[B, K, gh, gw]``, the scores, and (CLIP) per image, per text, the token relevance."""

@@ -198,3 +198,19 @@ def discard_ratio_option(default: float) -> Option:
     """The ``discard_ratio`` option of the rollouts (docs/METHODS.md, rollout step 2)."""
     return Option("discard_ratio", default, "Fraction r of the smallest fused-attention entries set to 0, in [0, 1).",
                   check=check_discard_ratio)
+
+
+def resolve_options(method: Method, given: Mapping[str, Any], clip: bool = False) -> dict[str, Any]:
+    """The method's options as used: defaults (CLIP's for a CLIP), ``given``, checked; no model needed.
+
+    For a CLIP, ``text_start_layer`` (default: the start layer) sets the text
+    tower's first block when the method has a start layer.
+    """
+    given = dict(given)
+    text_start = given.pop("text_start_layer", None) if clip else None
+    resolved = method.resolve_options(given, clip=clip)
+    if clip and "start_layer" in resolved:
+        resolved["text_start_layer"] = resolved["start_layer"] if text_start is None else int(text_start)
+    elif text_start is not None:
+        raise UsageError(f"{method.name} has no start layer, so no text start layer either")
+    return resolved

@@ -114,7 +114,7 @@ def test_json_summary_and_exit_codes(image_folder, tmp_path):
     assert result.exit_code == 0
     assert json.loads(result.stdout) | {"out": None} == {
         "out": None, "inputs_total": 1, "inputs": 1, "explained": 0, "skipped": 1, "maps": 0, "failed": 0,
-        "failures": [], "interrupted": False, "exit_code": 0}
+        "failures": [], "left_out": 0, "left_out_files": [], "notes": [], "interrupted": False, "exit_code": 0}
     quiet = invoke(*args[:2], "-m", "demo", "-o", tmp_path / "q", "--quiet")
     assert quiet.exit_code == 0 and quiet.stdout == ""
     assert invoke(*args[:2], "-m", "demo", "--top-k", 0).exit_code == 2  # a usage error

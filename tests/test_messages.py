@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 SCENE = Path(__file__).resolve().parents[1] / "sample_images" / "shapes_002_red-heart_pink-cross.png"
@@ -76,3 +77,23 @@ def test_an_unsupported_architecture_is_refused_before_any_download(tmp_path):
     assert result.returncode == 1
     assert "ResNet is not a timm VisionTransformer" in result.stderr
     assert "download" not in result.stderr
+
+
+def test_a_usage_error_is_one_line_and_help_shows_flags_plainly():
+    result = heatmap("rollout", SCENE, "--nope")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: No such option: --nope (Possible options: --model, --top-k); see heatmap rollout --help"]
+    help_text = heatmap("rollout", "--help").stdout
+    assert "-q, --quiet" in help_text and "<bool>" not in help_text
+
+
+def test_bad_paths_and_options_are_answered_without_torch(tmp_path):
+    # torch made unimportable: an answer that needed it would crash instead
+    code = ("import sys; sys.modules['torch'] = None; sys.argv = ['heatmap'] + sys.argv[1:]; "
+            "from heatmap.cli.app import main; main()")
+    for args, message in ((["rollout", tmp_path / "missing.png", "-m", "demo"], "no such file or folder"),
+                          (["rollout", SCENE, "--discard-ratio", "2"], "discard ratio 2.0 is out of range"),
+                          (["clip", SCENE], "give at least one --text")):
+        result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
+        assert result.returncode in (1, 2) and message in result.stderr, result.stderr

@@ -131,3 +131,29 @@ def test_a_file_that_cannot_be_written_fails_its_input_only(tmp_path):
     assert "cannot write" in summary["failures"][0] and SCENE.name in summary["failures"][0]
     assert [Path(entry["input"]).name for entry in manifest(out)] == [other.name]
     assert np.load(out / manifest(out)[0]["files"]["npy"]).shape == (12, 12)
+
+
+def test_a_folder_of_nasty_inputs_loses_nothing(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("good.png", "x.png", "x.jpg", "x_png.png", "a" * 240 + ".png"):
+        shutil.copy(SCENE, folder / name)
+    (folder / "broken.png").write_bytes(b"not an image")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "drawing.svg").write_text("<svg/>")
+    (folder / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    out = folder  # the worst case: the output folder is the input folder
+    first = heatmap("chefer-generic", folder, "-m", "demo", "-o", out, check=False)
+    summary = json.loads(first.stdout)
+    assert first.returncode == 1 and summary["explained"] == 5 and summary["failed"] == 2
+    assert summary["left_out"] == 2  # the .svg and the dangling link, each named with --verbose
+    written = {entry["files"]["npy"]: (out / entry["files"]["npy"]).read_bytes() for entry in manifest(out)}
+    # rerun as is, resumed, and with other options into the same folder: nothing earlier is touched
+    heatmap("chefer-generic", folder, "-m", "demo", "-o", out, "--skip-existing", check=False)
+    again = json.loads(heatmap("rollout", folder, "-m", "demo", "-o", out, "--head-fusion", "max",
+                               check=False).stdout)
+    assert again["explained"] == 5  # the first run's overlays and maps are not inputs
+    for name, data in written.items():
+        assert (out / name).read_bytes() == data
+    files = [entry["files"]["npy"] for entry in manifest(out)]
+    assert len(files) == len(set(files)) == 10

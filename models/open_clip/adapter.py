@@ -27,7 +27,7 @@ from heatmap.errors import UnsupportedModelError
 from heatmap.models.capture import AttentionRecorder, parameter_of
 from heatmap.models.geometry import crop_box
 from heatmap.models.open_clip.attention import multihead_attention_capture
-from heatmap.models.open_clip.text import end_of_text
+from heatmap.models.open_clip.text import decoded_pieces, end_of_text
 from heatmap.models.protocols import Box, Grid, LrpView, Scored, Spans, TowerKind, TowerScores
 
 
@@ -163,11 +163,17 @@ class ClipAdapter:
         return self.tokenizer(list(texts)).to(self.device)
 
     def word_pieces(self, tokens: torch.Tensor) -> list[list[str]]:
-        """Per text, the word pieces between the start and end-of-text tokens."""
-        decoder = getattr(self.tokenizer, "decoder", None)
+        """Per text, the word pieces between the start and end-of-text tokens, as text."""
         ends = end_of_text(tokens).tolist()
-        return [[decoder[i].replace("</w>", "") if decoder else str(i) for i in row[1:end]]
-                for row, end in zip(tokens.tolist(), ends, strict=False)]
+        return [decoded_pieces(self.tokenizer, row[1:end]) for row, end in zip(tokens.tolist(), ends, strict=True)]
+
+    def truncated(self, texts: Sequence[str]) -> list[bool]:
+        """Per text, whether it is longer than the model's context (the tokenizer cuts it)."""
+        encode = getattr(self.tokenizer, "encode", None)
+        context = getattr(self.tokenizer, "context_length", None)
+        if encode is None or context is None:
+            return [False] * len(texts)
+        return [len(encode(text)) + 2 > context for text in texts]  # + start and end-of-text
 
     def grid(self, images: torch.Tensor) -> tuple[int, int]:
         """``(gh, gw)`` of the image tower, from its patch size and the input size."""
