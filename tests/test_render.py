@@ -247,3 +247,13 @@ def test_bugs_upstream_are_value_errors(heatmap, box):
 def test_render_does_not_import_torch():
     code = "import sys, heatmap.render; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_token_strips_name_the_characters_their_font_cannot_draw():
+    from heatmap.render import displayable, strip_font, text_strip
+
+    font = strip_font(20)
+    # U+E000 is a private-use code point no font draws; plain Latin always shows
+    assert displayable("a\ue000b", font) == "aU+E000b"
+    strip = text_strip(["кот", "\ue000"], np.array([1.0, 0.5]))
+    assert strip.size[0] > 40  # the code point's text, not an empty box
