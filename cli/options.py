@@ -108,26 +108,13 @@ def clip_options(
         "chefer-generic uses the last block, as the authors' CLIP notebook.", show_default=False)] = None,
     text_start_layer: Annotated[Optional[int], typer.Option(
         help="First block of the text tower, when it differs from --start-layer.", show_default=False)] = None,
-    out: Out = Path("heatmaps"),
-    device: DeviceOption = Device.auto,
-    precision: PrecisionOption = Precision.auto,
-    batch_size: BatchSize = 8,
-    colormap: ColormapOption = Colormap.jet,  # type: ignore[attr-defined]
-    alpha: Alpha = 0.5,
-    overlay_size: OverlaySize = 2048,
-    recursive: Recursive = False,
-    skip_existing: SkipExisting = False,
-    shard: Shard = None,
-    quiet: Quiet = False,
-    verbose: Verbose = False,
-    json: Json = False,
-    debug: Debug = False,
 ) -> None:
-    """Never called: its signature is the shared part of ``heatmap clip``'s."""
+    """Never called: its signature is the head of ``heatmap clip``'s; the tail is the classifiers' (``--out`` on)."""
 
 
 SHARED = inspect.signature(shared_options).parameters
-CLIP_SHARED = inspect.signature(clip_options).parameters
+_TAIL = list(SHARED)[list(SHARED).index("out"):]  # --out, --device, ... --debug: every explaining command's
+CLIP_SHARED = {**inspect.signature(clip_options).parameters, **{name: SHARED[name] for name in _TAIL}}
 
 
 def _choices(name: str, values: Iterable[str]) -> type[Enum]:

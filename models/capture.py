@@ -59,11 +59,6 @@ class AttentionRecorder:
         return self.attention_probs[self.track_from:]
 
 
-def parameter_of(model: nn.Module) -> torch.Tensor:
-    """The model's first parameter: its device and dtype are the model's."""
-    return next(model.parameters())
-
-
 Slot = dict[str, torch.Tensor]
 
 

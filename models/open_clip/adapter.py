@@ -14,7 +14,6 @@ tokenizer. Anything else is refused with the reason.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -24,11 +23,11 @@ from PIL import Image
 from torch import nn
 
 from heatmap.errors import UnsupportedModelError
-from heatmap.models.capture import AttentionRecorder, parameter_of
-from heatmap.models.geometry import crop_box
+from heatmap.models.base import AdapterBase
+from heatmap.models.capture import AttentionRecorder
 from heatmap.models.open_clip.attention import multihead_attention_capture
 from heatmap.models.open_clip.text import decoded_pieces, end_of_text
-from heatmap.models.protocols import Box, Grid, LrpView, Scored, Spans, TowerKind, TowerScores
+from heatmap.models.protocols import Grid, LrpView, Scored, Spans, TowerKind, TowerScores
 
 
 class ClipTower:
@@ -82,7 +81,7 @@ class ClipTower:
         return clip_lrp_view(self.module, self.kind, self.name)
 
 
-class ClipAdapter:
+class ClipAdapter(AdapterBase):
     """An open_clip CLIP seen through the seams the driver uses.
 
     Args:
@@ -131,29 +130,8 @@ class ClipAdapter:
     def towers(self) -> tuple[ClipTower, ClipTower]:
         return (self.vision, self.text)
 
-    @property
-    def device(self) -> torch.device:
-        return parameter_of(self.model).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the model's weights."""
-        return parameter_of(self.model).dtype
-
-    def converted(self, dtype: torch.dtype) -> ClipAdapter:
-        """This adapter when the model is in ``dtype`` already, else one over a converted copy.
-
-        The caller's model is never changed; the copy costs the model's size once per run.
-        """
-        if dtype == self.dtype:
-            return self
-        return ClipAdapter(copy.deepcopy(self.model).to(dtype), self.name, self.tokenizer, self.transform)
-
-    def preprocess(self, pictures: Sequence[Image.Image]) -> tuple[torch.Tensor, list[Box]]:
-        """The model's own eval transform; see ``TimmAdapter.preprocess``."""
-        tensor = torch.stack([self.transform(picture) for picture in pictures])
-        boxes = [crop_box(self.transform, picture.size) for picture in pictures]
-        return tensor.to(device=self.device, dtype=self.dtype), boxes
+    def rebuilt(self, model: Any) -> ClipAdapter:
+        return ClipAdapter(model, self.name, self.tokenizer, self.transform)
 
     def label(self, index: int) -> str | None:
         return None

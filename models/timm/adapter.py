@@ -8,22 +8,20 @@ knows which method runs.
 
 from __future__ import annotations
 
-import copy
 import difflib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
-from PIL import Image
 from timm.data import create_transform, resolve_data_config
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from heatmap.errors import UnsupportedModelError, UsageError
-from heatmap.models.capture import AttentionRecorder, parameter_of
-from heatmap.models.geometry import crop_box
-from heatmap.models.protocols import Box, Grid, LrpView, Scored, TowerKind, TowerScores
+from heatmap.models.base import AdapterBase
+from heatmap.models.capture import AttentionRecorder
+from heatmap.models.protocols import Grid, LrpView, Scored, TowerKind, TowerScores
 
 # Pooling a query row can be read for (docs/METHODS.md "query row").
 SUPPORTED_POOLS = ("token", "avg")
@@ -121,7 +119,7 @@ def check_architecture(model: Any, name: str) -> None:
         raise UnsupportedModelError(f"{name}: token pooling without a class token is not supported")
 
 
-class TimmAdapter:
+class TimmAdapter(AdapterBase):
     """A timm ViT classifier seen through the seams the driver uses.
 
     Args:
@@ -145,35 +143,8 @@ class TimmAdapter:
     def towers(self) -> tuple[TimmTower]:
         return (self.tower,)
 
-    @property
-    def device(self) -> torch.device:
-        return parameter_of(self.model).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the model's weights."""
-        return parameter_of(self.model).dtype
-
-    def converted(self, dtype: torch.dtype) -> TimmAdapter:
-        """This adapter when the model is in ``dtype`` already, else one over a converted copy.
-
-        The caller's model is never changed; the copy costs the model's size once per run.
-        """
-        if dtype == self.dtype:
-            return self
-        return TimmAdapter(copy.deepcopy(self.model).to(dtype), self.name, self.labels)
-
-    def preprocess(self, pictures: Sequence[Image.Image]) -> tuple[torch.Tensor, list[Box]]:
-        """The model's own eval transform.
-
-        Returns:
-            ``[B, 3, H, W]`` on the model's device and dtype, and per picture the
-            box ``(left, top, right, bottom)`` of it that the tensor shows (the
-            centre crop, say), for overlays at full size.
-        """
-        tensor = torch.stack([self.transform(picture) for picture in pictures])
-        boxes = [crop_box(self.transform, picture.size) for picture in pictures]
-        return tensor.to(device=self.device, dtype=self.dtype), boxes
+    def rebuilt(self, model: Any) -> TimmAdapter:
+        return TimmAdapter(model, self.name, self.labels)
 
     def score(self, images: torch.Tensor, targets: torch.Tensor | None, top_k: int) -> Scored:
         """Logits, the targets (given, or the ``top_k`` highest) and their scores ``[B, K]``."""
