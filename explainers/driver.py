@@ -281,8 +281,8 @@ class Driver:
         method = self.method
         count = side.objectives.shape[0]
         if method.class_agnostic and not method.reads_gradients and method.lrp_rules is None:
-            row = method.relevance(Evidence(probs[start:], None, None, side.query, side.tower.class_token),
-                                   self.options)
+            row = method.relevance(Evidence(probs[start:], None, None, side.query, side.tower.class_token,
+                                            read_out_columns(side.readout, side.query)), self.options)
             return [row] * count
         grads = self._gradients(side.objectives, capture.tracked(), retain) if method.reads_gradients else None
         rows = []
@@ -292,7 +292,7 @@ class Driver:
                 with torch.no_grad():
                     relevance = lrp_pass(view, recorder.activations(), probs, side.lrp_targets[k]).attention_relevance
             evidence = Evidence(probs[start:], grads[k] if grads is not None else None, relevance, side.query,
-                                side.tower.class_token)
+                                side.tower.class_token, read_out_columns(side.readout, side.query))
             with torch.no_grad():
                 rows.append(method.relevance(evidence, self.options))
         return rows
@@ -309,6 +309,17 @@ class Driver:
                 return [[grad[k] for grad in batched] for k in range(count)]
             return [list(torch.autograd.grad(objectives[k], tracked, retain_graph=retain or k + 1 < count))
                     for k in range(count)]
+
+
+def read_out_columns(readout: Grid | Spans, query: torch.Tensor) -> torch.Tensor:
+    """``[items, N]``: 1 on the tokens a map is read from, 0 elsewhere (``Evidence.columns``)."""
+    columns = torch.zeros(query.shape, dtype=torch.float64)
+    if isinstance(readout, Grid):
+        columns[:, readout.num_prefix_tokens:] = 1.0
+    else:
+        for item, (start, stop) in enumerate(readout.spans):
+            columns[item, start:stop] = 1.0
+    return columns
 
 
 def read_grid(row: torch.Tensor, readout: Any) -> torch.Tensor:

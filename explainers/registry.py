@@ -76,6 +76,9 @@ class Evidence:
         query: ``[B, N]`` weights whose product with ``R`` is the query row
             (docs/METHODS.md, "Notation").
         class_token: the position of the pooled class token, or None.
+        columns: ``[B, N]``, 1 on the tokens the map is read from (the patch
+            tokens ``P:`` of an image; a text's tokens between start and
+            end-of-text), 0 elsewhere.
     """
 
     attention_probs: Sequence[torch.Tensor]
@@ -83,6 +86,7 @@ class Evidence:
     attention_relevance: Sequence[torch.Tensor] | None
     query: torch.Tensor
     class_token: int | None
+    columns: torch.Tensor
 
 
 @dataclass(frozen=True)
