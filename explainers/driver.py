@@ -290,7 +290,8 @@ class Driver:
             relevance = None
             if view is not None:
                 with torch.no_grad():
-                    relevance = lrp_pass(view, recorder.activations(), probs, side.lrp_targets[k]).attention_relevance
+                    relevance = lrp_pass(view, recorder.activations(), probs, side.lrp_targets[k],
+                                         rules=method.lrp_rules or "transformer-attribution").attention_relevance
             evidence = Evidence(probs[start:], grads[k] if grads is not None else None, relevance, side.query,
                                 side.tower.class_token, read_out_columns(side.readout, side.query))
             with torch.no_grad():

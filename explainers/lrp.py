@@ -18,7 +18,7 @@ independent of the rest of the batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -52,6 +52,27 @@ def linear_relevance(x: torch.Tensor, weight: torch.Tensor, relevance: torch.Ten
     w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
     scaled = safe_divide(relevance, F.linear(x_pos, w_pos) + F.linear(x_neg, w_neg))
     return x_pos * (scaled @ w_pos) + x_neg * (scaled @ w_neg)
+
+
+def linear_relevance_original(x: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    """The ORIGINAL rule set's Linear: the positive and negative parts normalised SEPARATELY (METHODS.md).
+
+    Each part keeps all of ``R``, so the total is not conserved; that is what
+    the paper's LRP and partial-LRP rows measured (the authors' ``layers_lrp.py``).
+    """
+    weight = weight.detach().to(x.dtype)
+    x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
+    w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
+    scaled_pos = safe_divide(relevance, F.linear(x_pos, w_pos))
+    scaled_neg = safe_divide(relevance, F.linear(x_neg, w_neg))
+    return x_pos * (scaled_pos @ w_pos) + x_neg * (scaled_neg @ w_neg)
+
+
+def residual_relevance_original(a: torch.Tensor, b: torch.Tensor,
+                                relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ORIGINAL rule set's residual add: each operand's share of ``R``, NOT rescaled (METHODS.md)."""
+    scaled = safe_divide(relevance, a + b)
+    return a * scaled, b * scaled
 
 
 def residual_relevance(a: torch.Tensor, b: torch.Tensor,
@@ -112,8 +133,24 @@ class LrpResult:
     first_block: int = 0
 
 
+@dataclass(frozen=True)
+class Rules:
+    """The two rules in which the rule sets differ; every other rule is shared (METHODS.md)."""
+
+    linear: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    residual: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+RULE_SETS = {
+    # transformer-attribution's (the authors' layers_ours.py)
+    "transformer-attribution": Rules(linear_relevance, residual_relevance),
+    # the paper's LRP baselines' (the authors' layers_lrp.py)
+    "original": Rules(linear_relevance_original, residual_relevance_original),
+}
+
+
 def lrp_pass(view: LrpView, activations: Activations, attention_probs: Sequence[torch.Tensor],
-             target: torch.Tensor) -> LrpResult:
+             target: torch.Tensor, rules: str = "transformer-attribution") -> LrpResult:
     """One LRP pass for one target per image (docs/METHODS.md, "The LRP pass").
 
     Args:
@@ -125,10 +162,12 @@ def lrp_pass(view: LrpView, activations: Activations, attention_probs: Sequence[
             ``"embedding"``: ``[B, E]``, the gradient of the score with respect
             to the unit embedding, ``s * t_hat`` (CLIP: logit scale times the
             other tower's unit embedding).
+        rules: ``"transformer-attribution"`` or ``"original"`` (:data:`RULE_SETS`).
     """
+    rule_set = RULE_SETS[rules]
     head = activations.head
     start = start_relevance(view, head.output, target)
-    pooled = start if view.head_weight is None else linear_relevance(head.pooled, view.head_weight, start)
+    pooled = start if view.head_weight is None else rule_set.linear(head.pooled, view.head_weight, start)
     # the final norm (and timm's fc_norm, head_drop): identity
     relevance = pooling_relevance(view, activations, pooled)
     attention_relevance: list[torch.Tensor] = []
@@ -136,7 +175,7 @@ def lrp_pass(view: LrpView, activations: Activations, attention_probs: Sequence[
     first = activations.first_block
     for weights, acts, probs in reversed(list(zip(view.blocks[first:], activations.blocks,
                                                   attention_probs[first:], strict=True))):
-        relevance, block_ra = block_relevance(weights, acts, probs, relevance, residual_sums)
+        relevance, block_ra = block_relevance(weights, acts, probs, relevance, residual_sums, rule_set)
         attention_relevance.insert(0, block_ra)
     return LrpResult(attention_relevance, relevance, residual_sums, image_sum(start).flatten(), first)
 
@@ -170,20 +209,21 @@ def pooling_relevance(view: LrpView, activations: Activations, pooled: torch.Ten
 
 
 def block_relevance(weights: BlockWeights, acts: BlockActivations, probs: torch.Tensor, relevance: torch.Tensor,
-                    residual_sums: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+                    residual_sums: list[tuple[torch.Tensor, torch.Tensor]],
+                    rules: Rules = RULE_SETS["transformer-attribution"]) -> tuple[torch.Tensor, torch.Tensor]:
     """Relevance at a block's output -> at its input, and the block's ``RA`` (METHODS.md)."""
     # x = mid + drop_path2(ls2(mlp(norm2(mid)))); drop_path, layer-scale: identity
-    to_mid, to_mlp = residual_relevance(acts.mid, acts.mlp_branch, relevance)
+    to_mid, to_mlp = rules.residual(acts.mid, acts.mlp_branch, relevance)
     residual_sums.append((image_sum(relevance).flatten(), (image_sum(to_mid) + image_sum(to_mlp)).flatten()))
-    hidden = linear_relevance(acts.fc2_input, weights.fc2, to_mlp)  # drop2: identity
+    hidden = rules.linear(acts.fc2_input, weights.fc2, to_mlp)  # drop2: identity
     # drop1, GELU: identity, so fc2's input relevance is fc1's output relevance
-    branch = linear_relevance(acts.mlp_input, weights.fc1, hidden)
+    branch = rules.linear(acts.mlp_input, weights.fc1, hidden)
     mid = clone_relevance(acts.mid, to_mid, branch)  # norm2: identity
 
     # mid = x + drop_path1(ls1(attn(norm1(x))))
-    to_input, to_attn = residual_relevance(acts.block_input, acts.attn_branch, mid)
+    to_input, to_attn = rules.residual(acts.block_input, acts.attn_branch, mid)
     residual_sums.append((image_sum(mid).flatten(), (image_sum(to_input) + image_sum(to_attn)).flatten()))
-    merged = linear_relevance(acts.proj_input, weights.proj, to_attn)  # proj_drop: identity
+    merged = rules.linear(acts.proj_input, weights.proj, to_attn)  # proj_drop: identity
     batch, tokens, width = merged.shape
     heads = weights.num_heads
     head_dim = width // heads
@@ -198,5 +238,5 @@ def block_relevance(weights: BlockWeights, acts: BlockActivations, probs: torch.
     to_q, to_kt = product_relevance(q, k.transpose(-2, -1), attention_ra)
     to_qkv = torch.stack([to_q, to_kt.transpose(-2, -1), to_v])  # [3, B, H, N, hd], as split
     to_qkv = to_qkv.permute(1, 3, 0, 2, 4).reshape(batch, tokens, 3 * heads * head_dim)
-    branch = linear_relevance(acts.attn_input, weights.qkv, to_qkv)
+    branch = rules.linear(acts.attn_input, weights.qkv, to_qkv)
     return clone_relevance(acts.block_input, to_input, branch), attention_ra  # norm1: identity
