@@ -208,7 +208,7 @@ def run_classifier(request: ClassifierRequest) -> RunSummary:
         return load(request.model, request.checkpoint, request.device)
 
     return _run(request, load,
-                request.model or "the default model", weights=(request.model, request.checkpoint, False))
+                request.model or "the default model", weights=request.checkpoint)
 
 
 def run_clip(request: ClipRequest) -> RunSummary:
@@ -222,11 +222,14 @@ def run_clip(request: ClipRequest) -> RunSummary:
         return load_clip(request.model, request.pretrained, request.device)
 
     return _run(request, load,
-                request.model or "ViT-B-32 (openai)", weights=(request.model, request.pretrained, True))
+                request.model or "ViT-B-32 (openai)", weights=request.pretrained)
 
 
-def _run(request: RunRequest, load: Callable[[], Any], what: str, weights: tuple[Any, Any, bool]) -> RunSummary:
-    """Load the model, leave out what is done, explain batch by batch, write, summarise."""
+def _run(request: RunRequest, load: Callable[[], Any], what: str, weights: Any) -> RunSummary:
+    """Load the model, leave out what is done, explain batch by batch, write, summarise.
+
+    ``weights``: the local checkpoint, or the pretrained tag or file, as given (None: the name says it).
+    """
     from heatmap.explainers.registry import method as find_method
     from heatmap.explainers.registry import resolve_options
 
@@ -265,7 +268,7 @@ def _run(request: RunRequest, load: Callable[[], Any], what: str, weights: tuple
     if method.class_agnostic and several:
         run.note(f"{method.name} is class-agnostic: every target of an image gets the same map")
     model_name = driver.adapter.name
-    identity = weights_identity(*weights[:2], clip=weights[2])
+    identity = weights_identity(request.model, weights, clip=clip)
     if request.skip_existing:
         done = DoneMaps(request.out, model_name, identity, request.method, options, pipeline.precision)
         if clip:

@@ -28,6 +28,7 @@ from heatmap.errors import UnsupportedModelError, UsageError
 from heatmap.explainers.aggregation import resolve_start_layer
 from heatmap.explainers.lrp import lrp_pass
 from heatmap.explainers.registry import Evidence, Method, methods, resolve_options
+from heatmap.explainers.registry import method as find_method
 from heatmap.models.protocols import Adapter, Grid, Scored, Spans, TowerScores
 
 
@@ -183,7 +184,7 @@ class Driver:
 
     def __init__(self, adapter: Adapter, method: Method | str, precision: str = "auto",
                  batched_backward: bool = False, **options: Any) -> None:
-        self.method = methods_by_name(method)
+        self.method = method if isinstance(method, Method) else find_method(method)
         self.clip = len(adapter.towers) > 1
         self.options = resolve_options(self.method, options, clip=self.clip)
         supported_towers(self.method, adapter, self.clip)
@@ -332,9 +333,3 @@ def read_grid(row: torch.Tensor, readout: Any) -> torch.Tensor:
                            f"{readout.height}x{readout.width}")
     return row[:, readout.num_prefix_tokens:].reshape(batch, readout.height, readout.width)
 
-
-def methods_by_name(method: Method | str) -> Method:
-    """A method given by name or as itself."""
-    from heatmap.explainers.registry import method as find
-
-    return method if isinstance(method, Method) else find(method)
