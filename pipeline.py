@@ -161,14 +161,18 @@ class Pipeline:
         for i, box in enumerate(boxes):
             row = []
             for t, text in enumerate(self.texts):
-                relevance = explanation.text_relevance[i][t].float().numpy()
                 logit = float(explanation.logits[i, t])
                 pieces = explanation.word_pieces[t]
-                row.append(MapRecord(
-                    maps[i, t], self.target_name(t), box, t, text, logit,
-                    fields={"text": text, "text_index": t, "logit": logit,
-                            "probability": float(probabilities[i, t]), "word_pieces": pieces,
-                            "token_relevance": relevance.tolist(), "truncated": text in truncated},
-                    word_pieces=pieces, token_relevance=relevance))
+                relevance = (None if explanation.text_relevance is None
+                             else explanation.text_relevance[i][t].float().numpy())
+                fields = {"text": text, "text_index": t, "logit": logit,
+                          "probability": float(probabilities[i, t]), "word_pieces": pieces,
+                          "token_relevance": None if relevance is None else relevance.tolist(),
+                          "truncated": text in truncated}
+                if relevance is None:
+                    fields["token_relevance_left_out"] = (
+                        f"{explanation.method} explains the image tower only; it defines no text-token relevance")
+                row.append(MapRecord(maps[i, t], self.target_name(t), box, t, text, logit, fields=fields,
+                                     word_pieces=pieces, token_relevance=relevance))
             records.append(row)
         return records

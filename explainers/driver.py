@@ -29,7 +29,7 @@ from heatmap.explainers.aggregation import resolve_start_layer
 from heatmap.explainers.lrp import lrp_pass
 from heatmap.explainers.registry import Evidence, Method, methods, resolve_options
 from heatmap.explainers.registry import method as find_method
-from heatmap.models.protocols import Adapter, Grid, Scored, Spans, TowerScores
+from heatmap.models.protocols import Adapter, Grid, Scored, Spans, Tower, TowerScores
 
 
 @dataclass
@@ -39,7 +39,8 @@ class Explanation:
     Attributes:
         maps: raw maps of docs/METHODS.md on the CPU, in the dtype the
             explanation computed in, ``[B, K, gh, gw]`` for K targets per image
-            (``[B, gh, gw]`` after :meth:`squeeze`).
+            (``[B, gh, gw]`` after :meth:`squeeze`); a pixel-level method's
+            are ``[B, K, H, W]`` at the model's input size.
         targets: class indices ``[B, K]`` (int64).
         scores: the target scores ``y`` (pre-softmax logits) ``[B, K]``.
         labels: per image, per target, the class name or None (per image
@@ -68,12 +69,14 @@ class ClipExplanation:
     """What a CLIP explanation returns.
 
     Attributes:
-        maps: raw image maps on the CPU, in the explanation's dtype, ``[B, T, gh, gw]``.
+        maps: raw image maps on the CPU, in the explanation's dtype, ``[B, T, gh, gw]``
+            (``[B, T, H, W]`` for a pixel-level method).
         logits: ``logits_per_image`` ``[B, T]``.
         texts: the T texts.
         word_pieces: per text, its word pieces between start and end-of-text.
         text_relevance: per image, per text, the relevance of each word piece
-            (``[len(word_pieces[t])]``); it depends on the image too.
+            (``[len(word_pieces[t])]``); it depends on the image too. None
+            for a method that explains the image tower only.
         method: the method's name.
         options: the options as used (start layers as given).
     """
@@ -82,7 +85,7 @@ class ClipExplanation:
     logits: torch.Tensor
     texts: list[str]
     word_pieces: list[list[str]]
-    text_relevance: list[list[torch.Tensor]]
+    text_relevance: list[list[torch.Tensor]] | None
     method: str
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -141,27 +144,39 @@ def frozen_parameters(model: torch.nn.Module) -> Iterator[None]:
             param.requires_grad_(True)
 
 
+def explained_towers(method: Method, adapter: Adapter, clip: bool) -> list[Tower]:
+    """The towers ``method`` explains: the image tower, and a CLIP's text tower when the method explains text."""
+    towers = adapter.towers if clip else adapter.towers[:1]
+    return [tower for tower in towers if tower.kind in method.towers]
+
+
+def unsupported(method: Method, adapter: Adapter, clip: bool) -> str | None:
+    """Why ``method`` cannot explain ``adapter``'s model, or None; no forward pass is run."""
+    if "image" not in method.towers:
+        return f"{adapter.name}: {method.name} does not explain image towers"
+    for tower in explained_towers(method, adapter, clip):
+        if method.lrp_rules is None:
+            continue
+        try:
+            view = tower.lrp_view()
+        except UnsupportedModelError as error:
+            return str(error)
+        if method.resolution == "pixels" and view.embedding is None:
+            return f"{tower.name}: {view.embedding_problem} is not covered by the rules down to the pixels"
+    return None
+
+
 def supported_towers(method: Method, adapter: Adapter, clip: bool) -> None:
     """Refuse, before any work, a model or tower ``method`` cannot explain, naming why and what works.
 
     Raises:
-        UnsupportedModelError: for a tower the method does not explain, or a
-            structure its LRP rules do not cover.
+        UnsupportedModelError: for a structure the method's rules do not cover.
     """
-    towers = adapter.towers if clip else adapter.towers[:1]
-    for tower in towers:
-        problem = None
-        if tower.kind not in method.towers:
-            problem = f"{tower.name}: its {tower.kind} tower is not supported for {method.name}"
-        elif method.lrp_rules is not None:
-            try:
-                tower.lrp_view()
-            except UnsupportedModelError as error:
-                problem = f"{error}, so it is not supported for {method.name}"
-        if problem:
-            working = [other.name for other in methods().values()
-                       if other.lrp_rules is None and all(t.kind in other.towers for t in towers)]
-            raise UnsupportedModelError(f"{problem}; methods that do work for this model: {', '.join(working)}")
+    problem = unsupported(method, adapter, clip)
+    if problem:
+        working = [other.name for other in methods().values() if unsupported(other, adapter, clip) is None]
+        raise UnsupportedModelError(f"{problem}, so it is not supported for {method.name}; "
+                                    f"methods that do work for this model: {', '.join(working)}")
 
 
 class Driver:
@@ -246,10 +261,11 @@ class Driver:
             option = "--text-start-layer" if tower_index == 1 else "--start-layer"
             raise UsageError(f"{tower} tower ({option}): {error}") from None
 
-    def _run(self, images: torch.Tensor, score: Any) -> tuple[torch.Tensor, Scored, list[list[torch.Tensor]]]:
+    def _run(self, images: torch.Tensor,
+             score: Any) -> tuple[torch.Tensor, Scored, list[list[torch.Tensor]] | None]:
         """Maps ``[B, K, gh, gw]``, the scores, and (CLIP) per image, per text, the token relevance."""
         method, adapter = self.method, self.adapter
-        towers = adapter.towers if self.clip else adapter.towers[:1]
+        towers = explained_towers(method, adapter, self.clip)
         starts = [self._start(index, tower.num_blocks) for index, tower in enumerate(towers)]
         views = [tower.lrp_view() if method.lrp_rules else None for tower in towers]
         with full_float32(), ExitStack() as stack:
@@ -262,14 +278,16 @@ class Driver:
             with torch.set_grad_enabled(method.reads_gradients):
                 scored = score()
             rows = []
-            for index, side in enumerate(scored.towers):
-                last_tower = index == len(scored.towers) - 1
+            for index, side in enumerate(scored.towers[:len(towers)]):  # the image tower first
                 probs = [p.detach() for p in captures[index].attention_probs]
                 rows.append(self._tower_rows(side, probs, captures[index], starts[index], views[index],
-                                             recorders[index], retain=not last_tower))
-        maps = torch.stack([read_grid(row, scored.towers[0].readout) for row in rows[0]], dim=1).cpu()
-        text_relevance: list[list[torch.Tensor]] = []
-        if self.clip:
+                                             recorders[index], retain=index < len(towers) - 1))
+        if method.resolution == "pixels":
+            maps = torch.stack(rows[0], dim=1).cpu()
+        else:
+            maps = torch.stack([read_grid(row, scored.towers[0].readout) for row in rows[0]], dim=1).cpu()
+        text_relevance: list[list[torch.Tensor]] | None = None
+        if len(towers) > 1:
             spans = scored.towers[1].readout
             assert isinstance(spans, Spans)
             text_relevance = [[row[t, start:stop].cpu() for t, (start, stop) in enumerate(spans.spans)]
@@ -285,16 +303,22 @@ class Driver:
             row = method.relevance(Evidence(probs[start:], None, None, side.query, side.tower.class_token,
                                             read_out_columns(side.readout, side.query)), self.options)
             return [row] * count
-        grads = self._gradients(side.objectives, capture.tracked(), retain) if method.reads_gradients else None
+        grads = None
+        if method.reads_gradients and method.gradients_of == "block read-outs":
+            grads = self._readout_gradients(side, capture)
+        elif method.reads_gradients:
+            grads = self._gradients(side.objectives, capture.tracked(), retain)
         rows = []
         for k in range(count):
-            relevance = None
+            relevance = pixels = None
             if view is not None:
                 with torch.no_grad():
-                    relevance = lrp_pass(view, recorder.activations(), probs, side.lrp_targets[k],
-                                         rules=method.lrp_rules or "transformer-attribution").attention_relevance
+                    passed = lrp_pass(view, recorder.activations(), probs, side.lrp_targets[k],
+                                      rules=method.lrp_rules or "transformer-attribution",
+                                      to_pixels=method.resolution == "pixels")
+                relevance, pixels = passed.attention_relevance, passed.pixel_relevance
             evidence = Evidence(probs[start:], grads[k] if grads is not None else None, relevance, side.query,
-                                side.tower.class_token, read_out_columns(side.readout, side.query))
+                                side.tower.class_token, read_out_columns(side.readout, side.query), pixels)
             with torch.no_grad():
                 rows.append(method.relevance(evidence, self.options))
         return rows
@@ -311,6 +335,23 @@ class Driver:
                 return [[grad[k] for grad in batched] for k in range(count)]
             return [list(torch.autograd.grad(objectives[k], tracked, retain_graph=retain or k + 1 < count))
                     for k in range(count)]
+
+
+    def _readout_gradients(self, side: TowerScores, capture: Any) -> list[list[torch.Tensor]]:
+        """Per objective, per tracked block l, ``d y_l / d A_l`` of the block's own read-out score.
+
+        ``y_l`` is the objective's score read from block l's output tokens
+        (``Tower.block_readout``, weighted by ``side.readout_weights``), summed
+        over the items: nothing mixes items, so each gets its own gradient.
+        """
+        if side.readout_weights is None:
+            raise UnsupportedModelError(f"{side.tower.name}: its {side.tower.kind} tower has no block read-out, "
+                                        f"so it is not supported for {self.method.name}")
+        with torch.enable_grad():
+            readouts = [side.tower.block_readout(tokens) for tokens in capture.block_outputs]
+            return [[torch.autograd.grad((readout * weights.to(readout)).sum(), probs, retain_graph=True)[0]
+                     for readout, probs in zip(readouts, capture.tracked(), strict=True)]
+                    for weights in side.readout_weights]
 
 
 def read_out_columns(readout: Grid | Spans, query: torch.Tensor) -> torch.Tensor:

@@ -105,6 +105,34 @@ def clone_relevance(x: torch.Tensor, skip: torch.Tensor, branch: torch.Tensor) -
     return x * (safe_divide(skip, x) + safe_divide(branch, x))
 
 
+def patch_embedding_relevance(image: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int],
+                              relevance: torch.Tensor) -> torch.Tensor:
+    """The bounded z^B rule through the patch convolution, bias ignored (docs/METHODS.md, full-lrp step 3).
+
+    Args:
+        image: the normalised image ``X`` ``[B, 3, H, W]``.
+        weight: the convolution's ``[D, 3, ph, pw]``.
+        stride: its stride (= its kernel).
+        relevance: ``[B, D, gh, gw]``, the patch tokens' relevance on the grid.
+
+    Returns:
+        ``[B, 3, H, W]``; pixels the convolution never reads get 0.
+    """
+    weight = weight.detach().to(image.dtype)
+    w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
+    # the bounds: the smallest and largest value of each image, over channels and pixels
+    low = image.amin(dim=(1, 2, 3), keepdim=True).expand_as(image)
+    high = image.amax(dim=(1, 2, 3), keepdim=True).expand_as(image)
+    za = (F.conv2d(image, weight, stride=stride) - F.conv2d(low, w_pos, stride=stride)
+          - F.conv2d(high, w_neg, stride=stride) + 1e-9)  # a plain +1e-9 here, not safe_divide
+    scaled = relevance / za
+
+    def backward(kernel: torch.Tensor) -> torch.Tensor:  # the transposed convolution, at the image's size
+        return torch.nn.grad.conv2d_input(image.shape, kernel, scaled, stride=stride)
+
+    return image * backward(weight) - low * backward(w_pos) - high * backward(w_neg)
+
+
 def selection_relevance(selected: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
     """A selected token ``x``: ``x * safe_divide(R, x)`` (the authors' ``IndexSelect``)."""
     return selected * safe_divide(relevance, selected)
@@ -124,6 +152,7 @@ class LrpResult:
             of the relevance at the add's output, and of both operands' relevance.
         start_sums: ``[B]``, the per-image sum of the start relevance.
         first_block: the lowest block the pass went through.
+        pixel_relevance: ``[B, 3, H, W]`` when the pass went on to the pixels, else None.
     """
 
     attention_relevance: list[torch.Tensor]
@@ -131,6 +160,7 @@ class LrpResult:
     residual_sums: list[tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
     start_sums: torch.Tensor = field(repr=False)
     first_block: int = 0
+    pixel_relevance: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -150,7 +180,7 @@ RULE_SETS = {
 
 
 def lrp_pass(view: LrpView, activations: Activations, attention_probs: Sequence[torch.Tensor],
-             target: torch.Tensor, rules: str = "transformer-attribution") -> LrpResult:
+             target: torch.Tensor, rules: str = "transformer-attribution", to_pixels: bool = False) -> LrpResult:
     """One LRP pass for one target per image (docs/METHODS.md, "The LRP pass").
 
     Args:
@@ -163,6 +193,8 @@ def lrp_pass(view: LrpView, activations: Activations, attention_probs: Sequence[
             to the unit embedding, ``s * t_hat`` (CLIP: logit scale times the
             other tower's unit embedding).
         rules: ``"transformer-attribution"`` or ``"original"`` (:data:`RULE_SETS`).
+        to_pixels: go on below the first block to the pixels (full-lrp;
+            the original rules, a capture from block 0, a view with a patch embedding).
     """
     rule_set = RULE_SETS[rules]
     head = activations.head
@@ -177,7 +209,33 @@ def lrp_pass(view: LrpView, activations: Activations, attention_probs: Sequence[
                                                   attention_probs[first:], strict=True))):
         relevance, block_ra = block_relevance(weights, acts, probs, relevance, residual_sums, rule_set)
         attention_relevance.insert(0, block_ra)
-    return LrpResult(attention_relevance, relevance, residual_sums, image_sum(start).flatten(), first)
+    pixels = pixel_relevance(view, activations, relevance, rules) if to_pixels else None
+    return LrpResult(attention_relevance, relevance, residual_sums, image_sum(start).flatten(), first, pixels)
+
+
+def pixel_relevance(view: LrpView, activations: Activations, relevance: torch.Tensor, rules: str) -> torch.Tensor:
+    """The first block's input relevance ``[B, N, D]`` -> the pixels' ``[B, 3, H, W]`` (METHODS.md, full-lrp).
+
+    Under the norm before the blocks (identity), the position-embedding add
+    ``x = t + pos`` keeps t's share by the original add rule,
+    ``t * safe_divide(R, x)``; the prefix tokens are dropped; the patch
+    tokens go back to the grid and through the patch convolution by the z^B rule.
+    """
+    if rules != "original":
+        raise ValueError("docs/METHODS.md defines the pass to the pixels under the original rules only")
+    embedding = activations.embedding
+    if view.embedding is None or embedding is None or activations.first_block != 0:
+        raise RuntimeError(f"no pass to the pixels: {view.embedding_problem or 'the capture did not start at block 0'}")
+    patches = embedding.patches
+    count = patches.shape[1]
+    share = patches * safe_divide(relevance[:, -count:], embedding.embedded[:, -count:])  # the patches come last
+    image = embedding.image
+    stride = view.embedding.stride
+    kernel = view.embedding.weight.shape[-2:]
+    grid_height = (image.shape[-2] - kernel[0]) // stride[0] + 1
+    grid_width = (image.shape[-1] - kernel[1]) // stride[1] + 1
+    grid = share.transpose(1, 2).reshape(len(share), share.shape[-1], grid_height, grid_width)
+    return patch_embedding_relevance(image, view.embedding.weight, stride, grid)
 
 
 def start_relevance(view: LrpView, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

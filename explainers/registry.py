@@ -28,6 +28,10 @@ MACHINERY = frozenset({"registry", "driver", "aggregation", "lrp"})
 
 TowerKind = Literal["image", "text"]
 LrpRules = Literal["transformer-attribution", "original"]
+# "score": dA_l of the model's score y; "block read-outs": of each block's own read-out y_l (LeGrad)
+GradientsOf = Literal["score", "block read-outs"]
+# "tokens": the query row over the patch grid; "pixels": a map at the model's input size (full-lrp)
+Resolution = Literal["tokens", "pixels"]
 
 
 @dataclass(frozen=True)
@@ -69,8 +73,9 @@ class Evidence:
 
     Attributes:
         attention_probs: per block from the start layer on, ``A_l`` ``[B, H, N, N]``.
-        attention_grads: per block from the start layer on, ``dA_l``; None
-            unless the method reads gradients.
+        attention_grads: per block from the start layer on, ``dA_l`` (of the
+            score, or of the block's own read-out: ``Method.gradients_of``);
+            None unless the method reads gradients.
         attention_relevance: per block from the start layer on, the LRP
             relevance ``RA_l`` of the attention; None unless the method reads LRP.
         query: ``[B, N]`` weights whose product with ``R`` is the query row
@@ -79,6 +84,8 @@ class Evidence:
         columns: ``[B, N]``, 1 on the tokens the map is read from (the patch
             tokens ``P:`` of an image; a text's tokens between start and
             end-of-text), 0 elsewhere.
+        pixel_relevance: ``[B, 3, H, W]``, the LRP relevance of the normalised
+            image; None unless the method is pixel-level.
     """
 
     attention_probs: Sequence[torch.Tensor]
@@ -87,6 +94,7 @@ class Evidence:
     query: torch.Tensor
     class_token: int | None
     columns: torch.Tensor
+    pixel_relevance: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -100,12 +108,15 @@ class Method:
         options: its options; ``start_layer`` (if any) chooses the first block.
         relevance: ``(evidence, options) -> [B, N]``, the relevance of every
             token seen from the query row (the map before the read-out), in
-            the evidence's dtype.
+            the evidence's dtype; a pixel-level method returns ``[B, H, W]``.
         reads_gradients: whether it reads ``dA_l``.
+        gradients_of: what the gradients are of (see :data:`GradientsOf`).
         lrp_rules: the LRP rule set it reads ``RA_l`` from, or None.
+        resolution: ``"tokens"`` or ``"pixels"`` (the LRP pass goes on to the image).
         class_agnostic: the same map for every target (computed once per tower).
         clip_defaults: option defaults that differ for CLIP models.
-        towers: the towers it explains.
+        towers: the towers it explains: the image tower always; a CLIP's
+            text tower outside it gets no token relevance.
         default_start_layer: the first block when it has no ``start_layer`` option.
     """
 
@@ -115,7 +126,9 @@ class Method:
     options: tuple[Option, ...]
     relevance: Callable[[Evidence, Mapping[str, Any]], torch.Tensor]
     reads_gradients: bool = True
+    gradients_of: GradientsOf = "score"
     lrp_rules: LrpRules | None = None
+    resolution: Resolution = "tokens"
     class_agnostic: bool = False
     clip_defaults: Mapping[str, Any] = field(default_factory=dict)
     towers: frozenset[TowerKind] = frozenset({"image", "text"})
@@ -208,13 +221,16 @@ def resolve_options(method: Method, given: Mapping[str, Any], clip: bool = False
     """The method's options as used: defaults (CLIP's for a CLIP), ``given``, checked; no model needed.
 
     For a CLIP, ``text_start_layer`` (default: the start layer) sets the text
-    tower's first block when the method has a start layer.
+    tower's first block when the method has a start layer and explains text.
     """
     given = dict(given)
     text_start = given.pop("text_start_layer", None) if clip else None
     resolved = method.resolve_options(given, clip=clip)
-    if clip and "start_layer" in resolved:
+    explains_text = "text" in method.towers
+    if clip and explains_text and "start_layer" in resolved:
         resolved["text_start_layer"] = resolved["start_layer"] if text_start is None else int(text_start)
+    elif text_start is not None and not explains_text:
+        raise UsageError(f"{method.name} explains the image tower only, so it has no text start layer")
     elif text_start is not None:
         raise UsageError(f"{method.name} has no start layer, so no text start layer either")
     return resolved

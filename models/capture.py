@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from heatmap.errors import UnsupportedModelError
-from heatmap.models.protocols import Activations, BlockActivations, HeadActivations
+from heatmap.models.protocols import Activations, BlockActivations, EmbeddingActivations, HeadActivations
 
 
 class AttentionRecorder:
@@ -32,6 +32,7 @@ class AttentionRecorder:
         self.track_from = track_from
         self.name = name
         self._probs: list[torch.Tensor | None] = [None] * num_blocks
+        self._outputs: list[torch.Tensor | None] = [None] * num_blocks
 
     def record(self, index: int, probs: torch.Tensor) -> torch.Tensor:
         """Keep block ``index``'s probabilities; return the tensor the forward pass goes on with."""
@@ -41,6 +42,21 @@ class AttentionRecorder:
             probs = probs.detach().requires_grad_(True)
         self._probs[index] = probs
         return probs
+
+    def record_output(self, index: int, tokens: torch.Tensor) -> None:
+        """Keep block ``index``'s output tokens ``[B, N, D]`` (in the graph) when it is tracked."""
+        if self.track_from is not None and index >= self.track_from:
+            self._outputs[index] = tokens
+
+    @property
+    def block_outputs(self) -> list[torch.Tensor]:
+        """The output tokens of blocks ``track_from..L-1``, in the graph (a block read-out differentiates them)."""
+        if self.track_from is None:
+            raise RuntimeError("the capture was opened without track_from; no block outputs were kept")
+        outputs = self._outputs[self.track_from:]
+        if any(tokens is None for tokens in outputs):
+            raise UnsupportedModelError(f"{self.name}: the forward pass did not run through every block")
+        return [tokens for tokens in outputs if tokens is not None]
 
     @property
     def attention_probs(self) -> list[torch.Tensor]:
@@ -83,6 +99,7 @@ class ActivationCapture:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._block_slots: list[Slot] = []
         self._head_slot: Slot = {}
+        self._embedding_slot: Slot = {}
         self._activations: Activations | None = None
 
     def register_block(self, block: nn.Module, slot: Slot) -> None:
@@ -94,14 +111,23 @@ class ActivationCapture:
     def head_activations(self, slot: Slot, last_block: BlockActivations) -> HeadActivations:
         raise NotImplementedError
 
+    def register_embedding(self, slot: Slot) -> None:
+        """Record what :class:`EmbeddingActivations` holds (a model with a patch embedding the rules cover)."""
+
+    def embedding_activations(self, slot: Slot) -> EmbeddingActivations | None:
+        return None
+
     def __enter__(self) -> ActivationCapture:
         self._block_slots = [{} for _ in self.blocks[self.first_block:]]
         self._head_slot = {}
+        self._embedding_slot = {}
         self._activations = None
         try:
             for slot, block in zip(self._block_slots, self.blocks[self.first_block:], strict=False):
                 self.register_block(block, slot)
             self.register_head(self._head_slot)
+            if self.first_block == 0:  # below the first block only a pass through every block goes
+                self.register_embedding(self._embedding_slot)
         except BaseException:
             self._remove()
             raise
@@ -120,7 +146,8 @@ class ActivationCapture:
             raise UnsupportedModelError(f"{self.name}: the forward pass did not run through every layer that "
                                "transformer-attribution records; no map can be made for this model")
         blocks = [BlockActivations(**slot) for slot in self._block_slots]
-        self._activations = Activations(self.first_block, blocks, self.head_activations(self._head_slot, blocks[-1]))
+        self._activations = Activations(self.first_block, blocks, self.head_activations(self._head_slot, blocks[-1]),
+                                        self.embedding_activations(self._embedding_slot))
         return self._activations
 
     def hook(self, module: nn.Module, slot: Slot, inputs: str | None = None, output: str | None = None,

@@ -36,6 +36,11 @@ class AttentionCapture(Protocol):
         """One ``[B, H, N, N]`` per block; raises when a block exposed none."""
         ...
 
+    @property
+    def block_outputs(self) -> list[torch.Tensor]:
+        """Each block's output tokens ``[B, N, D]`` from ``track_from`` on, in the graph."""
+        ...
+
     def tracked(self) -> list[torch.Tensor]:
         """The probabilities of the blocks from ``track_from`` on, as leaves of the graph to differentiate."""
         ...
@@ -66,6 +71,15 @@ class Tower(Protocol):
         Args:
             track_from: the first block whose probabilities get gradients (the
                 start layer), or None when no gradient is taken.
+        """
+        ...
+
+    def block_readout(self, tokens: torch.Tensor) -> torch.Tensor:
+        """What the model's head makes of a block's output tokens ``[B, N, D]``: ``[B, C]``.
+
+        The intermediate read-out LeGrad differentiates (docs/METHODS.md,
+        "legrad"): a classifier's logits ``head(norm(pool(x)))``; a CLIP image
+        tower's unit embedding ``ln_post(mean of all tokens) @ proj``, normalised.
         """
         ...
 
@@ -108,6 +122,10 @@ class TowerScores:
             score's gradient with respect to the unit embedding (``"embedding"``).
         query: ``[items, N]``, the query-row weights of each item (docs/METHODS.md).
         readout: where the map is read from the query row.
+        readout_weights: per objective, ``[items, C]``: the weights whose dot
+            product with :meth:`Tower.block_readout` is the objective's score
+            read from a block (the one-hot of the target class; a CLIP image's
+            unit text embedding); None for a tower without a block read-out.
     """
 
     tower: Tower
@@ -115,6 +133,7 @@ class TowerScores:
     lrp_targets: Sequence[torch.Tensor]
     query: torch.Tensor
     readout: Union[Grid, Spans]
+    readout_weights: Sequence[torch.Tensor] | None = None
 
 
 @dataclass
@@ -245,6 +264,22 @@ class HeadActivations:
 
 
 @dataclass
+class EmbeddingActivations:
+    """Below the first block: the patch embedding and the position-embedding add (docs/METHODS.md, full-lrp).
+
+    Attributes:
+        image: ``[B, 3, H, W]``, the normalised image the patch convolution reads.
+        patches: ``[B, G, D]``, the patch embeddings (the convolution's output, row-major).
+        embedded: ``[B, N, D]``, prefix tokens and patches after the position
+            embedding is added: the sum the add rule divides by.
+    """
+
+    image: torch.Tensor
+    patches: torch.Tensor
+    embedded: torch.Tensor
+
+
+@dataclass
 class Activations:
     """Everything the LRP pass reads, from one forward pass.
 
@@ -252,11 +287,14 @@ class Activations:
         first_block: the lowest block recorded; the pass stops at its input.
         blocks: per block from ``first_block`` on.
         head: the pooling and the final Linear.
+        embedding: below the first block, when the view has a patch embedding
+            and the capture started at block 0; else None.
     """
 
     first_block: int
     blocks: list[BlockActivations]
     head: HeadActivations
+    embedding: EmbeddingActivations | None = None
 
 
 class ActivationRecorder(Protocol):
@@ -267,6 +305,19 @@ class ActivationRecorder(Protocol):
     def __exit__(self, *exc_info: object) -> None: ...
 
     def activations(self) -> Activations: ...
+
+
+@dataclass(frozen=True)
+class PatchEmbedding:
+    """The patch embedding as the pixel-level pass sees it: one convolution with stride = kernel.
+
+    Attributes:
+        weight: ``[D, 3, ph, pw]`` (its bias is ignored, as the rules ignore every bias).
+        stride: ``(ph, pw)``.
+    """
+
+    weight: torch.Tensor
+    stride: tuple[int, int]
 
 
 @dataclass
@@ -281,6 +332,9 @@ class LrpView:
         start: ``"logit"``: the one-hot of the target class (docs/METHODS.md);
             ``"embedding"``: CLIP's ``R_e = e * (s / ||e||) * t_hat``.
         capture: ``first_block -> ActivationRecorder`` for this model.
+        embedding: the patch embedding, for a pass down to the pixels; None
+            when the model's is not one the rules cover (``embedding_problem`` says why).
+        embedding_problem: why there is no ``embedding``, or None.
     """
 
     blocks: list[BlockWeights]
@@ -288,3 +342,5 @@ class LrpView:
     pooling: Literal["token", "mean"]
     start: Literal["logit", "embedding"]
     capture: Callable[[int], ActivationRecorder]
+    embedding: PatchEmbedding | None = None
+    embedding_problem: str | None = None

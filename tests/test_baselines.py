@@ -23,7 +23,16 @@ MODELS = {
     "class-token": (lambda: tiny_vit(), ("token", 0)),
     "4-prefix-tokens": (lambda: tiny_vit(reg_tokens=3), ("token", 0)),
     "mean-pooled": (lambda: tiny_vit(global_pool="avg"), ("mean", 1)),
+    "non-square-3x5": (lambda: tiny_vit(img_size=(24, 40)), ("token", 0)),
 }
+
+
+def images_for(model, count, seed):
+    """``count`` standard-normal float64 images of the model's input size."""
+    if tuple(model.patch_embed.img_size) == (32, 32):
+        return random_images(count, seed=seed, dtype=torch.float64)
+    torch.manual_seed(seed)
+    return torch.randn(count, 3, *model.patch_embed.img_size, dtype=torch.float64)
 
 
 def query_row(matrix, query):
@@ -53,13 +62,15 @@ def relative_error(actual, expected):
 @pytest.mark.parametrize("method", REFERENCES)
 def test_classifier_maps_match_the_reference(model_name, method):
     factory, query = MODELS[model_name]
-    model, images = factory().double(), random_images(3, seed=123, dtype=torch.float64)
+    model = factory().double()
+    images = images_for(model, 3, seed=123)
     targets = torch.tensor([1, 4, 2])
     _, attentions, grads = reference.gradients(model, images, targets)
-    prefix = model.num_prefix_tokens
+    prefix, grid = model.num_prefix_tokens, tuple(model.patch_embed.grid_size)
     result = heatmap.explain(model, images, method, target=targets.tolist())
+    assert result.maps.shape == (3, *grid)
     for b in range(3):
-        expected = REFERENCES[method](attentions[-1][b], grads[-1][b], query, prefix).reshape(4, 4)
+        expected = REFERENCES[method](attentions[-1][b], grads[-1][b], query, prefix).reshape(grid)
         assert relative_error(result.maps[b], expected) < FLOAT64_TOLERANCE
 
 

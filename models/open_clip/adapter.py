@@ -14,8 +14,8 @@ tokenizer. Anything else is refused with the reason.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -25,7 +25,7 @@ from torch import nn
 from heatmap.errors import UnsupportedModelError
 from heatmap.models.base import AdapterBase
 from heatmap.models.capture import AttentionRecorder
-from heatmap.models.open_clip.attention import multihead_attention_capture
+from heatmap.models.open_clip.attention import multihead_attention_capture, token_layout
 from heatmap.models.open_clip.text import decoded_pieces, end_of_text
 from heatmap.models.protocols import Grid, LrpView, Scored, Spans, TowerKind, TowerScores
 
@@ -72,8 +72,35 @@ class ClipTower:
             weights[self.num_prefix_tokens:] = 1.0 / (num_tokens - self.num_prefix_tokens)
         return weights.expand(batch, num_tokens)
 
-    def attention_capture(self, track_from: int | None) -> AbstractContextManager[AttentionRecorder]:
-        return multihead_attention_capture(self.attention_modules, track_from, self.name)
+    @contextmanager
+    def attention_capture(self, track_from: int | None) -> Iterator[AttentionRecorder]:
+        """Each block's probabilities (the explicit attention path) and, when tracked, its output tokens."""
+        layout = token_layout(getattr(self.module.transformer, "batch_first", False))
+        with multihead_attention_capture(self.attention_modules, track_from, self.name) as recorder:
+            handles = [block.register_forward_hook(
+                lambda _module, _inputs, output, index=index: recorder.record_output(index, layout(output)))
+                for index, block in enumerate(self.module.transformer.resblocks)]
+            try:
+                yield recorder
+            finally:
+                for handle in handles:
+                    handle.remove()
+
+    def block_readout(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The image tower's unit embedding of a block's output: ``ln_post(mean of ALL tokens) @ proj``.
+
+        LeGrad's authors' rule (docs/METHODS.md, "legrad"): the mean over
+        every token, the class token included, whatever the tower pools.
+        """
+        if self.kind != "image":
+            raise UnsupportedModelError(f"{self.name}: the text tower has no block read-out")
+        embedding = self.module.ln_post(tokens.mean(dim=1))
+        projection = self.module.proj
+        if isinstance(projection, nn.Linear):
+            embedding = projection(embedding)
+        elif projection is not None:
+            embedding = embedding @ projection
+        return torch.nn.functional.normalize(embedding, dim=-1)
 
     def lrp_view(self) -> LrpView:
         from heatmap.models.open_clip.lrp import clip_lrp_view
@@ -198,7 +225,9 @@ class ClipAdapter(AdapterBase):
             self.vision, objectives=logits.sum(dim=0),
             lrp_targets=[toward_text[t].expand(batch, -1) for t in range(count)],
             query=self.vision.query(batch, self.vision.num_prefix_tokens + _cells(self.grid(images))),
-            readout=Grid(self.vision.num_prefix_tokens, *self.grid(images)))
+            readout=Grid(self.vision.num_prefix_tokens, *self.grid(images)),
+            # a block's score is its unit embedding's cosine with the unit text embedding (no logit scale)
+            readout_weights=[text_embedding.detach()[t].expand(batch, -1) for t in range(count)])
         text_query = torch.zeros(count, text_tokens, dtype=torch.float64)
         text_query[torch.arange(count), ends.cpu()] = 1.0
         text_side = TowerScores(

@@ -21,6 +21,11 @@ from heatmap.errors import UnsupportedModelError
 from heatmap.models.capture import AttentionRecorder
 
 
+def token_layout(batch_first: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Tokens as ``[B, N, D]`` from a module that is batch-first or not (``[N, B, D]``)."""
+    return (lambda tensor: tensor) if batch_first else (lambda tensor: tensor.transpose(0, 1))
+
+
 @contextmanager
 def multihead_attention_capture(modules: Sequence[nn.Module], track_from: int | None,
                                 name: str) -> Iterator[AttentionRecorder]:

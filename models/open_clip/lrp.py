@@ -16,7 +16,6 @@ numbers the attention probe's explicit path computes).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -25,8 +24,16 @@ from torch import nn
 
 from heatmap.errors import UnsupportedModelError
 from heatmap.models.capture import ActivationCapture, Slot
+from heatmap.models.open_clip.attention import token_layout
 from heatmap.models.open_clip.text import end_of_text
-from heatmap.models.protocols import BlockActivations, BlockWeights, HeadActivations, LrpView
+from heatmap.models.protocols import (
+    BlockActivations,
+    BlockWeights,
+    EmbeddingActivations,
+    HeadActivations,
+    LrpView,
+    PatchEmbedding,
+)
 
 NORMS = (nn.LayerNorm, nn.Identity)
 
@@ -74,6 +81,22 @@ def unsupported_operation(tower: Any, kind: str) -> str | None:
     return None
 
 
+def patch_embedding_problem(tower: Any, kind: str) -> str | None:
+    """Why the pass cannot go on to the pixels of a tower, or None (docs/METHODS.md, full-lrp)."""
+    if kind != "image":
+        return "the text tower (it has no pixels)"
+    conv = tower.conv1
+    if type(conv) is not nn.Conv2d:
+        return (f"the patch projection conv1 {type(conv).__name__} (a convolutional stem, not one patch "
+                "convolution with stride = kernel)")
+    if (conv.kernel_size != conv.stride or conv.padding != (0, 0) or conv.dilation != (1, 1)
+            or conv.groups != 1 or conv.in_channels != 3):
+        return "a patch convolution other than a 3-channel one with stride = kernel and no padding"
+    if not isinstance(tower.ln_pre, NORMS):
+        return f"ln_pre {type(tower.ln_pre).__name__}"
+    return None
+
+
 def _unsupported_in_block(block: Any, block_type: Any) -> str | None:
     if type(block) is not block_type:
         return f"the block type {type(block).__name__}"
@@ -111,13 +134,13 @@ class ClipTowerCapture(ActivationCapture):
         self.kind = kind
         # Tokens pass the blocks as [L, B, D] when the transformer is not
         # batch-first (open_clip before 2.24 had no such flag and was not).
-        self.layout = _layout(getattr(tower.transformer, "batch_first", False))
+        self.layout = token_layout(getattr(tower.transformer, "batch_first", False))
 
     def register_block(self, block: Any, slot: Slot) -> None:
         layout = self.layout
         self.hook(block.ln_1, slot, inputs="block_input", output="attn_input", layout=layout)
         attn = block.attn
-        attn_layout = _layout(attn.batch_first)
+        attn_layout = token_layout(attn.batch_first)
 
         def record_qkv(_module: nn.Module, args: tuple[torch.Tensor, ...], _result: object) -> None:
             query = attn_layout(args[0].detach())
@@ -138,6 +161,19 @@ class ClipTowerCapture(ActivationCapture):
         else:
             self.hook(self.tower.ln_final, slot, output="normed")
             self.hook(self.tower.token_embedding, slot, inputs="text")  # the token ids, to find the pooled token
+
+    def register_embedding(self, slot: Slot) -> None:
+        if patch_embedding_problem(self.tower, self.kind) is not None:
+            return
+        self.hook(self.tower.conv1, slot, inputs="image")
+        # [B, D, gh, gw] -> [B, G, D], row-major, as the tower flattens it
+        self.hook(self.tower.conv1, slot, output="patches", layout=lambda grid: grid.flatten(2).transpose(1, 2))
+        # after the class and position embeddings (patch dropout: identity in eval mode); ln_pre
+        # runs before the tokens are laid out for the blocks, so batch-first
+        self.hook(self.tower.ln_pre, slot, inputs="embedded")
+
+    def embedding_activations(self, slot: Slot) -> EmbeddingActivations | None:
+        return EmbeddingActivations(**slot) if len(slot) == 3 else None
 
     def head_activations(self, slot: Slot, last_block: BlockActivations) -> HeadActivations:
         if "normed" not in slot:
@@ -173,10 +209,6 @@ class ClipTowerCapture(ActivationCapture):
         return projected
 
 
-def _layout(batch_first: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    return (lambda tensor: tensor) if batch_first else (lambda tensor: tensor.transpose(0, 1))
-
-
 def projection_weight(tower: Any, kind: str) -> torch.Tensor | None:
     """The projection as a Linear weight ``[E, D]`` (open_clip keeps most as a ``[D, E]`` matrix)."""
     projection = tower.proj if kind == "image" else tower.text_projection
@@ -196,5 +228,8 @@ def clip_lrp_view(tower: Any, kind: str, name: str) -> LrpView:
         blocks.append(BlockWeights(attn.in_proj_weight, attn.out_proj.weight, block.mlp.c_fc.weight,
                                    block.mlp.c_proj.weight, attn.num_heads))
     pooling: Literal["token", "mean"] = "mean" if kind == "image" and tower.pool_type == "avg" else "token"
+    problem = patch_embedding_problem(tower, kind)
+    embedding = None if problem else PatchEmbedding(tower.conv1.weight, tuple(tower.conv1.stride))
     return LrpView(blocks, projection_weight(tower, kind), pooling, start="embedding",
-                   capture=lambda first_block: ClipTowerCapture(tower, kind, first_block, name))
+                   capture=lambda first_block: ClipTowerCapture(tower, kind, first_block, name),
+                   embedding=embedding, embedding_problem=problem)

@@ -90,12 +90,20 @@ class TimmTower:
                 module.fused_attn = False
                 handles.append(module.attn_drop.register_forward_hook(
                     lambda _module, _inputs, output, index=index: recorder.record(index, output)))
+            for index, block in enumerate(self.model.blocks):
+                handles.append(block.register_forward_hook(
+                    lambda _module, _inputs, output, index=index: recorder.record_output(index, output)))
             yield recorder
         finally:
             for handle in handles:
                 handle.remove()
             for module, fused in zip(modules, was_fused, strict=False):
                 module.fused_attn = fused
+
+    def block_readout(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The logits ``head(fc_norm(pool(norm(x))))`` of a block's output tokens (docs/METHODS.md, legrad)."""
+        logits: torch.Tensor = self.model.forward_head(self.model.norm(tokens))
+        return logits
 
     def lrp_view(self) -> LrpView:
         from heatmap.models.timm.lrp import timm_lrp_view
@@ -151,10 +159,12 @@ class TimmAdapter(AdapterBase):
         logits = self.model(images)
         targets = self._targets(logits.detach(), targets, top_k)
         scores = logits.gather(1, targets)
+        one_hot = torch.nn.functional.one_hot(targets, logits.shape[1]).to(logits.dtype)  # [B, K, C]
         side = TowerScores(self.tower, objectives=scores.sum(dim=0),
                            lrp_targets=[targets[:, k] for k in range(targets.shape[1])],
                            query=self.tower.query(images.shape[0], self._num_tokens(images)),
-                           readout=Grid(self.tower.num_prefix_tokens, *self.tower.grid(images)))
+                           readout=Grid(self.tower.num_prefix_tokens, *self.tower.grid(images)),
+                           readout_weights=[one_hot[:, k] for k in range(targets.shape[1])])
         labels = [[self.label(int(t)) for t in row] for row in targets.tolist()]
         return Scored(scores=scores, targets=targets, labels=labels, towers=[side])
 

@@ -11,14 +11,21 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from timm.layers import DropPath, LayerScale, Mlp
+from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed
 from timm.layers.activations import GELU, GELUTanh, QuickGELU
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 from torch import nn
 
 from heatmap.errors import UnsupportedModelError
 from heatmap.models.capture import ActivationCapture, Slot
-from heatmap.models.protocols import BlockActivations, BlockWeights, HeadActivations, LrpView
+from heatmap.models.protocols import (
+    BlockActivations,
+    BlockWeights,
+    EmbeddingActivations,
+    HeadActivations,
+    LrpView,
+    PatchEmbedding,
+)
 
 # Operations that pass relevance through unchanged (METHODS.md). Dropout and
 # drop-path are identities because the model runs in eval mode.
@@ -92,6 +99,29 @@ def _unsupported_in_block(block: Any) -> str | None:
     return None
 
 
+def patch_embedding_problem(model: Any) -> str | None:
+    """Why the pass cannot go on to the pixels of ``model``, or None (docs/METHODS.md, full-lrp).
+
+    The rules cover one convolution with stride = kernel (the patch
+    embedding), the position-embedding add and identities between them.
+    """
+    patch_embed = model.patch_embed
+    proj = getattr(patch_embed, "proj", None)
+    if isinstance(patch_embed, PatchEmbed) and type(proj) is not nn.Conv2d:
+        return (f"the patch projection {type(proj).__name__} (a convolutional stem, not one patch convolution "
+                "with stride = kernel)")
+    if type(patch_embed) is not PatchEmbed:
+        return f"the patch embedding {type(patch_embed).__name__} (timm's PatchEmbed is needed)"
+    assert isinstance(proj, nn.Conv2d)
+    if (proj.kernel_size != proj.stride or proj.padding != (0, 0) or proj.dilation != (1, 1)
+            or proj.groups != 1 or proj.in_channels != 3):
+        return "a patch convolution other than a 3-channel one with stride = kernel and no padding"
+    for where, module in (("patch_embed.norm", patch_embed.norm), ("norm_pre", model.norm_pre)):
+        if not isinstance(module, NORMS):
+            return f"{where} {type(module).__name__}"
+    return None
+
+
 def check_supported(model: nn.Module, name: str) -> None:
     """Raise :class:`UnsupportedModelError` naming the first operation the LRP rules do not cover."""
     problem = unsupported_operation(model)
@@ -120,6 +150,19 @@ class TimmCapture(ActivationCapture):
         self.hook(self.model.head, slot, inputs="pooled", output="output")
         self.hook(self.model.norm, slot, output="tokens")
 
+    def register_embedding(self, slot: Slot) -> None:
+        if patch_embedding_problem(self.model) is not None:
+            return
+        self.hook(self.model.patch_embed.proj, slot, inputs="image")
+        # [B, G, D] whatever the output format (flattened, or NHWC for dynamic sizes)
+        self.hook(self.model.patch_embed, slot, output="patches",
+                  layout=lambda tokens: tokens.reshape(len(tokens), -1, tokens.shape[-1]))
+        # the tokens after the position embedding (position dropout and patch dropout: identity in eval mode)
+        self.hook(self.model.norm_pre, slot, inputs="embedded")
+
+    def embedding_activations(self, slot: Slot) -> EmbeddingActivations | None:
+        return EmbeddingActivations(**slot) if len(slot) == 3 else None
+
     def head_activations(self, slot: Slot, last_block: BlockActivations) -> HeadActivations:
         if "output" not in slot:
             raise UnsupportedModelError(f"{self.name}: the forward pass did not reach the head; no map can be made")
@@ -138,5 +181,9 @@ def timm_lrp_view(model: VisionTransformer, name: str) -> LrpView:
     blocks = [BlockWeights(block.attn.qkv.weight, block.attn.proj.weight, block.mlp.fc1.weight,
                            block.mlp.fc2.weight, block.attn.num_heads) for block in model.blocks]
     pooling: Literal["token", "mean"] = "token" if model.global_pool == "token" else "mean"
+    problem = patch_embedding_problem(model)
+    proj = model.patch_embed.proj
+    embedding = None if problem else PatchEmbedding(proj.weight, tuple(proj.stride))
     return LrpView(blocks, model.head.weight, pooling, start="logit",
-                   capture=lambda first_block: TimmCapture(model, first_block, name))
+                   capture=lambda first_block: TimmCapture(model, first_block, name),
+                   embedding=embedding, embedding_problem=problem)
