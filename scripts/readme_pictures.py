@@ -5,7 +5,10 @@
 Runs ``heatmap chefer-generic`` and ``heatmap clip`` with the demo models on a
 shipped scene, then puts the scene and the overlays side by side (each
 enlarged 2x, nearest neighbour): ``demo_chefer_generic.png`` and
-``demo_clip.png`` (overlays above, token strips below).
+``demo_clip.png`` (overlays above, token strips below). Then every method's
+command on a two-object scene for the same target, each overlay labelled
+with its method (a method that refuses the model shows its refusal):
+``demo_all_methods.png``.
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ import argparse
 import json
 import subprocess
 import tempfile
+import textwrap
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT / "sample_images" / "shapes_000_white-star_green-circle_yellow-cross.png"
 CAPTIONS = ("a white star", "a green circle", "a yellow cross")
 SCALE, GAP = 2, 8
+TWO_OBJECTS, TARGET = ROOT / "sample_images" / "shapes_002_red-heart_pink-cross.png", "heart"
 
 
 def run(args: list[str]) -> tuple[list[dict], Path]:
@@ -29,6 +34,44 @@ def run(args: list[str]) -> tuple[list[dict], Path]:
     folder = Path(tempfile.mkdtemp())
     subprocess.run(["heatmap", *args, "--model", "demo", "-o", str(folder)], check=True)
     return [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()], folder
+
+
+def every_method(scene: Image.Image) -> Image.Image:
+    """The scene, then each method's overlay for ``TARGET``, a label under each (the refusal, if refused)."""
+    from heatmap.explainers.registry import methods
+    from heatmap.render import strip_font
+
+    font = strip_font(13)
+    size = (scene.width * SCALE, scene.height * SCALE)
+    tiles = [("scene", scene.resize(size, Image.NEAREST))]
+    for method in methods():
+        folder = Path(tempfile.mkdtemp())
+        done = subprocess.run(["heatmap", method, str(TWO_OBJECTS), "--model", "demo", "--target", TARGET,
+                               "-o", str(folder), "--quiet"], capture_output=True, text=True)
+        if done.returncode == 0:
+            record = json.loads((folder / "manifest.jsonl").read_text().splitlines()[0])
+            overlay = Image.open(folder / record["files"]["png"]).convert("RGB")
+            tiles.append((method, overlay.resize(size, Image.NEAREST)))
+        else:  # the refusal, word-wrapped onto a blank tile
+            tiles.append((method, refusal_tile(done.stderr.strip(), size, font)))
+    columns, label_height = (len(tiles) + 1) // 2, 22  # two rows
+    cell = (size[0] + GAP, size[1] + label_height + GAP)
+    picture = Image.new("RGB", (columns * cell[0] - GAP, 2 * cell[1] - GAP), "white")
+    draw = ImageDraw.Draw(picture)
+    for index, (label, tile) in enumerate(tiles):
+        x, y = (index % columns) * cell[0], (index // columns) * cell[1]
+        picture.paste(tile, (x, y))
+        draw.text((x + size[0] / 2, y + size[1] + 4), label, fill="black", font=font, anchor="ma")
+    return picture
+
+
+def refusal_tile(message: str, size: tuple[int, int], font: object) -> Image.Image:
+    """A grey tile with the refusal's reason (the part before ", so it is not supported")."""
+    tile = Image.new("RGB", size, (235, 235, 235))
+    reason = message.removeprefix("error: ").split(", so it is not supported")[0]
+    lines = textwrap.wrap("refused: " + reason, width=24)
+    ImageDraw.Draw(tile).multiline_text((8, 8), "\n".join(lines), fill="black", font=font, spacing=3)
+    return tile
 
 
 def strip(pictures: list[Image.Image]) -> Image.Image:
@@ -67,7 +110,10 @@ def main() -> None:
     both.paste(overlays, (0, 0))
     both.paste(token_row, (0, overlays.height + GAP))
     both.save(args.out / "demo_clip.png")
-    print(f"wrote {args.out / 'demo_chefer_generic.png'} and {args.out / 'demo_clip.png'}")
+
+    every_method(Image.open(TWO_OBJECTS)).save(args.out / "demo_all_methods.png")
+    print(f"wrote {args.out / 'demo_chefer_generic.png'}, {args.out / 'demo_clip.png'} and "
+          f"{args.out / 'demo_all_methods.png'}")
 
 
 if __name__ == "__main__":
