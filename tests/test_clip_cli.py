@@ -66,6 +66,27 @@ def test_local_checkpoint_loads_and_explains(method, tiny_clip_name, scene_path,
         assert (tmp_path / "out" / entry["files"]["tokens"]).is_file()
 
 
+@pytest.mark.parametrize("method,map_shape", [("legrad", (4, 4)), ("full-lrp", (32, 32))])
+def test_image_only_methods_leave_the_text_relevance_out_and_say_so(method, map_shape, tiny_clip_name,
+                                                                    scene_path, tmp_path):
+    torch.manual_seed(0)
+    save_file(open_clip.create_model(tiny_clip_name).state_dict(), tmp_path / "tiny.safetensors")
+    common = ["clip", str(scene_path), "-m", tiny_clip_name, "--pretrained", str(tmp_path / "tiny.safetensors"),
+              "--text", "a red circle", "--text", "a blue star", "--method", method]
+    result = runner.invoke(app, [*common, "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    for entry in read_manifest(tmp_path / "out"):
+        assert np.load(tmp_path / "out" / entry["files"]["npy"]).shape == map_shape
+        assert entry["map_shape"] == list(map_shape)
+        assert entry["token_relevance"] is None
+        assert "explains the image tower only" in entry["token_relevance_left_out"]
+        assert set(entry["files"]) == {"npy", "png"}  # no token strip
+        assert "text_start_layer" not in entry["options"]
+    refused = runner.invoke(app, [*common, "--text-start-layer", "0", "-o", str(tmp_path / "refused")])
+    assert refused.exit_code == 2
+    assert "explains the image tower only, so it has no text start layer" in refused.output
+
+
 def test_checkpoint_of_another_architecture_is_a_clear_error(tiny_clip_name, scene_path, tmp_path):
     torch.manual_seed(0)
     other = open_clip.create_model(tiny_clip_name).state_dict()

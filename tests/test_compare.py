@@ -134,6 +134,44 @@ def test_a_perturbed_weight_fails_with_a_report_and_pictures(images, baseline, p
                   "--min-top-iou", 0).exit_code == 0
 
 
+@pytest.fixture(scope="module")
+def plain_vit_weights(tmp_path_factory):
+    """A random vit_tiny_patch16_224 (one patch convolution, so full-lrp runs) and a copy with its patch
+    convolution moved by 5% of its spread."""
+    import timm
+
+    torch.manual_seed(0)
+    weights = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=4).state_dict()
+    folder = tmp_path_factory.mktemp("vit")
+    save_file(weights, folder / "vit.safetensors")
+    kernel = weights["patch_embed.proj.weight"]
+    noise = torch.randn(kernel.shape, generator=torch.Generator().manual_seed(0))
+    weights["patch_embed.proj.weight"] = kernel + 0.05 * kernel.std() * noise
+    save_file(weights, folder / "moved.safetensors")
+    return folder / "vit.safetensors", folder / "moved.safetensors"
+
+
+def test_pixel_level_maps_compare_like_token_maps(images, plain_vit_weights, tmp_path):
+    weights, moved = plain_vit_weights
+    scene = images / "scene0.png"
+
+    def full_lrp(out: Path, checkpoint: Path) -> Path:
+        result = invoke("full-lrp", scene, "-m", "vit_tiny_patch16_224", "--checkpoint", checkpoint,
+                        "-o", out, "--quiet", "--target", 1)
+        assert result.exit_code == 0, result.output
+        return out
+
+    baseline = full_lrp(tmp_path / "baseline", weights)
+    record = json.loads((baseline / MANIFEST).read_text())
+    assert record["map_shape"] == [224, 224]  # the model's input size, not its 14x14 grid
+    assert np.load(baseline / record["files"]["npy"]).shape == (224, 224)
+    again = invoke("compare", baseline, full_lrp(tmp_path / "rerun", weights))
+    assert again.exit_code == 0 and "1 of 1 entries agree" in again.output, again.output
+    changed = invoke("compare", baseline, full_lrp(tmp_path / "moved", moved), "--diff-dir", tmp_path / "diffs")
+    assert changed.exit_code == 1 and "entries differ" in changed.output, changed.output
+    assert len(list((tmp_path / "diffs").glob("*.diff.png"))) == 1
+
+
 def test_missing_and_extra_entries_fail_and_are_reported(images, baseline, tmp_path):
     candidate = tmp_path / "candidate"
     shutil.copytree(baseline, candidate)

@@ -192,6 +192,26 @@ def test_a_changed_weight_fails_naming_the_metric_and_update_accepts_it(pytester
     run(pytester).assert_outcomes(passed=1)
 
 
+TEST_PIXELS = '''
+def test_pixels(heatmap_snapshot, image):
+    maps = heatmap_snapshot(build_vit(), image, method="full-lrp", target=2)
+    assert maps.shape == (32, 32)
+'''
+
+
+def test_pixel_level_maps_are_snapshotted_like_any_other(pytester):
+    vit_suite(pytester, TEST_PIXELS)
+    run(pytester).assert_outcomes(failed=1)
+    folder = pytester.path / "test_model"
+    assert json.loads((folder / "test_pixels.json").read_text())["map_shape"] == [32, 32]
+    assert np.load(folder / "test_pixels.npy").shape == (32, 32)
+    run(pytester).assert_outcomes(passed=1)
+    perturb(pytester.path / "vit.pt", "patch_embed.proj.weight", 0.05)
+    changed = run(pytester)
+    changed.assert_outcomes(failed=1)
+    assert "the maps differ (full-lrp" in changed.stdout.str()
+
+
 def test_ini_thresholds_and_per_call_overrides(pytester):
     vit_suite(pytester, TEST_VIT)
     run(pytester)
