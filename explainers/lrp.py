@@ -127,8 +127,13 @@ def patch_embedding_relevance(image: torch.Tensor, weight: torch.Tensor, stride:
           - F.conv2d(high, w_neg, stride=stride) + 1e-9)  # a plain +1e-9 here, not safe_divide
     scaled = relevance / za
 
-    def backward(kernel: torch.Tensor) -> torch.Tensor:  # the transposed convolution, at the image's size
-        return torch.nn.grad.conv2d_input(image.shape, kernel, scaled, stride=stride)
+    # the transposed convolution, padded to the image's size where the patches do not cover it
+    kernel_size = weight.shape[-2:]
+    uncovered = tuple(image.shape[-2 + axis] - ((scaled.shape[-2 + axis] - 1) * stride[axis] + kernel_size[axis])
+                      for axis in (0, 1))
+
+    def backward(kernel: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(scaled, kernel, stride=stride, output_padding=uncovered)
 
     return image * backward(weight) - low * backward(w_pos) - high * backward(w_neg)
 
