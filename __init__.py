@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-__all__ = ["HeatmapError", "UnsupportedModelError", "UsageError", "__version__", "explain", "load", "methods"]
+__all__ = ["HeatmapError", "UnsupportedModelError", "UsageError", "__version__", "evaluate", "explain", "load",
+           "methods"]
 
 Precision = Literal["auto", "float32", "float64"]
 
@@ -114,6 +115,45 @@ def explain(model: Any, images: Images, method: str = "chefer-generic", target: 
         target = [target] * tensor.shape[0]
     targets = None if target is None else torch.as_tensor(list(target), dtype=torch.long)
     return driver.explain(tensor, targets).squeeze()
+
+
+def evaluate(model: Any, images: Any, method: Union[str, Sequence[str]],
+             protocol: Union[str, Sequence[str], None] = None, target: Literal["predicted", "label"] | None = None,
+             labels: Sequence[Any] | None = None, masks: Sequence[Any] | None = None,
+             texts: Sequence[str] | None = None, mean: Sequence[float] | None = None,
+             std: Sequence[float] | None = None, batch_size: int = 32, tolerance: int = 0) -> list[Any]:
+    """Measure how far ``method``'s maps can be trusted on ``model`` (docs/METHODS.md, "The evaluation protocols").
+
+    Args:
+        model: a timm ViT or open_clip CLIP object, a model name or an adapter (as :func:`explain`).
+        images: paths or PIL images (made up with the model's own transform,
+            without its normalisation), or a float tensor ``[B, 3, H, W]`` in
+            [0, 1] pixel space at the model's input size.
+        method: a method name, or several.
+        protocol: ``perturbation``, ``deletion-insertion``, ``pointing``,
+            ``energy-pointing``, ``segmentation``, or several; None: every
+            protocol the data allows (the last three need ``masks``).
+        target: ``"predicted"`` (None; the model's top-1 class, or best text)
+            or ``"label"`` (each of the image's ``labels``).
+        labels: per image, a label or a list of them (class indices or names;
+            for a CLIP, texts from ``texts``).
+        masks: per image, its object's mask (array, PIL image or path;
+            nonzero = object; at the picture's size or the input size), or a
+            dict label -> mask for several objects.
+        texts: a CLIP's candidate texts: an image's "class" is its best-matching text.
+        mean, std: the normalisation the model expects (default: its transform's).
+        batch_size: perturbed copies per forward pass.
+        tolerance: the pointing game's tolerance in pixels.
+
+    Returns:
+        per image, method and target an
+        :class:`~heatmap.evaluation.evaluate.ImageEvaluation` with the curves
+        and figures (``.as_json()`` is the ``eval.jsonl`` line);
+        :func:`heatmap.evaluation.evaluate.summarise` gives the data set's figures.
+    """
+    from heatmap.evaluation.api import evaluate as run
+
+    return run(model, images, method, protocol, target, labels, masks, texts, mean, std, batch_size, tolerance)
 
 
 def _as_tensor(adapter: Adapter, images: Images) -> torch.Tensor:

@@ -26,6 +26,8 @@ from heatmap.cli.options import (
     CLIP_SHARED,
     SHARED,
     Debug,
+    Device,
+    DeviceOption,
     Json,
     Quiet,
     clip_method_parameters,
@@ -266,6 +268,76 @@ def compare(
     request = CompareRequest(baseline, candidate, Thresholds(max_diff, min_corr, min_top_iou), report, diff_dir,
                              "json" if json else "quiet" if quiet else "normal")
     exit_with(lambda: run_compare(request), debug, json)
+
+
+PROTOCOL_NAMES = ("perturbation", "deletion-insertion", "pointing", "energy-pointing", "segmentation")
+
+
+@app.command("eval", no_args_is_help=True)
+def evaluate(
+    inputs: Annotated[Optional[list[str]], typer.Argument(
+        help="Image files, folders and glob patterns (or none, with --demo-world).", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="demo, a timm name, or with --clip/--text an open_clip name.",
+        show_default="vit_base_patch16_224; demo with --demo-world")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        exists=True, dir_okay=False, help="Local weights for a classifier --model.", show_default=False)] = None,
+    pretrained: Annotated[Optional[str], typer.Option(
+        help="A CLIP's pretrained tag or local checkpoint file.", show_default=False)] = None,
+    clip: Annotated[bool, typer.Option("--clip", help="The model is a CLIP (implied by --text).")] = False,
+    method: Annotated[Optional[list[str]], typer.Option(
+        help="A method to evaluate; repeat for several.", show_default="every method the model supports")] = None,
+    protocol: Annotated[Optional[list[str]], typer.Option(
+        help=f"{', '.join(PROTOCOL_NAMES)}; repeat for several.",
+        show_default="every protocol the data allows (the last three need masks)")] = None,
+    target: Annotated[str, typer.Option(
+        help="predicted: explain and test the model's top-1 class (a CLIP: best text); label: each label of "
+             "--labels.")] = "predicted",
+    labels: Annotated[Optional[Path], typer.Option(
+        exists=True, dir_okay=False, help="CSV image,label (index or name; a row per object).",
+        show_default=False)] = None,
+    masks: Annotated[Optional[Path], typer.Option(
+        file_okay=False, help="Object masks: <stem>.png, or <stem>.<label>.png per object (nonzero = object).",
+        show_default=False)] = None,
+    text: Annotated[Optional[list[str]], typer.Option(
+        help="A CLIP's candidate text; repeat for several.", show_default=False)] = None,
+    texts_file: Annotated[Optional[Path], typer.Option(
+        exists=True, dir_okay=False, help="A file of candidate texts, one per line.", show_default=False)] = None,
+    demo_world: Annotated[Optional[int], typer.Option(
+        help="Evaluate on N freshly generated shapes-world scenes with labels and masks, instead of INPUTS.",
+        show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="The demo world's seed.")] = 0,
+    tolerance: Annotated[int, typer.Option(min=0, help="The pointing game's tolerance in pixels.")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for eval.json, eval.jsonl and eval.png.")
+                   ] = Path("heatmap-eval"),
+    batch_size: Annotated[int, typer.Option(min=1, help="Perturbed copies per forward pass.")] = 64,
+    device: DeviceOption = Device.auto,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Search folders in their subfolders.")
+                         ] = False,
+    quiet: Quiet = False,
+    json: Json = False,
+    debug: Debug = False,
+):
+    """How far can each method's maps be trusted? The papers' faithfulness and localisation protocols.
+
+    Perturbation (positive and negative), deletion/insertion, and with object masks the pointing game, the
+    energy pointing game and segmentation (docs/METHODS.md, "The evaluation protocols"). Prints a table of
+    methods x figures and writes eval.json, eval.jsonl (one line per image, method and target) and eval.png.
+    """
+    from heatmap.cli.evaluate import EvalRequest, run_eval
+
+    def run() -> int:
+        if target not in ("predicted", "label"):
+            raise UsageError(f"unknown --target {target!r}; use predicted or label")
+        request = EvalRequest(
+            inputs=[Path(i) for i in inputs or []], model=model, checkpoint=checkpoint, pretrained=pretrained,
+            clip=clip, methods=list(method or []), protocols=list(protocol or []), target=target, labels=labels,
+            masks=masks, texts=read_texts(text or [], texts_file) if (text or texts_file) else [],
+            demo_world=demo_world, seed=seed, tolerance=tolerance, out=out, batch_size=batch_size,
+            device=device.value, recursive=recursive, output="json" if json else "quiet" if quiet else "normal")
+        return run_eval(request)
+
+    exit_with(run, debug, json)
 
 
 def main() -> None:

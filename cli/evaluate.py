@@ -1,0 +1,259 @@
+"""``heatmap eval``: the evaluation protocols over a folder of images (or a generated demo world).
+
+Inputs, labels, masks and the output folder are checked before torch is
+imported. Each image is evaluated with every method; its ``eval.jsonl``
+lines are appended as soon as they exist (an interrupted run keeps them), and
+an image that fails (unreadable, a label the model does not know) fails
+alone. ``eval.json``, the table and ``eval.png`` summarise what was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from heatmap.cli import console
+from heatmap.errors import HeatmapError, UsageError
+
+RESULTS = ("eval.json", "eval.jsonl", "eval.png")
+# The table's columns: (title, summary key, figure key, higher is better)
+COLUMNS = (
+    ("pert+", "perturbation_positive", "auc", False),
+    ("pert-", "perturbation_negative", "auc", True),
+    ("del", "deletion", "auc", False),
+    ("ins", "insertion", "auc", True),
+    ("point", "pointing", "rate", True),
+    ("energy", "energy_pointing", "mean", True),
+    ("pixacc", "segmentation", "pixel_accuracy", True),
+    ("mIoU", "segmentation", "iou", True),
+    ("mAP", "segmentation", "ap", True),
+)
+LEGEND = ("pert+/pert-: positive/negative perturbation AUC; del/ins: deletion/insertion AUC; point: pointing "
+          "game; energy: energy pointing game; pixacc, mIoU, mAP: segmentation. ↑ higher is better, ↓ lower "
+          "is better; * the best of each column.")
+
+
+@dataclass
+class EvalRequest:
+    """What ``heatmap eval`` was asked."""
+
+    inputs: list[Path]
+    model: str | None = None
+    checkpoint: Path | None = None
+    pretrained: str | None = None
+    clip: bool = False
+    methods: list[str] = field(default_factory=list)
+    protocols: list[str] = field(default_factory=list)
+    target: str = "predicted"
+    labels: Path | None = None
+    masks: Path | None = None
+    texts: list[str] = field(default_factory=list)
+    demo_world: int | None = None
+    seed: int = 0
+    tolerance: int = 0
+    out: Path = Path("heatmap-eval")
+    batch_size: int = 64
+    device: str = "auto"
+    recursive: bool = False
+    output: str = "normal"  # "normal", "quiet" or "json"
+
+
+def run_eval(request: EvalRequest) -> int:
+    """Run ``heatmap eval``; the exit code (1 when an image failed)."""
+    from heatmap.evaluation.evaluate import protocols_to_run
+    from heatmap.explainers.registry import method as find_method
+
+    if request.demo_world is None and not request.inputs:
+        raise UsageError("give images (files, folders, patterns) or --demo-world N")
+    if request.demo_world is not None and (request.inputs or request.labels or request.masks):
+        raise UsageError("--demo-world makes its own images, labels and masks; give no INPUTS, --labels or --masks")
+    if request.demo_world is not None and request.demo_world < 1:
+        raise UsageError(f"--demo-world {request.demo_world}: give at least one scene")
+    if request.target == "label" and request.demo_world is None and request.labels is None:
+        raise UsageError("--target label needs --labels FILE (or --demo-world)")
+    for method in request.methods:
+        find_method(method)
+    have_masks = request.masks is not None or request.demo_world is not None
+    protocols = protocols_to_run(request.protocols, have_masks)
+    clip = request.clip or bool(request.texts)
+    if request.masks is not None and not request.masks.is_dir():
+        raise UsageError(f"--masks {request.masks}: not a folder")
+    out = Path(request.out)
+    taken = [name for name in RESULTS if (out / name).exists()]
+    if taken:
+        raise UsageError(f"{out} already holds an evaluation ({', '.join(taken)}); choose another --out "
+                         "so that no run overwrites another's results")
+    from heatmap.cli.runner import ensure_writable
+
+    ensure_writable(out)
+    paths = _collect(request, out)
+    if clip and not request.texts and request.demo_world is None:
+        raise UsageError("a CLIP is evaluated against candidate texts: give --text (or --texts-file)")
+    return _evaluate(request, paths, protocols, clip, out)
+
+
+def _collect(request: EvalRequest, out: Path) -> list[Path]:
+    from heatmap.inputs import collect_inputs
+
+    if request.demo_world is not None:
+        return []
+    paths = collect_inputs(request.inputs, recursive=request.recursive, out_dir=out)
+    if not paths:
+        raise UsageError("no image files found in the given inputs")
+    return paths
+
+
+def _evaluate(request: EvalRequest, paths: list[Path], protocols: list[str], clip: bool, out: Path) -> int:
+    from heatmap.evaluation.data import EvalImage, read_labels, split_normalisation
+    from heatmap.evaluation.demo_world import demo_world
+    from heatmap.evaluation.evaluate import Evaluator, summarise
+    from heatmap.evaluation.protocols import PixelScorer
+    from heatmap.explainers.driver import unsupported
+    from heatmap.explainers.registry import methods
+
+    status = console.stderr.status("loading the model...") if request.output == "normal" else None
+    if status is not None:
+        status.start()
+    try:
+        adapter = _load(request, clip)
+    finally:
+        if status is not None:
+            status.stop()
+    pixel_transform, mean, std = split_normalisation(adapter.transform)
+    texts = list(request.texts)
+    world = None
+    if request.demo_world is not None:
+        world = demo_world(adapter, request.demo_world, request.seed, pixel_transform, clip)
+        texts = texts or world.texts
+    chosen = request.methods or [name for name in methods() if unsupported(methods()[name], adapter, clip) is None]
+    scorer = PixelScorer(adapter, mean, std, texts=texts if clip else None, batch_size=request.batch_size)
+    evaluator = Evaluator(adapter, scorer, chosen, protocols, target=request.target,  # type: ignore[arg-type]
+                          tolerance=request.tolerance)
+    label_table = read_labels(request.labels) if request.labels is not None else {}
+
+    def images():
+        if world is not None:
+            yield from ((image.name, lambda image=image: image) for image in world.images)
+            return
+        for path in paths:
+            yield str(path), lambda path=path: _load_image(path, pixel_transform, label_table, request.masks, texts)
+
+    lines, failures = [], []
+    count = request.demo_world if world is not None else len(paths)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console.stderr, disable=request.output != "normal", transient=True) as progress:
+        task = progress.add_task("evaluating (images x methods)", total=count * len(chosen))
+        with (out / "eval.jsonl").open("a", encoding="utf-8") as sink:
+            for number, (name, load) in enumerate(images()):
+                try:
+                    image: EvalImage = load()
+                    own = evaluator.evaluate(image, on_method=lambda _method: progress.advance(task))
+                except (HeatmapError, OSError) as error:  # this image fails; the others go on
+                    failures.append(f"{name}: {error}")
+                    console.say_failed(f"{name}: {error}")
+                    progress.update(task, completed=(number + 1) * len(chosen))
+                    continue
+                for line in own:
+                    sink.write(json.dumps(line.as_json()) + "\n")
+                sink.flush()
+                lines.extend(own)
+    summary = summarise(lines)
+    settings = {"model": adapter.name, "methods": chosen, "protocols": protocols, "target": request.target,
+                "tolerance": request.tolerance, "batch_size": request.batch_size,
+                "inputs": [str(p) for p in request.inputs] if world is None else
+                {"demo_world": request.demo_world, "seed": request.seed}, "texts": texts if clip else None,
+                "labels": str(request.labels) if request.labels else None,
+                "masks": str(request.masks) if request.masks else None}
+    images_done = len({line.input for line in lines})
+    report = {"settings": settings, "images": images_done, "failed": failures, "methods": summary}
+    (out / "eval.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    if lines and any(key in figures for figures in summary.values()
+                     for key in ("perturbation_positive", "deletion")):
+        from heatmap.evaluation.plot import plot_curves
+
+        plot_curves(summary, out / "eval.png", title=f"{adapter.name}, {images_done} images")
+    if request.output == "json":
+        console.say_json(json.dumps(report))
+    elif request.output == "normal":
+        print_table(summary, images_done)
+        console.stderr.print(f"eval.json, eval.jsonl{', eval.png' if (out / 'eval.png').exists() else ''} "
+                             f"in {escape(str(out))}", highlight=False)
+    if failures and request.output != "json":
+        console.stderr.print(f"[red]{len(failures)} image(s) failed[/]; the others were evaluated.")
+    return 1 if failures else 0
+
+
+def _load(request: EvalRequest, clip: bool) -> Any:
+    from heatmap.models import load, load_clip
+
+    if clip:
+        if request.checkpoint is not None:
+            raise UsageError("--checkpoint is for classifiers; give a CLIP's weights with --pretrained")
+        name = request.model or ("demo" if request.demo_world is not None else None)
+        return load_clip(name, request.pretrained, request.device)
+    if request.pretrained is not None:
+        raise UsageError("--pretrained is for CLIP models (--clip or --text); give a classifier's weights "
+                         "with --checkpoint")
+    return load(request.model or ("demo" if request.demo_world is not None else None), request.checkpoint,
+                request.device)
+
+
+def _load_image(path: Path, pixel_transform: Any, label_table: dict[str, list[str]], masks: Path | None,
+                texts: list[str]) -> Any:
+    """One input file -> :class:`EvalImage`: its pixels, labels and masks."""
+    from heatmap.evaluation.data import EvalImage, image_masks, labels_of, masks_of
+    from heatmap.inputs import load_image
+
+    picture = load_image(path).convert("RGB")
+    pixels = pixel_transform(picture).float()
+    labels = labels_of(path, label_table)
+    found = masks_of(path, masks, [*labels, *texts]) if masks is not None else {}
+    size = (pixels.shape[1], pixels.shape[2])
+    return EvalImage(str(path), pixels, labels, image_masks(picture.size, pixel_transform, size, found))
+
+
+def print_table(summary: dict[str, dict[str, Any]], images: int) -> None:
+    """Methods as rows, one column per figure; the best of each column bold and starred."""
+    shown = [column for column in COLUMNS if any(column[1] in figures for figures in summary.values())]
+    table = Table(title=f"{images} images", title_justify="left", padding=(0, 1))
+    table.add_column("method", no_wrap=True)
+    for title, _, _, higher in shown:
+        table.add_column(f"{title} {'↑' if higher else '↓'}", justify="right", no_wrap=True)
+    best = {}
+    for title, key, figure, higher in shown:
+        values = [figures[key][figure] for figures in summary.values()
+                  if key in figures and not math.isnan(figures[key][figure])]
+        if values:
+            best[title] = max(values) if higher else min(values)
+    for method, figures in summary.items():
+        cells = []
+        for title, key, figure, _ in shown:
+            if key not in figures:
+                cells.append("")
+                continue
+            value = figures[key][figure]
+            text = _formatted(key, figure, value)
+            cells.append(f"[bold]{text}*[/]" if best.get(title) == value else f"{text} ")
+        table.add_row(method, *cells)
+    # a table cut to 80 columns (a pipe, a CI log) would hide the figures: give it the room it needs
+    wide = console.stdout if console.stdout.width >= 120 else Console(width=120, highlight=False)
+    wide.print(table)
+    wide.print(LEGEND, soft_wrap=True)
+
+
+def _formatted(key: str, figure: str, value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    if key.startswith("perturbation"):
+        return f"{value:.1f}"
+    if key in ("deletion", "insertion") or key in ("energy_pointing", "segmentation"):
+        return f"{value:.3f}"
+    return f"{value:.1%}"

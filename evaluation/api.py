@@ -1,0 +1,88 @@
+"""The Python entry to the evaluation: models, images, labels and masks as a user has them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+
+from heatmap.errors import UsageError
+from heatmap.evaluation.data import EvalImage, MaskLike, image_masks, split_normalisation
+from heatmap.evaluation.evaluate import Evaluator, ImageEvaluation, TargetRule, protocols_to_run
+from heatmap.evaluation.protocols import PixelScorer
+
+
+def adapter_of(model: Any, clip: bool) -> Any:
+    """A model object, a name or an adapter -> its adapter (a CLIP when ``clip``)."""
+    from heatmap.models import adapter_for, load, load_clip
+
+    if isinstance(model, str):
+        return load_clip(model) if clip else load(model)
+    if isinstance(model, torch.nn.Module):
+        return adapter_for(model)
+    return model
+
+
+def pixel_images(adapter: Any, images: Any, labels: Sequence[Any] | None,
+                 masks: Sequence[Union[MaskLike, dict[Any, MaskLike], None]] | None,
+                 mean: Sequence[float] | None, std: Sequence[float] | None
+                 ) -> tuple[list[EvalImage], tuple[float, ...], tuple[float, ...]]:
+    """Images (paths, PIL images, or a ``[B, 3, H, W]`` tensor in [0, 1]) -> :class:`EvalImage` s,
+    with the normalisation the model expects."""
+    from heatmap.inputs import load_image
+
+    if mean is None or std is None:
+        pixel_transform, model_mean, model_std = split_normalisation(adapter.transform)
+        mean, std = mean or model_mean, std or model_std
+    else:
+        try:
+            pixel_transform = split_normalisation(adapter.transform)[0]
+        except UsageError:
+            pixel_transform = adapter.transform
+    count = len(images)
+    for name, given in (("labels", labels), ("masks", masks)):
+        if given is not None and len(given) != count:
+            raise UsageError(f"got {len(given)} {name} for {count} images; give one per image")
+    result = []
+    for index in range(count):
+        own_labels = [] if labels is None else labels[index]
+        own_labels = list(own_labels) if isinstance(own_labels, (list, tuple)) else [own_labels]
+        own_masks = None if masks is None else masks[index]
+        if isinstance(images, torch.Tensor):
+            if images.dim() != 4 or images.shape[1] != 3:
+                raise UsageError(f"images must be a [B, 3, H, W] tensor in [0, 1], got {tuple(images.shape)}")
+            pixels = images[index].detach().float().cpu()
+            size = (pixels.shape[2], pixels.shape[1])
+            found = image_masks(size, pixel_transform, (pixels.shape[1], pixels.shape[2]), own_masks)
+            result.append(EvalImage(f"image {index}", pixels, own_labels, found))
+            continue
+        item = images[index]
+        picture = (item if hasattr(item, "convert") else load_image(item)).convert("RGB")
+        pixels = pixel_transform(picture).float()
+        found = image_masks(picture.size, pixel_transform, (pixels.shape[1], pixels.shape[2]), own_masks)
+        name = str(item) if isinstance(item, (str, Path)) else f"image {index}"
+        result.append(EvalImage(name, pixels, own_labels, found))
+    return result, tuple(mean), tuple(std)
+
+
+def evaluate(model: Any, images: Any, method: Union[str, Sequence[str]],
+             protocol: Union[str, Sequence[str], None] = None, target: TargetRule | None = None,
+             labels: Sequence[Any] | None = None,
+             masks: Sequence[Any] | None = None, texts: Sequence[str] | None = None,
+             mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+             batch_size: int = 32, tolerance: int = 0) -> list[ImageEvaluation]:
+    """See :func:`heatmap.evaluate`."""
+    adapter = adapter_of(model, clip=texts is not None)
+    clip = len(adapter.towers) > 1
+    if clip and not texts:
+        raise UsageError("a CLIP model is evaluated against candidate texts: pass texts=[...]")
+    if not clip and texts is not None:
+        raise UsageError(f"{adapter.name} is a classifier; texts= is for CLIP models")
+    methods = [method] if isinstance(method, str) else list(method)
+    protocols = protocols_to_run([protocol] if isinstance(protocol, str) else protocol, masks is not None)
+    items, mean, std = pixel_images(adapter, images, labels, masks, mean, std)
+    scorer = PixelScorer(adapter, mean, std, texts=texts, batch_size=batch_size)
+    evaluator = Evaluator(adapter, scorer, methods, protocols, target=target or "predicted", tolerance=tolerance)
+    return [line for item in items for line in evaluator.evaluate(item)]

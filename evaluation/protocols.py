@@ -1,0 +1,123 @@
+"""The protocols that run the model on perturbed copies of an image (docs/METHODS.md, "heatmap eval").
+
+:class:`PixelScorer` is the model seen from [0, 1] pixel space: it normalises
+each copy and returns its logits over the model's classes (a CLIP: over the
+given texts), in batches under ``torch.inference_mode``. The perturbation
+test and deletion/insertion build their copies of ONE image from its map's
+pixel order and score them; nothing mixes images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from heatmap.evaluation.measures import (
+    gaussian_blur,
+    mean_auc,
+    perturbation_auc,
+    perturbed_counts,
+    pixel_order,
+    removed_counts,
+)
+
+
+class PixelScorer:
+    """The model as a function of pixel images in [0, 1]: ``[N, 3, H, W]`` -> logits ``[N, C]``.
+
+    Args:
+        adapter: the model's adapter.
+        mean, std: the model's normalisation, per channel.
+        texts: a CLIP's candidate texts (its "classes"); None for a classifier.
+        batch_size: copies per forward pass.
+    """
+
+    def __init__(self, adapter: Any, mean: Sequence[float], std: Sequence[float],
+                 texts: Sequence[str] | None = None, batch_size: int = 32) -> None:
+        self.adapter = adapter
+        self.batch_size = max(1, batch_size)
+        self.mean = torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
+        self.texts = list(texts) if texts is not None else None
+        self.text_embedding = None
+        if self.texts is not None:
+            with torch.inference_mode():
+                self.text_embedding = adapter.model.encode_text(adapter.tokenize(self.texts), normalize=True)
+
+    def normalised(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(pixels - mean) / std`` on the model's device and dtype: what the model (and the explainer) reads."""
+        values = (pixels.float() - self.mean) / self.std
+        return values.to(device=self.adapter.device, dtype=self.adapter.dtype)
+
+    def logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[N, C]`` float64 on the CPU, ``batch_size`` images per forward pass."""
+        chunks = []
+        with torch.inference_mode():
+            for chunk in pixels.split(self.batch_size):
+                images = self.normalised(chunk)
+                if self.text_embedding is None:
+                    output = self.adapter.model(images)
+                else:
+                    output = self.adapter.score(self.adapter.model.encode_image(images, normalize=True),
+                                                self.text_embedding)
+                chunks.append(output.double().cpu())
+        return torch.cat(chunks)
+
+    def copies_logits(self, base: torch.Tensor, source: torch.Tensor, order: torch.Tensor,
+                      counts: Sequence[int]) -> torch.Tensor:
+        """Logits of copies of ``base`` whose first ``k`` pixels of ``order`` come from ``source``, per k.
+
+        Only ``batch_size`` copies exist at a time.
+        """
+        flat_base, flat_source = base.reshape(base.shape[0], -1), source.reshape(source.shape[0], -1)
+        results = []
+        for start in range(0, len(counts), self.batch_size):
+            copies = []
+            for count in counts[start:start + self.batch_size]:
+                copy = flat_base.clone()
+                chosen = order[:count]
+                copy[:, chosen] = flat_source[:, chosen]
+                copies.append(copy.reshape(base.shape))
+            results.append(self.logits(torch.stack(copies)))
+        return torch.cat(results)
+
+
+def perturbation_test(scorer: PixelScorer, pixels: torch.Tensor, scaled: torch.Tensor, target: int,
+                      clean_hit: bool) -> dict[str, dict[str, Any]]:
+    """The positive and negative perturbation tests of one image (Chefer et al. 2021).
+
+    For p = 0.1 .. 0.9 the ``floor(p * H * W)`` pixels ranked highest by the
+    map (positive) or by minus the map (negative) are set to 0 in every
+    channel; a hit is a top-1 class equal to ``target``. The curve starts with
+    the clean image's hit (p = 0).
+    """
+    black = torch.zeros_like(pixels)
+    counts = perturbed_counts(scaled.numel())
+    tests = {}
+    for name, most_relevant_first in (("positive", True), ("negative", False)):
+        logits = scorer.copies_logits(pixels, black, pixel_order(scaled, most_relevant_first), counts)
+        curve = [float(clean_hit)] + [float(hit) for hit in (logits.argmax(dim=1) == target).tolist()]
+        tests[name] = {"curve": curve, "auc": perturbation_auc(curve)}
+    return tests
+
+
+def deletion_insertion(scorer: PixelScorer, pixels: torch.Tensor, scaled: torch.Tensor,
+                       target: int) -> dict[str, dict[str, Any]]:
+    """RISE's deletion and insertion curves of one image: the target's softmax probability at 101 points.
+
+    Deletion sets the pixels to black in map order; insertion reveals them in
+    map order on a blurred copy. Point i has ``floor(i * H * W / 100)`` pixels changed.
+    """
+    order = pixel_order(scaled, most_relevant_first=True)
+    counts = removed_counts(scaled.numel())
+    curves = {
+        "deletion": scorer.copies_logits(pixels, torch.zeros_like(pixels), order, counts),
+        "insertion": scorer.copies_logits(gaussian_blur(pixels), pixels, order, counts),
+    }
+    results = {}
+    for name, logits in curves.items():
+        curve = logits.softmax(dim=1)[:, target].tolist()
+        results[name] = {"curve": curve, "auc": mean_auc(curve)}
+    return results
