@@ -131,7 +131,7 @@ def _evaluate(request: EvalRequest, paths: list[Path], protocols: list[str], cli
     texts = list(request.texts)
     world = None
     if request.demo_world is not None:
-        world = demo_world(adapter, request.demo_world, request.seed, pixel_transform, clip)
+        world = demo_world(request.demo_world, request.seed, pixel_transform, clip)
         texts = texts or world.texts
     chosen = request.methods or [name for name in methods() if unsupported(methods()[name], adapter, clip) is None]
     scorer = PixelScorer(adapter, mean, std, texts=texts if clip else None, batch_size=request.batch_size)

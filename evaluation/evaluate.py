@@ -9,7 +9,7 @@ runs on :class:`Evaluator`; :func:`summarise` makes the data set's figures.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -95,16 +95,19 @@ class Evaluator:
         target: ``"predicted"`` (the model's top-1 class, or best text) or
             ``"label"`` (each of the image's labels).
         tolerance: the pointing game's tolerance in pixels (0: the maximum must be on the mask).
+        options: per method, its options (default: the method's defaults).
     """
 
     def __init__(self, adapter: Any, scorer: PixelScorer, methods: Sequence[str], protocols: Sequence[str],
-                 target: TargetRule = "predicted", tolerance: int = 0) -> None:
+                 target: TargetRule = "predicted", tolerance: int = 0,
+                 options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         from heatmap.explainers.driver import Driver
 
         if target not in ("predicted", "label"):
             raise UsageError(f"unknown target rule {target!r}; use predicted or label")
         self.adapter, self.scorer = adapter, scorer
-        self.drivers = {name: Driver(adapter, name) for name in methods}
+        options = options or {}
+        self.drivers = {name: Driver(adapter, name, **options.get(name, {})) for name in methods}
         self.protocols = list(protocols)
         self.target = target
         self.tolerance = tolerance
