@@ -63,8 +63,11 @@ def removed_counts(pixels: int) -> list[int]:
 
 
 def perturbed_counts(pixels: int) -> list[int]:
-    """The perturbation test: ``floor(p * n)`` pixels at p = 0.1 .. 0.9 (p = 0 is the clean image)."""
-    return [math.floor(p * pixels) for p in PERTURBATION_STEPS[1:]]
+    """The perturbation test: ``floor(p * n)`` pixels at p = 0.1 .. 0.9 (p = 0 is the clean image).
+
+    In integers: ``0.7 * 90`` is 62.999... in floating point, one pixel short.
+    """
+    return [step * pixels // 10 for step in range(1, 10)]
 
 
 def gaussian_blur(image: torch.Tensor, sigma_fraction: float = BLUR_SIGMA_FRACTION) -> torch.Tensor:
