@@ -166,6 +166,12 @@ def _evaluate(request: EvalRequest, paths: list[Path], protocols: list[str], cli
                 sink.flush()
                 lines.extend(own)
     summary = summarise(lines)
+    unmasked = [line for line in lines if line.pointing is None and line.energy_pointing is None
+                and line.segmentation is None]
+    if unmasked and set(protocols) & {"pointing", "energy-pointing", "segmentation"} and request.output != "json":
+        console.stderr.print(f"[yellow]note:[/] {len(unmasked)} of {len(lines)} line(s) have no mask for their "
+                             "target (say, a predicted class that is not among the image's objects): the mask "
+                             "protocols leave them out", soft_wrap=True, highlight=False)
     settings = {"model": adapter.name, "methods": chosen, "protocols": protocols, "target": request.target,
                 "tolerance": request.tolerance, "batch_size": request.batch_size,
                 "inputs": [str(p) for p in request.inputs] if world is None else

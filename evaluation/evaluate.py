@@ -112,24 +112,25 @@ class Evaluator:
         self.target = target
         self.tolerance = tolerance
 
-    def targets(self, image: EvalImage, logits: torch.Tensor) -> list[tuple[int, str | None]]:
-        """``(index, label)`` of each target of ``image``."""
+    def targets(self, image: EvalImage, logits: torch.Tensor) -> list[tuple[int, str | None, Any]]:
+        """``(index, label, as given)`` of each target of ``image`` (as given: the label the user wrote, or None)."""
         texts = self.scorer.texts
         if self.target == "predicted":
             index = int(logits.argmax())
-            return [(index, texts[index] if texts is not None else self.adapter.label(index))]
+            return [(index, texts[index] if texts is not None else self.adapter.label(index), None)]
         if not image.labels:
             raise UsageError(f"{image.name}: --target label needs labels for every image (--labels FILE)")
-        targets = []
+        targets: dict[int, tuple[int, str | None, Any]] = {}
         for label in image.labels:
             if texts is not None:
                 if str(label) not in texts:
                     raise UsageError(f"{image.name}: its label {label!r} is not one of the texts")
-                targets.append((texts.index(str(label)), str(label)))
+                index = texts.index(str(label))
+                targets.setdefault(index, (index, str(label), label))
             else:
                 index = self.adapter.class_index(str(label))
-                targets.append((index, self.adapter.label(index) or str(label)))
-        return list(dict.fromkeys(targets))
+                targets.setdefault(index, (index, self.adapter.label(index) or str(label), label))
+        return list(targets.values())
 
     def evaluate(self, image: EvalImage, on_method: Callable[[str], None] | None = None) -> list[ImageEvaluation]:
         """Every method's lines for ``image`` (one per target); ``on_method`` is called after each method."""
@@ -139,9 +140,11 @@ class Evaluator:
         size = (image.pixels.shape[1], image.pixels.shape[2])
         lines = []
         for name, driver in self.drivers.items():
-            maps = self._maps(driver, normalised, [index for index, _ in targets])
-            for (index, label), heatmap in zip(targets, maps, strict=True):
-                lines.append(self._measure(image, name, index, label, overlay_map(heatmap, size), clean))
+            maps = self._maps(driver, normalised, [index for index, _, _ in targets])
+            for (index, label, given), heatmap in zip(targets, maps, strict=True):
+                # a mask is found by the label as given, its name, or its index (as text or number)
+                mask = image.mask_for(given, label, str(index), index)
+                lines.append(self._measure(image, name, index, label, overlay_map(heatmap, size), clean, mask))
             if on_method is not None:
                 on_method(name)
         return lines
@@ -154,7 +157,7 @@ class Evaluator:
         return list(driver.explain(normalised, torch.tensor([targets])).maps[0])
 
     def _measure(self, image: EvalImage, method: str, target: int, label: str | None, scaled: torch.Tensor,
-                 clean: torch.Tensor) -> ImageEvaluation:
+                 clean: torch.Tensor, mask: np.ndarray | None) -> ImageEvaluation:
         line = ImageEvaluation(image.name, method, target, label)
         if "perturbation" in self.protocols:
             line.perturbation = perturbation_test(self.scorer, image.pixels, scaled, target,
@@ -162,7 +165,6 @@ class Evaluator:
         if "deletion-insertion" in self.protocols:
             curves = deletion_insertion(self.scorer, image.pixels, scaled, target)
             line.deletion, line.insertion = curves["deletion"], curves["insertion"]
-        mask = image.mask_for(label, str(target)) if NEEDS_MASKS & set(self.protocols) else None
         if mask is not None:
             if "pointing" in self.protocols:
                 line.pointing = pointing_hit(scaled, mask, self.tolerance)
