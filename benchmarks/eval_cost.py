@@ -17,6 +17,7 @@ import time
 
 import torch
 from PIL import Image
+from timing import median_seconds
 
 import heatmap
 from heatmap.evaluation.data import split_normalisation
@@ -24,13 +25,11 @@ from heatmap.evaluation.measures import overlay_map
 from heatmap.evaluation.protocols import PixelScorer, deletion_insertion, perturbation_test
 
 
-def seconds(function, repeats: int = 1) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def seconds(function) -> float:
+    """Wall time of one call: each image's protocols are timed once, cold, as a run meets them."""
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -50,8 +49,7 @@ def main() -> None:
     size = adapter.preprocess([Image.new("RGB", (8, 8))])[0].shape[-2:]  # the model's input size
     torch.manual_seed(0)
     images = torch.rand(args.images, 3, *size)
-    scorer.logits(images[:1])  # warm-up
-    forward = seconds(lambda: scorer.logits(images[:1]), repeats=20)
+    forward = median_seconds(lambda: scorer.logits(images[:1]), repeats=20)
     rows: dict[str, list[float]] = {"map (explanation)": [], "perturbation (18 copies)": [],
                                     "deletion + insertion (202 copies)": []}
     maps: list[torch.Tensor] = []
