@@ -54,23 +54,25 @@ def methods() -> list[str]:
 
 @overload
 def explain(model: Any, images: Images, method: str = ..., target: int | Sequence[int] | None = ...,
-            texts: None = ..., precision: Precision = ..., **options: Any) -> Explanation: ...
+            texts: None = ..., precision: Precision = ..., processor: Any = ..., **options: Any) -> Explanation: ...
 
 
 @overload
 def explain(model: Any, images: Images, method: str = ..., target: None = ...,
-            *, texts: Sequence[str], precision: Precision = ..., **options: Any) -> ClipExplanation: ...
+            *, texts: Sequence[str], precision: Precision = ..., processor: Any = ...,
+            **options: Any) -> ClipExplanation: ...
 
 
 def explain(model: Any, images: Images, method: str = "chefer-generic", target: int | Sequence[int] | None = None,
-            texts: Sequence[str] | None = None, precision: Precision = "auto",
+            texts: Sequence[str] | None = None, precision: Precision = "auto", processor: Any = None,
             **options: Any) -> Explanation | ClipExplanation:
     """Explain what ``model`` looked at in each image.
 
     Args:
-        model: a timm ViT or open_clip CLIP object, a model name (``"demo"``,
-            a timm name, or with ``texts`` an open_clip name) or an adapter
-            from :func:`load`.
+        model: a timm ViT, open_clip CLIP or Hugging Face transformers model
+            object (ViT, DeiT, CLIP, SigLIP), a model name (``"demo"``, a timm
+            name, a Hugging Face repo id or ``save_pretrained`` directory, or
+            with ``texts`` an open_clip name) or an adapter from :func:`load`.
         images: a preprocessed float tensor ``[B, 3, H, W]``, or a list of PIL
             images or paths (preprocessed with the model's own transform).
         method: one of :func:`methods` (docs/METHODS.md has the math).
@@ -81,6 +83,9 @@ def explain(model: Any, images: Images, method: str = "chefer-generic", target: 
             bfloat16 model is explained in float32, a float64 model in
             float64), ``float32`` or ``float64`` (a converted copy of the
             model is explained; yours is not changed). docs/METHODS.md, "Precision".
+        processor: a transformers model object's processor (or image processor,
+            or for CLIP/SigLIP its tokenizer), when the model's ``name_or_path``
+            does not find them in the Hugging Face cache.
         **options: the method's options (``head_fusion``, ``discard_ratio``,
             ``start_layer``; for CLIP also ``text_start_layer``).
 
@@ -100,7 +105,7 @@ def explain(model: Any, images: Images, method: str = "chefer-generic", target: 
     if isinstance(model, str):
         adapter = load_clip(model) if texts is not None else load(model)
     elif isinstance(model, torch.nn.Module):
-        adapter = adapter_for(model)
+        adapter = adapter_for(model, processor=processor)
     else:
         adapter = model
     driver = Driver(adapter, method, precision=precision, **options)

@@ -44,7 +44,7 @@ class PixelScorer:
         self.text_embedding = None
         if self.texts is not None:
             with torch.inference_mode():
-                self.text_embedding = adapter.model.encode_text(adapter.tokenize(self.texts), normalize=True)
+                self.text_embedding = adapter.text_embeddings(adapter.tokenize(self.texts))
 
     def normalised(self, pixels: torch.Tensor) -> torch.Tensor:
         """``(pixels - mean) / std`` on the model's device and dtype: what the model (and the explainer) reads."""
@@ -58,10 +58,9 @@ class PixelScorer:
             for chunk in pixels.split(self.batch_size):
                 images = self.normalised(chunk)
                 if self.text_embedding is None:
-                    output = self.adapter.model(images)
+                    output = self.adapter.logits(images)
                 else:
-                    output = self.adapter.score(self.adapter.model.encode_image(images, normalize=True),
-                                                self.text_embedding)
+                    output = self.adapter.score(self.adapter.image_embeddings(images), self.text_embedding)
                 chunks.append(output.double().cpu())
         return torch.cat(chunks)
 

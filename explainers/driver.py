@@ -79,6 +79,8 @@ class ClipExplanation:
             for a method that explains the image tower only.
         method: the method's name.
         options: the options as used (start layers as given).
+        independent_texts: the model scores each image-text pair on its own
+            (SigLIP's sigmoid) rather than as a softmax over the texts (CLIP).
     """
 
     maps: torch.Tensor
@@ -88,11 +90,13 @@ class ClipExplanation:
     text_relevance: list[list[torch.Tensor]] | None
     method: str
     options: dict[str, Any] = field(default_factory=dict)
+    independent_texts: bool = False
 
     @property
     def probabilities(self) -> torch.Tensor:
-        """Softmax of each image's logits over the given texts ``[B, T]``."""
-        return self.logits.softmax(dim=1)
+        """``[B, T]``, as the model reads its logits: a softmax over the given texts (CLIP), or each pair's
+        sigmoid (SigLIP)."""
+        return self.logits.sigmoid() if self.independent_texts else self.logits.softmax(dim=1)
 
 
 PRECISIONS = ("auto", "float32", "float64")
@@ -155,6 +159,10 @@ def unsupported(method: Method, adapter: Adapter, clip: bool) -> str | None:
     if "image" not in method.towers:
         return f"{adapter.name}: {method.name} does not explain image towers"
     for tower in explained_towers(method, adapter, clip):
+        if method.gradients_of == "block read-outs":
+            problem = tower.block_readout_problem()
+            if problem:
+                return f"{tower.name}: {problem}"
         if method.lrp_rules is None:
             continue
         try:
@@ -240,7 +248,8 @@ class Driver:
         assert scored.word_pieces is not None
         return ClipExplanation(maps=maps, logits=scored.scores.detach().cpu(), texts=list(texts),
                                word_pieces=scored.word_pieces, text_relevance=text_relevance,
-                               method=self.method.name, options=dict(self.options))
+                               method=self.method.name, options=dict(self.options),
+                               independent_texts=bool(getattr(self.adapter, "independent_texts", False)))
 
     # -- the run -----------------------------------------------------------------
 

@@ -1,10 +1,12 @@
 """Loading models by name and wrapping them in their library's adapter.
 
-``load("demo")`` is the shipped classifier, any other name a timm model;
-``load_clip`` the shipped demo CLIP or an open_clip model. Each library's
-adapter (``models/timm/``, ``models/open_clip/``) is imported only when a
-model of that library is loaded or wrapped, so importing this package loads
-neither timm nor open_clip.
+``load("demo")`` is the shipped classifier, a Hugging Face repo id
+(``org/name``) or ``save_pretrained`` directory a transformers model, any
+other name a timm model; ``load_clip`` the shipped demo CLIP, a transformers
+CLIP or SigLIP, or an open_clip model. Each library's adapter
+(``models/timm/``, ``models/open_clip/``, ``models/hf/``) is imported only
+when a model of that library is loaded or wrapped, so importing this package
+loads none of the libraries.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from heatmap.models.devices import resolve_device
 if TYPE_CHECKING:
     import torch
 
+    from heatmap.models.hf.classifier import HfClassifierAdapter
+    from heatmap.models.hf.image_text import HfImageTextAdapter
     from heatmap.models.open_clip.adapter import ClipAdapter
     from heatmap.models.timm.adapter import TimmAdapter
 
@@ -26,15 +30,27 @@ DEMO = "demo"
 
 
 def load(name: str | None = None, checkpoint: str | Path | None = None,
-         device: str | torch.device = "auto") -> TimmAdapter:
+         device: str | torch.device = "auto") -> TimmAdapter | HfClassifierAdapter:
     """Load a classifier by name (or from a local checkpoint) and wrap it in its adapter.
 
     Args:
         name: ``"demo"``, a timm name (``vit_base_patch16_224``, with an optional
-            ``.tag``) or ``hf-hub:org/name``; None = ``vit_base_patch16_224``.
-        checkpoint: a local ``.safetensors``/``.pt``/``.pth`` for that architecture.
+            ``.tag``), ``hf-hub:org/name`` (timm's), a Hugging Face transformers
+            repo id (``google/vit-base-patch16-224``) or ``save_pretrained``
+            directory; None = ``vit_base_patch16_224``.
+        checkpoint: a local ``.safetensors``/``.pt``/``.pth`` for that timm architecture.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
     """
+    from heatmap.models.hf.loading import is_hf_name
+
+    if is_hf_name(name):
+        assert name is not None
+        if checkpoint is not None:
+            raise UsageError(f"{name} is a transformers model: its weights come with it (repo id or "
+                             "save_pretrained directory); --checkpoint is for timm models")
+        from heatmap.models.hf.loading import load_hf
+
+        return load_hf(name, "classifier", resolve_device(device))  # type: ignore[no-any-return]
     from heatmap.models.timm.adapter import TimmAdapter
     from heatmap.models.timm.loading import create_timm, imagenet_labels
 
@@ -52,15 +68,27 @@ def load(name: str | None = None, checkpoint: str | Path | None = None,
 
 
 def load_clip(name: str | None = None, pretrained: str | Path | None = None,
-              device: str | torch.device = "auto") -> ClipAdapter:
-    """Load an open_clip CLIP by name and tag (or local file) and wrap it in its adapter.
+              device: str | torch.device = "auto") -> ClipAdapter | HfImageTextAdapter:
+    """Load a CLIP by name and wrap it in its adapter.
 
     Args:
-        name: ``"demo"`` (shipped, offline) or an open_clip name; None = ``ViT-B-32``.
-        pretrained: a pretrained tag or a local checkpoint path; None = ``openai``
-            for the default model.
+        name: ``"demo"`` (shipped, offline), an open_clip name, or a Hugging
+            Face transformers CLIP/SigLIP repo id (``openai/clip-vit-base-patch32``)
+            or ``save_pretrained`` directory; None = ``ViT-B-32``.
+        pretrained: an open_clip model's pretrained tag or a local checkpoint
+            path; None = ``openai`` for the default model.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
     """
+    from heatmap.models.hf.loading import is_hf_name
+
+    if is_hf_name(name):
+        assert name is not None
+        if pretrained is not None:
+            raise UsageError(f"{name} is a transformers model: its weights come with it; --pretrained is for "
+                             "open_clip models")
+        from heatmap.models.hf.loading import load_hf
+
+        return load_hf(name, "image-text", resolve_device(device))  # type: ignore[no-any-return]
     from heatmap.models.open_clip.adapter import ClipAdapter
     from heatmap.models.open_clip.loading import DEFAULT_CLIP, create_clip
 
@@ -87,7 +115,11 @@ def weights_identity(name: str | None, weights: str | Path | None = None, clip: 
     its name; a hub or timm name alone by None (the name says it).
     """
     from heatmap.models.checkpoints import file_digest
+    from heatmap.models.hf.loading import is_hf_name, weights_digest
 
+    if is_hf_name(name) and weights is None:
+        assert name is not None
+        return weights_digest(name)
     if weights is not None and Path(weights).is_file():
         return file_digest(Path(weights))
     if weights is not None:
@@ -99,12 +131,39 @@ def weights_identity(name: str | None, weights: str | Path | None = None, clip: 
 
 
 def is_clip(model: object) -> bool:
-    """Whether ``model`` is an open_clip model (object) rather than a classifier."""
+    """Whether ``model`` is an image-text model (open_clip or transformers object) rather than a classifier."""
+    if is_transformers(model):
+        return hasattr(model, "text_model") and hasattr(model, "vision_model")
     return hasattr(model, "visual") and hasattr(model, "encode_text")
 
 
-def adapter_for(model: Any, name: str | None = None) -> TimmAdapter | ClipAdapter:
-    """Wrap a model object the caller built in its library's adapter (timm ViT or open_clip CLIP)."""
+def is_transformers(model: object) -> bool:
+    """Whether ``model`` is a Hugging Face transformers model object (checked without importing transformers)."""
+    return type(model).__module__.startswith("transformers.")
+
+
+def adapter_for(model: Any, name: str | None = None, processor: Any = None
+                ) -> TimmAdapter | ClipAdapter | HfClassifierAdapter | HfImageTextAdapter:
+    """Wrap a model object the caller built in its library's adapter (timm ViT, open_clip CLIP, transformers).
+
+    Args:
+        model: the model object.
+        name: how to call it in messages and manifests (default: its own name).
+        processor: transformers models: its processor, image processor or
+            tokenizer, when the model's ``name_or_path`` cannot find them.
+    """
+    if is_transformers(model):
+        from heatmap.models.hf.loading import image_transform, tokenizer_of
+
+        name = name or str(getattr(model, "name_or_path", "") or type(model).__name__)
+        transform = image_transform(model, name, processor)
+        if is_clip(model):
+            from heatmap.models.hf.image_text import HfImageTextAdapter
+
+            return HfImageTextAdapter(model, name, tokenizer_of(model, name, processor), transform)
+        from heatmap.models.hf.classifier import HfClassifierAdapter
+
+        return HfClassifierAdapter(model, name, transform)
     if is_clip(model):
         import open_clip
 
@@ -125,5 +184,5 @@ def adapter_for(model: Any, name: str | None = None) -> TimmAdapter | ClipAdapte
     return TimmAdapter(model, name, imagenet_labels(model) if isinstance(model, VisionTransformer) else None)
 
 
-__all__ = ["DEFAULT_MODEL", "DEMO", "adapter_for", "is_clip", "load", "load_clip", "resolve_device",
-           "weights_identity"]
+__all__ = ["DEFAULT_MODEL", "DEMO", "adapter_for", "is_clip", "is_transformers", "load", "load_clip",
+           "resolve_device", "weights_identity"]

@@ -83,6 +83,10 @@ class Tower(Protocol):
         """
         ...
 
+    def block_readout_problem(self) -> str | None:
+        """Why :meth:`block_readout` cannot be read for this tower, or None."""
+        ...
+
     def lrp_view(self) -> LrpView:
         """The structure the LRP pass reads.
 

@@ -23,11 +23,11 @@ from PIL import Image
 from torch import nn
 
 from heatmap.errors import UnsupportedModelError
-from heatmap.models.base import AdapterBase
 from heatmap.models.capture import AttentionRecorder
+from heatmap.models.image_text import ImageTextBase
 from heatmap.models.open_clip.attention import multihead_attention_capture, token_layout
 from heatmap.models.open_clip.text import decoded_pieces, end_of_text
-from heatmap.models.protocols import Grid, LrpView, Scored, Spans, TowerKind, TowerScores
+from heatmap.models.protocols import LrpView, TowerKind
 
 
 class ClipTower:
@@ -102,13 +102,16 @@ class ClipTower:
             embedding = embedding @ projection
         return torch.nn.functional.normalize(embedding, dim=-1)
 
+    def block_readout_problem(self) -> str | None:
+        return None if self.kind == "image" else "the text tower has no block read-out"
+
     def lrp_view(self) -> LrpView:
         from heatmap.models.open_clip.lrp import clip_lrp_view
 
         return clip_lrp_view(self.module, self.kind, self.name)
 
 
-class ClipAdapter(AdapterBase):
+class ClipAdapter(ImageTextBase):
     """An open_clip CLIP seen through the seams the driver uses.
 
     Args:
@@ -117,8 +120,6 @@ class ClipAdapter(AdapterBase):
         tokenizer: texts -> ``LongTensor [T, context_length]`` (open_clip's).
         preprocess: the model's eval image transform (PIL -> tensor).
     """
-
-    labels: list[str] | None = None
 
     def __init__(self, model: Any, name: str, tokenizer: Callable[[list[str]], torch.Tensor],
                  preprocess: Callable[[Image.Image], torch.Tensor]) -> None:
@@ -153,27 +154,32 @@ class ClipAdapter(AdapterBase):
         if problems:
             raise UnsupportedModelError(f"{self.name}: not supported: {'; '.join(problems)}")
 
-    @property
-    def towers(self) -> tuple[ClipTower, ClipTower]:
-        return (self.vision, self.text)
-
     def rebuilt(self, model: Any) -> ClipAdapter:
         return ClipAdapter(model, self.name, self.tokenizer, self.transform)
 
-    def label(self, index: int) -> str | None:
-        return None
-
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        """``LongTensor [T, context_length]`` on the model's device."""
         return self.tokenizer(list(texts)).to(self.device)
 
+    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        embedding: torch.Tensor = self.model.encode_image(images, normalize=True)
+        return embedding
+
+    def text_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        embedding: torch.Tensor = self.model.encode_text(tokens, normalize=True)
+        return embedding
+
+    def text_pool_positions(self, tokens: torch.Tensor) -> torch.Tensor:
+        return end_of_text(tokens)
+
+    def text_spans(self, tokens: torch.Tensor) -> list[tuple[int, int]]:
+        """From after the start token to the end-of-text token."""
+        return [(1, int(end)) for end in end_of_text(tokens).tolist()]
+
     def word_pieces(self, tokens: torch.Tensor) -> list[list[str]]:
-        """Per text, the word pieces between the start and end-of-text tokens, as text."""
-        ends = end_of_text(tokens).tolist()
-        return [decoded_pieces(self.tokenizer, row[1:end]) for row, end in zip(tokens.tolist(), ends, strict=True)]
+        return [decoded_pieces(self.tokenizer, row[start:stop])
+                for row, (start, stop) in zip(tokens.tolist(), self.text_spans(tokens), strict=True)]
 
     def truncated(self, texts: Sequence[str]) -> list[bool]:
-        """Per text, whether it is longer than the model's context (the tokenizer cuts it)."""
         encode = getattr(self.tokenizer, "encode", None)
         context = getattr(self.tokenizer, "context_length", None)
         if encode is None or context is None:
@@ -181,7 +187,6 @@ class ClipAdapter(AdapterBase):
         return [len(encode(text)) + 2 > context for text in texts]  # + start and end-of-text
 
     def grid(self, images: torch.Tensor) -> tuple[int, int]:
-        """``(gh, gw)`` of the image tower, from its patch size and the input size."""
         # The tower's own patch size, not conv1's kernel: the demo CLIP embeds
         # its patches with a convolutional stem in conv1's place.
         patch = self.model.visual.patch_size
@@ -189,59 +194,12 @@ class ClipAdapter(AdapterBase):
 
     @property
     def logit_scale(self) -> torch.Tensor:
-        """``s``, the scale of the cosine in the score."""
         scale: torch.Tensor = self.model.logit_scale.exp()
         return scale
 
-    def embeddings(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The unit embeddings ``[B, E]`` and ``[T, E]``: each image's vision forward runs once for all texts."""
-        return self.model.encode_image(images, normalize=True), self.model.encode_text(tokens, normalize=True)
-
-    def score(self, image_embedding: torch.Tensor, text_embedding: torch.Tensor) -> torch.Tensor:
-        """``logits_per_image [B, T]`` of unit embeddings."""
-        logits = self.logit_scale * image_embedding @ text_embedding.T
-        if getattr(self.model, "logit_bias", None) is not None:
-            logits = logits + self.model.logit_bias
-        return logits
-
-    def score_texts(self, images: torch.Tensor, texts: Sequence[str]) -> Scored:
-        """Both towers forward once, every image-text score, and what each tower's explanation reads.
-
-        The image tower is explained per text (its objectives sum each text's
-        scores over the images), the text tower per image. The LRP pass of
-        either starts from the score's gradient with respect to the tower's
-        unit embedding: ``s`` times the other tower's unit embedding
-        (docs/METHODS.md).
-        """
-        tokens = self.tokenize(texts)
-        image_embedding, text_embedding = self.embeddings(images, tokens)
-        logits = self.score(image_embedding, text_embedding)
-        batch, count = logits.shape
-        scale = self.logit_scale.detach()
-        toward_text, toward_image = scale * text_embedding.detach(), scale * image_embedding.detach()
-        ends = end_of_text(tokens)
-        text_tokens = tokens.shape[1]
-        image_side = TowerScores(
-            self.vision, objectives=logits.sum(dim=0),
-            lrp_targets=[toward_text[t].expand(batch, -1) for t in range(count)],
-            query=self.vision.query(batch, self.vision.num_prefix_tokens + _cells(self.grid(images))),
-            readout=Grid(self.vision.num_prefix_tokens, *self.grid(images)),
-            # a block's score is its unit embedding's cosine with the unit text embedding (no logit scale)
-            readout_weights=[text_embedding.detach()[t].expand(batch, -1) for t in range(count)])
-        text_query = torch.zeros(count, text_tokens, dtype=torch.float64)
-        text_query[torch.arange(count), ends.cpu()] = 1.0
-        text_side = TowerScores(
-            self.text, objectives=logits.sum(dim=1),
-            lrp_targets=[toward_image[b].expand(count, -1) for b in range(batch)],
-            query=text_query, readout=Spans([(1, int(end)) for end in ends.tolist()]))
-        targets = torch.arange(count).expand(batch, count)
-        labels: list[list[str | None]] = [list(texts) for _ in range(batch)]
-        return Scored(scores=logits, targets=targets, labels=labels, towers=[image_side, text_side],
-                      word_pieces=self.word_pieces(tokens.cpu()))
-
-
-def _cells(grid: tuple[int, int]) -> int:
-    return grid[0] * grid[1]
+    @property
+    def logit_bias(self) -> torch.Tensor | None:
+        return getattr(self.model, "logit_bias", None)
 
 
 def _text_pool_type(model: Any, text: Any) -> str:

@@ -8,7 +8,6 @@ knows which method runs.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -18,10 +17,10 @@ from timm.data import create_transform, resolve_data_config
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from heatmap.errors import UnsupportedModelError, UsageError
-from heatmap.models.base import AdapterBase
+from heatmap.errors import UnsupportedModelError
 from heatmap.models.capture import AttentionRecorder
-from heatmap.models.protocols import Grid, LrpView, Scored, TowerKind, TowerScores
+from heatmap.models.classifier import ClassifierBase
+from heatmap.models.protocols import LrpView, TowerKind
 
 # Pooling a query row can be read for (docs/METHODS.md "query row").
 SUPPORTED_POOLS = ("token", "avg")
@@ -105,6 +104,9 @@ class TimmTower:
         logits: torch.Tensor = self.model.forward_head(self.model.norm(tokens))
         return logits
 
+    def block_readout_problem(self) -> str | None:
+        return None
+
     def lrp_view(self) -> LrpView:
         from heatmap.models.timm.lrp import timm_lrp_view
 
@@ -127,7 +129,7 @@ def check_architecture(model: Any, name: str) -> None:
         raise UnsupportedModelError(f"{name}: token pooling without a class token is not supported")
 
 
-class TimmAdapter(AdapterBase):
+class TimmAdapter(ClassifierBase):
     """A timm ViT classifier seen through the seams the driver uses.
 
     Args:
@@ -148,68 +150,12 @@ class TimmAdapter(AdapterBase):
         self.tower = TimmTower(model, name)
 
     @property
-    def towers(self) -> tuple[TimmTower]:
-        return (self.tower,)
+    def num_classes(self) -> int:
+        return int(self.model.num_classes)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.model(images)
+        return logits
 
     def rebuilt(self, model: Any) -> TimmAdapter:
         return TimmAdapter(model, self.name, self.labels)
-
-    def score(self, images: torch.Tensor, targets: torch.Tensor | None, top_k: int) -> Scored:
-        """Logits, the targets (given, or the ``top_k`` highest) and their scores ``[B, K]``."""
-        logits = self.model(images)
-        targets = self._targets(logits.detach(), targets, top_k)
-        scores = logits.gather(1, targets)
-        one_hot = torch.nn.functional.one_hot(targets, logits.shape[1]).to(logits.dtype)  # [B, K, C]
-        side = TowerScores(self.tower, objectives=scores.sum(dim=0),
-                           lrp_targets=[targets[:, k] for k in range(targets.shape[1])],
-                           query=self.tower.query(images.shape[0], self._num_tokens(images)),
-                           readout=Grid(self.tower.num_prefix_tokens, *self.tower.grid(images)),
-                           readout_weights=[one_hot[:, k] for k in range(targets.shape[1])])
-        labels = [[self.label(int(t)) for t in row] for row in targets.tolist()]
-        return Scored(scores=scores, targets=targets, labels=labels, towers=[side])
-
-    def _num_tokens(self, images: torch.Tensor) -> int:
-        height, width = self.tower.grid(images)
-        return self.tower.num_prefix_tokens + height * width
-
-    def _targets(self, logits: torch.Tensor, targets: torch.Tensor | None, top_k: int) -> torch.Tensor:
-        num_classes = logits.shape[1]
-        if targets is None:
-            if not 1 <= top_k <= num_classes:
-                raise UsageError(f"top-k {top_k} is out of range: the model has {num_classes} classes")
-            return logits.topk(top_k, dim=1).indices
-        targets = targets.to(device=logits.device, dtype=torch.long)
-        if targets.dim() == 1:
-            targets = targets[:, None]
-        if targets.shape[0] != logits.shape[0]:
-            raise UsageError(f"got targets for {targets.shape[0]} images but {logits.shape[0]} images")
-        bad = targets[(targets < 0) | (targets >= num_classes)]
-        if bad.numel():
-            raise UsageError(f"target {int(bad[0])} is out of range: the model has {num_classes} "
-                             f"classes (0..{num_classes - 1})")
-        return targets
-
-    def label(self, index: int) -> str | None:
-        """The class name of ``index``, or None when the model has none."""
-        if self.labels is None or not 0 <= index < len(self.labels):
-            return None
-        return self.labels[index]
-
-    def class_index(self, target: str) -> int:
-        """A target given as an index or a class name -> the class index."""
-        num_classes = int(self.model.num_classes)
-        if target.lstrip("-").isdigit():
-            index = int(target)
-        elif self.labels is None:
-            raise UsageError(f"{self.name} has no class names; give the target as an index 0..{num_classes - 1}")
-        else:
-            matches = [i for i, label in enumerate(self.labels) if label.lower() == target.lower()]
-            if not matches:
-                close = difflib.get_close_matches(target, self.labels, n=3)
-                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-                raise UsageError(f"{self.name} has no class {target!r}{hint}")
-            index = matches[0]
-        if not 0 <= index < num_classes:
-            raise UsageError(f"target {index} is out of range: {self.name} has {num_classes} classes "
-                             f"(0..{num_classes - 1})")
-        return index

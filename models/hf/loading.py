@@ -1,0 +1,178 @@
+"""Loading transformers models by Hugging Face repo id (cache first) or from a ``save_pretrained`` directory.
+
+A repo id is looked up in the local cache first, with no network; only when
+it is not there, and the hub answers, is it downloaded. Offline
+(``HF_HUB_OFFLINE=1``, or no network) a model that is not cached gets a
+one-line error naming the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from heatmap.errors import HeatmapError, UsageError
+
+Kind = Literal["classifier", "image-text"]
+HF_EXTRA = 'pip install "vit-heatmap[hf]"'
+
+# architecture -> kind; the class a config without `architectures` gets, by model type
+SUPPORTED = {"ViTForImageClassification": "classifier", "DeiTForImageClassification": "classifier",
+             "DeiTForImageClassificationWithTeacher": "classifier", "CLIPModel": "image-text",
+             "SiglipModel": "image-text"}
+_BY_MODEL_TYPE = {"vit": "ViTForImageClassification", "deit": "DeiTForImageClassification", "clip": "CLIPModel",
+                  "siglip": "SiglipModel"}
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def is_hf_name(name: str | None) -> bool:
+    """Whether ``name`` names a transformers model: a repo id (``org/name``) or a ``save_pretrained`` directory."""
+    if not name or name.startswith("hf-hub:"):
+        return False
+    if (Path(name) / "config.json").is_file():
+        return True
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not Path(name).exists()
+
+
+def require_transformers(name: str) -> Any:
+    """The ``transformers`` module, or a one-line error saying how to install it."""
+    try:
+        import transformers
+    except ImportError:
+        raise UsageError(f"{name} is a Hugging Face transformers model; install the extra: {HF_EXTRA}") from None
+    return transformers
+
+
+def _from_pretrained(loader: Any, name: str, what: str) -> Any:
+    """``loader.from_pretrained(name)``: the local cache first; the hub only when it answers."""
+    from heatmap.models.checkpoints import hub_reachable
+
+    if Path(name).is_dir():
+        try:
+            return loader.from_pretrained(name)
+        except (OSError, ValueError) as error:
+            raise HeatmapError(f"{name}: no {what} could be read from this directory ({_first_line(error)}); "
+                               "save the model there with save_pretrained") from None
+    try:
+        return loader.from_pretrained(name, local_files_only=True)
+    except ValueError as error:  # found, but not something transformers can read
+        raise HeatmapError(f"{name}: {what} could not be read ({_first_line(error)})") from None
+    except OSError as cached_error:
+        reason = "offline"
+        if hub_reachable():
+            try:
+                return loader.from_pretrained(name)
+            except OSError as error:
+                reason = _first_line(error)
+        elif "does not appear to have" in str(cached_error):
+            reason = _first_line(cached_error)
+    raise HeatmapError(f"{what} of {name} is not in the local Hugging Face cache and could not be downloaded "
+                       f"({reason}); download it once with network access (`hf download {name}`), or pass a local "
+                       "directory saved with save_pretrained")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def architecture(config: Any, name: str) -> str:
+    """The supported class a config names (``architectures``, else by ``model_type``)."""
+    names = list(getattr(config, "architectures", None) or [])
+    supported = [arch for arch in names if arch in SUPPORTED]
+    if supported:
+        return str(supported[0])
+    if not names and config.model_type in _BY_MODEL_TYPE:
+        return _BY_MODEL_TYPE[config.model_type]
+    raise UsageError(f"{name}: {', '.join(names) or config.model_type} is not supported; the transformers classes "
+                     f"that are: {', '.join(SUPPORTED)}")
+
+
+def load_hf(name: str, kind: Kind, device: Any) -> Any:
+    """A transformers model by repo id or directory, wrapped in its adapter (on ``device``)."""
+    transformers = require_transformers(name)
+    config = _from_pretrained(transformers.AutoConfig, name, "the config")
+    arch = architecture(config, name)
+    if SUPPORTED[arch] != kind:
+        command = "heatmap clip" if SUPPORTED[arch] == "image-text" else "a method command (heatmap rollout, ...)"
+        raise UsageError(f"{name} is {'an image-text model' if kind == 'classifier' else 'a classifier'} "
+                         f"({arch}); explain it with {command}")
+    model = _from_pretrained(getattr(transformers, arch), name, "the weights").to(device)
+    transform = image_transform(model, name)
+    if kind == "classifier":
+        from heatmap.models.hf.classifier import HfClassifierAdapter
+
+        return HfClassifierAdapter(model, name, transform)
+    from heatmap.models.hf.image_text import HfImageTextAdapter
+
+    tokenizer = _from_pretrained(transformers.AutoTokenizer, name, "the tokenizer")
+    return HfImageTextAdapter(model, name, tokenizer, transform)
+
+
+def image_transform(model: Any, name: str, processor: Any = None) -> Any:
+    """The model's eval transform: from ``processor`` (or its ``image_processor``), else the one saved with the
+    model, else its family's default image processor at the model's image size."""
+    from heatmap.models.hf.preprocess import transform_from_processor
+
+    processor = getattr(processor, "image_processor", processor)
+    if not hasattr(processor, "do_resize"):  # None, or a tokenizer: no image settings in it
+        processor = None
+    if processor is None:
+        source = str(getattr(model, "name_or_path", "") or "")
+        if source:
+            import transformers
+
+            try:
+                processor = transformers.AutoImageProcessor.from_pretrained(  # type: ignore[no-untyped-call]
+                    source, local_files_only=True)
+            except (OSError, ValueError):
+                processor = None
+    if processor is None:
+        processor = default_image_processor(model)
+    return transform_from_processor(processor, name)
+
+
+def default_image_processor(model: Any) -> Any:
+    """The family's image processor with its own defaults, at the model's image size (no processor was saved)."""
+    import transformers
+
+    config = getattr(model.config, "vision_config", model.config)
+    size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+    square = {"height": size, "width": size}
+    kind = type(model).__name__
+    if kind == "CLIPModel":
+        return transformers.CLIPImageProcessor(size={"shortest_edge": size}, crop_size=square)
+    if kind == "SiglipModel":
+        return transformers.SiglipImageProcessor(size=square)
+    if kind.startswith("DeiT"):
+        return transformers.DeiTImageProcessor(size=square, crop_size=square)
+    return transformers.ViTImageProcessor(size=square)
+
+
+def tokenizer_of(model: Any, name: str, processor: Any = None) -> Any:
+    """An image-text model's tokenizer: ``processor`` (or its ``tokenizer``), else the one saved with the model."""
+    if processor is not None:
+        return getattr(processor, "tokenizer", processor)
+    source = str(getattr(model, "name_or_path", "") or "")
+    if source:
+        import transformers
+
+        try:
+            return transformers.AutoTokenizer.from_pretrained(source, local_files_only=True)
+        except (OSError, ValueError):
+            pass
+    raise UsageError(f"{name}: no tokenizer was found for this model object; pass processor= (its processor or "
+                     "tokenizer)")
+
+
+def weights_digest(name: str) -> str | None:
+    """A ``save_pretrained`` directory's weights, by their file's sha256 (a repo id's name says it: None)."""
+    from heatmap.models.checkpoints import file_digest
+
+    if not Path(name).is_dir():
+        return None
+    for filename in _WEIGHT_FILES:
+        if (Path(name) / filename).is_file():
+            return file_digest(Path(name) / filename)
+    return None

@@ -1,0 +1,153 @@
+"""One tower of a transformers model, as the driver sees it (:class:`heatmap.models.protocols.Tower`).
+
+What every family shares lives here: the layer stack, the attention probe
+around a forward pass, the blocks' output tokens, the query row, the traced
+layer parts and the LRP view. What differs (embeddings, pooling, heads) is
+filled in by the family classes of :mod:`heatmap.models.hf.families`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import nn
+
+from heatmap.errors import UnsupportedModelError
+from heatmap.models.capture import AttentionRecorder
+from heatmap.models.hf.attention import attention_probe, layer_routes
+from heatmap.models.hf.structure import LayerParts, layer_stack, trace_layers
+from heatmap.models.protocols import HeadActivations, LrpView, TowerKind
+
+if TYPE_CHECKING:
+    from heatmap.models.capture import ActivationCapture, Slot
+    from heatmap.models.protocols import BlockActivations
+
+
+class HfTower:
+    """The family-independent half of a transformers tower.
+
+    Args:
+        model: the whole transformers model (the probe switches all its configs).
+        module: the tower itself (``model.vit``, ``model.vision_model``, ``model.text_model``, ...).
+        kind: ``"image"`` or ``"text"``.
+        name: the model's name, for messages.
+    """
+
+    kind: TowerKind
+    # where the LRP pass starts: a classifier's target logit, or a CLIP tower's embedding (docs/METHODS.md)
+    lrp_start: Literal["logit", "embedding"] = "embedding"
+
+    def __init__(self, model: Any, module: Any, kind: TowerKind, name: str) -> None:
+        self.model = model
+        self.module = module
+        self.kind = kind
+        self.name = name
+        self.config = module.config
+        self.layers = layer_stack(module, int(self.config.num_hidden_layers), name)
+        self._parts: list[LayerParts] | None = None
+        self._view: LrpView | None = None
+
+    # -- filled in by each family ----------------------------------------------------
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 0
+
+    @property
+    def class_token(self) -> int | None:
+        return None
+
+    def trace_input(self) -> dict[str, torch.Tensor]:
+        """A small input for :meth:`parts`' traced forward pass of the tower (keyword arguments)."""
+        raise NotImplementedError
+
+    def block_readout(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise UnsupportedModelError(f"{self.name}: its {self.kind} tower has no block read-out")
+
+    def block_readout_problem(self) -> str | None:
+        """Why :meth:`block_readout` cannot be read for this tower, or None."""
+        return None if self.kind == "image" else f"the {self.kind} tower has no block read-out"
+
+    def lrp_problem(self) -> str | None:
+        """The first operation outside the blocks that the LRP rules do not cover, or None."""
+        return None
+
+    def head_weight(self) -> torch.Tensor | None:
+        """The final Linear's weight ``[C, D]`` (classifier or projection)."""
+        raise NotImplementedError
+
+    def register_lrp_head(self, capture: ActivationCapture, slot: Slot) -> None:
+        raise NotImplementedError
+
+    def lrp_head_activations(self, slot: Slot, last_block: BlockActivations) -> HeadActivations:
+        raise NotImplementedError
+
+    def patch_embedding(self) -> tuple[nn.Conv2d | None, str | None]:
+        """The patch convolution for a pass to the pixels, or None and why not."""
+        return None, f"the {self.kind} tower (it has no pixels)"
+
+    def register_lrp_embedding(self, capture: ActivationCapture, slot: Slot) -> None:
+        """Record the patch convolution's input and output, and the embedded tokens (docs/METHODS.md, full-lrp)."""
+
+    # -- shared ------------------------------------------------------------------------------
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.layers)
+
+    def query(self, batch: int, num_tokens: int) -> torch.Tensor:
+        """``[B, N]``: one-hot at the class token, or uniform over the patches (docs/METHODS.md, query row)."""
+        weights = torch.zeros(num_tokens, dtype=torch.float64)  # cast to the relevance's dtype where used
+        if self.class_token is not None:
+            weights[self.class_token] = 1.0
+        else:
+            weights[self.num_prefix_tokens:] = 1.0 / (num_tokens - self.num_prefix_tokens)
+        return weights.expand(batch, num_tokens)
+
+    def record(self, recorder: AttentionRecorder, index: int, probs: torch.Tensor) -> torch.Tensor:
+        """Keep a layer's probabilities; return what the forward pass goes on with."""
+        return recorder.record(index, probs)
+
+    @contextmanager
+    def attention_capture(self, track_from: int | None) -> Iterator[AttentionRecorder]:
+        """Each layer's probabilities through the attention probe and, when tracked, its output tokens."""
+        recorder = AttentionRecorder(self.num_blocks, track_from, self.name)
+        called: set[int] = set()
+
+        def route(index: int, probs: torch.Tensor) -> torch.Tensor:
+            if index in called:  # two attention calls in one layer: not one self-attention per block
+                raise UnsupportedModelError(f"{self.name}: layer {index} calls attention twice; its structure is "
+                                            "not one vit-heatmap knows")
+            called.add(index)
+            return self.record(recorder, index, probs)
+
+        handles = [layer.register_forward_hook(
+            lambda _module, _inputs, output, index=index: recorder.record_output(
+                index, output[0] if isinstance(output, tuple) else output))
+            for index, layer in enumerate(self.layers)]
+        try:
+            with attention_probe(self.model, layer_routes(list(self.layers), route)):
+                yield recorder
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def parts(self) -> list[LayerParts]:
+        """Each layer's parts by role, traced once (:mod:`heatmap.models.hf.structure`)."""
+        if self._parts is None:
+            inputs = self.trace_input()
+            self._parts = trace_layers(self.model, self.layers, lambda: self.module(**inputs), self.name)
+        return self._parts
+
+    def lrp_view(self) -> LrpView:
+        if self._view is None:
+            from heatmap.models.hf.lrp import hf_lrp_view
+
+            self._view = hf_lrp_view(self)
+        return self._view
+
+    def _parameter(self) -> torch.Tensor:
+        return next(self.module.parameters())  # type: ignore[no-any-return]

@@ -1,0 +1,60 @@
+"""``nn.MultiheadAttention`` computed explicitly, so that its probabilities are a tensor.
+
+PyTorch's module never forms the probabilities on its fused path and, when
+asked for them, averages them over heads outside the graph the output comes
+from. open_clip's blocks and SigLIP's attention-pooling head both use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def explicit_multihead_attention(module: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor,
+                                 value: torch.Tensor, attn_mask: torch.Tensor | None,
+                                 key_padding_mask: torch.Tensor | None,
+                                 record: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """What ``nn.MultiheadAttention`` computes, with the probabilities as a tensor.
+
+    Everything runs in the dtype of the module's weights: the driver runs a
+    model in the dtype it explains in (docs/METHODS.md, "Precision").
+
+    Args:
+        module: the attention module whose weights are used.
+        query, key, value: ``[B, L, D]`` (``[L, B, D]`` when not batch_first).
+        attn_mask: ``[L, S]`` or ``[B * H, L, S]``, boolean (True = masked) or additive.
+        key_padding_mask: ``[B, S]``, boolean (True = padding) or additive, or None.
+        record: called with the probabilities ``[B, H, L, S]``; returns the
+            tensor to use in their place.
+    """
+    if not module.batch_first:
+        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+    batch, length, dim = query.shape
+    heads = module.num_heads
+    w_q, w_k, w_v = module.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = module.in_proj_bias.chunk(3) if module.in_proj_bias is not None else (None, None, None)
+
+    def split_heads(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, weight, bias).reshape(batch, x.shape[1], heads, dim // heads).transpose(1, 2)
+
+    q, k, v = split_heads(query, w_q, b_q), split_heads(key, w_k, b_k), split_heads(value, w_v, b_v)
+    scores = (q * (dim // heads) ** -0.5) @ k.transpose(-2, -1)
+    if attn_mask is not None:
+        mask = attn_mask.reshape(-1, heads, *attn_mask.shape[-2:]) if attn_mask.dim() == 3 else attn_mask
+        scores = _apply_mask(scores, mask)
+    if key_padding_mask is not None:
+        scores = _apply_mask(scores, key_padding_mask[:, None, None, :])
+    probs = record(scores.softmax(dim=-1))
+    merged = (probs @ v).transpose(1, 2).reshape(batch, length, dim)
+    output: torch.Tensor = module.out_proj(merged)
+    return output if module.batch_first else output.transpose(0, 1)
+
+
+def _apply_mask(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if mask.dtype == torch.bool:
+        return scores.masked_fill(mask, float("-inf"))
+    return scores + mask.to(scores.dtype)

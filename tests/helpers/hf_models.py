@@ -1,0 +1,206 @@
+"""Tiny transformers models built from configs, the same weights as timm / open_clip ones, and local tokenizers.
+
+Nothing here imports vit-heatmap. Module names are the installed transformers
+release's (the tests run against it); the converters say which timm or
+open_clip tensor goes where.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import open_clip
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    CLIPTokenizer,
+    DeiTConfig,
+    DeiTForImageClassification,
+    DeiTForImageClassificationWithTeacher,
+    PreTrainedTokenizerFast,
+    SiglipConfig,
+    SiglipModel,
+    ViTConfig,
+    ViTForImageClassification,
+)
+
+from helpers.models import sharpen_attention
+
+VISION = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+              intermediate_size=128)
+
+
+def sharpen(layers, gain: float = 2.0, seed: int = 0) -> None:
+    """Redraw each layer's q and k weights large enough that softmax rows are peaked (as helpers.models does)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in layers:
+            attention = layer.attention if hasattr(layer, "attention") else layer.self_attn
+            for projection in (attention.q_proj, attention.k_proj):
+                dim = projection.weight.shape[1]
+                projection.weight.copy_(torch.randn(projection.weight.shape, generator=generator) * gain / dim ** 0.5)
+
+
+def tiny_hf_vit(seed: int = 0, **overrides) -> ViTForImageClassification:
+    torch.manual_seed(seed)
+    config = ViTConfig(**{**VISION, "num_labels": 5, "layer_norm_eps": 1e-6, **overrides})
+    model = ViTForImageClassification(config).eval()
+    sharpen(model.vit.layers, seed=seed)
+    return model
+
+
+def tiny_hf_deit(teacher: bool, seed: int = 0):
+    torch.manual_seed(seed)
+    config = DeiTConfig(**{**VISION, "num_labels": 5, "layer_norm_eps": 1e-6})
+    model = (DeiTForImageClassificationWithTeacher if teacher else DeiTForImageClassification)(config).eval()
+    sharpen(model.deit.layers, seed=seed)
+    with torch.no_grad():  # DeiT initialises its tokens and position embeddings at zero
+        for tensor in (model.deit.embeddings.cls_token, model.deit.embeddings.distillation_token,
+                       model.deit.embeddings.position_embeddings):
+            tensor.normal_(0, 0.5)
+    return model
+
+
+def vit_pair(seed: int = 0):
+    """A tiny timm ViT and the ViTForImageClassification with the same weights."""
+    torch.manual_seed(seed)
+    timm_model = sharpen_attention(VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4,
+                                                     num_classes=5))
+    hf_model = ViTForImageClassification(ViTConfig(**{**VISION, "num_labels": 5, "layer_norm_eps": 1e-6})).eval()
+    source = timm_model.state_dict()
+    target = {"vit.embeddings.cls_token": source["cls_token"],
+              "vit.embeddings.position_embeddings": source["pos_embed"],
+              "vit.embeddings.patch_embeddings.projection.weight": source["patch_embed.proj.weight"],
+              "vit.embeddings.patch_embeddings.projection.bias": source["patch_embed.proj.bias"],
+              "vit.layernorm.weight": source["norm.weight"], "vit.layernorm.bias": source["norm.bias"],
+              "classifier.weight": source["head.weight"], "classifier.bias": source["head.bias"]}
+    for i in range(3):
+        block, layer = f"blocks.{i}.", f"vit.layers.{i}."
+        for role, tensor in zip(("q", "k", "v"), source[block + "attn.qkv.weight"].chunk(3), strict=True):
+            target[layer + f"attention.{role}_proj.weight"] = tensor
+        for role, tensor in zip(("q", "k", "v"), source[block + "attn.qkv.bias"].chunk(3), strict=True):
+            target[layer + f"attention.{role}_proj.bias"] = tensor
+        for theirs, ours in (("attn.proj", "attention.o_proj"), ("norm1", "layernorm_before"),
+                             ("norm2", "layernorm_after"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
+            for kind in ("weight", "bias"):
+                target[layer + f"{ours}.{kind}"] = source[block + f"{theirs}.{kind}"]
+    hf_model.load_state_dict(target)
+    return timm_model, hf_model
+
+
+def tiny_open_clip(seed: int = 0):
+    """helpers.models.tiny_clip, with GELU (transformers' "gelu") and an exact config to mirror."""
+    from helpers.models import tiny_clip
+
+    return tiny_clip(seed=seed)
+
+
+def clip_config(context: int = 10) -> CLIPConfig:
+    return CLIPConfig(
+        projection_dim=16,
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                           intermediate_size=128, hidden_act="gelu", layer_norm_eps=1e-5),
+        text_config=dict(vocab_size=49408, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                         intermediate_size=128, hidden_act="gelu", max_position_embeddings=context,
+                         layer_norm_eps=1e-5, eos_token_id=49407, bos_token_id=49406, pad_token_id=0))
+
+
+def _attention_block(source: dict, prefix: str, target: dict, layer: str) -> None:
+    for role, tensor in zip(("q", "k", "v"), source[prefix + "attn.in_proj_weight"].chunk(3), strict=True):
+        target[layer + f"self_attn.{role}_proj.weight"] = tensor
+    for role, tensor in zip(("q", "k", "v"), source[prefix + "attn.in_proj_bias"].chunk(3), strict=True):
+        target[layer + f"self_attn.{role}_proj.bias"] = tensor
+    for theirs, ours in (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"),
+                         ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")):
+        for kind in ("weight", "bias"):
+            target[layer + f"{ours}.{kind}"] = source[prefix + f"{theirs}.{kind}"]
+
+
+def clip_pair(seed: int = 0):
+    """helpers.models.tiny_clip and the CLIPModel with the same weights."""
+    open_clip_model = tiny_open_clip(seed)
+    source = open_clip_model.state_dict()
+    hf_model = CLIPModel(clip_config()).eval()
+    target = {"vision_model.embeddings.class_embedding": source["visual.class_embedding"],
+              "vision_model.embeddings.position_embedding.weight": source["visual.positional_embedding"],
+              "vision_model.embeddings.patch_embedding.weight": source["visual.conv1.weight"],
+              "vision_model.pre_layrnorm.weight": source["visual.ln_pre.weight"],
+              "vision_model.pre_layrnorm.bias": source["visual.ln_pre.bias"],
+              "vision_model.post_layernorm.weight": source["visual.ln_post.weight"],
+              "vision_model.post_layernorm.bias": source["visual.ln_post.bias"],
+              "visual_projection.weight": source["visual.proj"].T,
+              "text_model.embeddings.token_embedding.weight": source["token_embedding.weight"],
+              "text_model.embeddings.position_embedding.weight": source["positional_embedding"],
+              "text_model.final_layer_norm.weight": source["ln_final.weight"],
+              "text_model.final_layer_norm.bias": source["ln_final.bias"],
+              "text_projection.weight": source["text_projection"].T,
+              "logit_scale": source["logit_scale"]}
+    for i in range(3):
+        _attention_block(source, f"visual.transformer.resblocks.{i}.", target, f"vision_model.encoder.layers.{i}.")
+        _attention_block(source, f"transformer.resblocks.{i}.", target, f"text_model.encoder.layers.{i}.")
+    missing, unexpected = hf_model.load_state_dict(target, strict=False)
+    assert not unexpected and all("position_ids" in key for key in missing), (missing, unexpected)
+    return open_clip_model, hf_model
+
+
+def write_clip_tokenizer(folder: Path) -> Path:
+    """CLIP's byte-pair tokenizer as vocab.json and merges.txt, rebuilt from open_clip's own merges file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    from open_clip.tokenizer import bytes_to_unicode
+
+    vocab = list(bytes_to_unicode().values())
+    vocab = vocab + [piece + "</w>" for piece in vocab] + ["".join(merge.split()) for merge in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({piece: i for i, piece in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return folder
+
+
+def clip_tokenizer(folder: Path, context: int = 10) -> CLIPTokenizer:
+    write_clip_tokenizer(folder)
+    return CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"),
+                         model_max_length=context)
+
+
+WORDS = ["a", "red", "circle", "two", "blue", "stars", "on", "grass", "cat", "photo", "of", "dog"]
+
+
+def siglip_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer built in memory, with SigLIP's conventions: no start token, ``</s>`` ends and pads."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{word: i + 3 for i, word in enumerate(WORDS)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="</s>", unk_token="<unk>")
+
+
+def tiny_siglip(seed: int = 0, context: int = 8) -> SiglipModel:
+    torch.manual_seed(seed)
+    config = SiglipConfig(
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                           intermediate_size=128),
+        text_config=dict(vocab_size=len(WORDS) + 3, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                         intermediate_size=128, max_position_embeddings=context, projection_size=32,
+                         pad_token_id=1, eos_token_id=1, bos_token_id=None))
+    model = SiglipModel(config).eval()
+    sharpen(model.vision_model.encoder.layers, seed=seed)
+    sharpen(model.text_model.encoder.layers, seed=seed + 1)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        pool = model.vision_model.head.attention
+        dim = pool.embed_dim
+        pool.in_proj_weight[: 2 * dim] = torch.randn(2 * dim, dim, generator=generator) * 2 / dim ** 0.5
+        model.vision_model.head.probe.normal_(0, 1, generator=generator)
+    return model
+
+
+def tiny_hf_clip(seed: int = 0) -> CLIPModel:
+    return clip_pair(seed)[1]
