@@ -81,17 +81,21 @@ def test_clip_maps_and_token_relevance_match_the_reference(method):
     result = heatmap.explain(model, images, method, texts=TEXTS)
     for b in range(2):
         for t in range(3):
-            image_A, image_dA, text_A, text_dA, _ = clip_reference.pair_gradients(model, images, tokens, b, t)
-            expected = REFERENCES[method](image_A[-1], image_dA[-1], ("token", 0), 1).reshape(4, 4)
+            expected, text_row = clip_pair_reference(method, model, images, tokens, b, t)
             assert relative_error(result.maps[b, t], expected) < FLOAT64_TOLERANCE
-            eot = int(tokens[t].argmax())
-            # a text's query row is its end-of-text token; its read-out columns its tokens 1..eot-1
-            if method == "raw-attention":
-                text_row = text_A[-1].mean(dim=0)[eot, 1:eot]
-            else:
-                weights = text_dA[-1][:, eot, 1:eot].mean(dim=-1)
-                text_row = (weights[:, None] * text_A[-1][:, eot, 1:eot]).mean(dim=0).clamp(min=0)
             assert relative_error(result.text_relevance[b][t], text_row) < FLOAT64_TOLERANCE
+
+
+def clip_pair_reference(method, model, images, tokens, b, t):
+    """The image map and the token relevance of the pair (b, t) of an open_clip CLIP."""
+    image_A, image_dA, text_A, text_dA, _ = clip_reference.pair_gradients(model, images, tokens, b, t)
+    image_map = REFERENCES[method](image_A[-1], image_dA[-1], ("token", 0), 1).reshape(tuple(model.visual.grid_size))
+    eot = int(tokens[t].argmax())
+    # a text's query row is its end-of-text token; its read-out columns its tokens 1..eot-1
+    if method == "raw-attention":
+        return image_map, text_A[-1].mean(dim=0)[eot, 1:eot]
+    weights = text_dA[-1][:, eot, 1:eot].mean(dim=-1)
+    return image_map, (weights[:, None] * text_A[-1][:, eot, 1:eot]).mean(dim=0).clamp(min=0)
 
 
 @pytest.mark.parametrize("method", REFERENCES)

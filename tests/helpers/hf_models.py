@@ -13,6 +13,7 @@ from pathlib import Path
 
 import open_clip
 import torch
+from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from transformers import (
     CLIPConfig,
@@ -65,31 +66,56 @@ def tiny_hf_deit(teacher: bool, seed: int = 0):
     return model
 
 
-def vit_pair(seed: int = 0):
-    """A tiny timm ViT and the ViTForImageClassification with the same weights."""
+def vit_pair(kind: str = "vit", seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A tiny timm model and the transformers classifier with the same weights.
+
+    ``kind``: ``"vit"`` (timm VisionTransformer, ViTForImageClassification);
+    ``"deit"`` (a VisionTransformer whose one register token is DeiT's
+    distillation token: DeiTForImageClassification); ``"deit-teacher"``
+    (VisionTransformerDistilled, DeiTForImageClassificationWithTeacher).
+    """
     torch.manual_seed(seed)
-    timm_model = sharpen_attention(VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4,
-                                                     num_classes=5))
-    hf_model = ViTForImageClassification(ViTConfig(**{**VISION, "num_labels": 5, "layer_norm_eps": 1e-6})).eval()
+    vision = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, num_classes=5)
+    if kind == "deit-teacher":
+        timm_model = VisionTransformerDistilled(**vision)
+    else:
+        timm_model = VisionTransformer(**vision, reg_tokens=1 if kind == "deit" else 0)
+    timm_model = sharpen_attention(timm_model)
+    with torch.no_grad():  # prefix tokens away from timm's near-zero initialisation
+        for name in ("cls_token", "reg_token", "dist_token", "pos_embed"):
+            if getattr(timm_model, name, None) is not None:
+                getattr(timm_model, name).normal_(0, 0.5)
+    config = dict(**VISION, num_labels=5, layer_norm_eps=1e-6)
+    hf_class = {"vit": ViTForImageClassification, "deit": DeiTForImageClassification,
+                "deit-teacher": DeiTForImageClassificationWithTeacher}[kind]
+    hf_model = hf_class(ViTConfig(**config) if kind == "vit" else DeiTConfig(**config)).eval()
+    base = "vit" if kind == "vit" else "deit"
     source = timm_model.state_dict()
-    target = {"vit.embeddings.cls_token": source["cls_token"],
-              "vit.embeddings.position_embeddings": source["pos_embed"],
-              "vit.embeddings.patch_embeddings.projection.weight": source["patch_embed.proj.weight"],
-              "vit.embeddings.patch_embeddings.projection.bias": source["patch_embed.proj.bias"],
-              "vit.layernorm.weight": source["norm.weight"], "vit.layernorm.bias": source["norm.bias"],
-              "classifier.weight": source["head.weight"], "classifier.bias": source["head.bias"]}
+    target = {f"{base}.embeddings.cls_token": source["cls_token"],
+              f"{base}.embeddings.position_embeddings": source["pos_embed"],
+              f"{base}.embeddings.patch_embeddings.projection.weight": source["patch_embed.proj.weight"],
+              f"{base}.embeddings.patch_embeddings.projection.bias": source["patch_embed.proj.bias"],
+              f"{base}.layernorm.weight": source["norm.weight"], f"{base}.layernorm.bias": source["norm.bias"]}
+    if kind == "deit":
+        target["deit.embeddings.distillation_token"] = source["reg_token"]
+    heads = [("head", "classifier")]
+    if kind == "deit-teacher":
+        target["deit.embeddings.distillation_token"] = source["dist_token"]
+        heads = [("head", "cls_classifier"), ("head_dist", "distillation_classifier")]
+    for theirs, ours in heads:
+        target[f"{ours}.weight"], target[f"{ours}.bias"] = source[f"{theirs}.weight"], source[f"{theirs}.bias"]
     for i in range(3):
-        block, layer = f"blocks.{i}.", f"vit.layers.{i}."
-        for role, tensor in zip(("q", "k", "v"), source[block + "attn.qkv.weight"].chunk(3), strict=True):
-            target[layer + f"attention.{role}_proj.weight"] = tensor
-        for role, tensor in zip(("q", "k", "v"), source[block + "attn.qkv.bias"].chunk(3), strict=True):
-            target[layer + f"attention.{role}_proj.bias"] = tensor
+        block, layer = f"blocks.{i}.", f"{base}.layers.{i}."
+        for kind_ in ("weight", "bias"):
+            for role, tensor in zip(("q", "k", "v"), source[block + f"attn.qkv.{kind_}"].chunk(3), strict=True):
+                target[layer + f"attention.{role}_proj.{kind_}"] = tensor
         for theirs, ours in (("attn.proj", "attention.o_proj"), ("norm1", "layernorm_before"),
                              ("norm2", "layernorm_after"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
-            for kind in ("weight", "bias"):
-                target[layer + f"{ours}.{kind}"] = source[block + f"{theirs}.{kind}"]
-    hf_model.load_state_dict(target)
-    return timm_model, hf_model
+            for kind_ in ("weight", "bias"):
+                target[layer + f"{ours}.{kind_}"] = source[block + f"{theirs}.{kind_}"]
+    missing, unexpected = hf_model.load_state_dict(target, strict=False)
+    assert not unexpected and all("mask_token" in key for key in missing), (missing, unexpected)
+    return timm_model.to(dtype), hf_model.to(dtype)
 
 
 def tiny_open_clip(seed: int = 0):
@@ -120,7 +146,7 @@ def _attention_block(source: dict, prefix: str, target: dict, layer: str) -> Non
             target[layer + f"{ours}.{kind}"] = source[prefix + f"{theirs}.{kind}"]
 
 
-def clip_pair(seed: int = 0):
+def clip_pair(seed: int = 0, dtype: torch.dtype = torch.float32):
     """helpers.models.tiny_clip and the CLIPModel with the same weights."""
     open_clip_model = tiny_open_clip(seed)
     source = open_clip_model.state_dict()
@@ -144,7 +170,7 @@ def clip_pair(seed: int = 0):
         _attention_block(source, f"transformer.resblocks.{i}.", target, f"text_model.encoder.layers.{i}.")
     missing, unexpected = hf_model.load_state_dict(target, strict=False)
     assert not unexpected and all("position_ids" in key for key in missing), (missing, unexpected)
-    return open_clip_model, hf_model
+    return open_clip_model.to(dtype), hf_model.to(dtype)
 
 
 def write_clip_tokenizer(folder: Path) -> Path:

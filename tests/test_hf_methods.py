@@ -1,0 +1,190 @@
+"""Every method on transformers ViT, DeiT and CLIP models: float64 references, and parity with timm and open_clip.
+
+Each transformers model here is built from a config with the weights of a tiny
+timm or open_clip model (converted in ``helpers.hf_models``). The references
+are the test suite's own float64 readings of docs/METHODS.md (``test_methods``,
+``test_baselines``, ``test_transformer_attribution``, ``test_partial_lrp``,
+``test_full_lrp``, ``test_legrad``, ...), which run their explicit forward on
+the timm / open_clip twin and nothing of vit-heatmap: so the same weights
+explained through transformers must give those numbers.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+import test_baselines  # noqa: E402
+import test_clip_methods  # noqa: E402
+import test_full_lrp  # noqa: E402
+import test_legrad  # noqa: E402
+import test_methods  # noqa: E402
+import test_partial_lrp  # noqa: E402
+import test_transformer_attribution  # noqa: E402
+import test_transformer_attribution_clip  # noqa: E402
+
+import heatmap  # noqa: E402
+from helpers import reference  # noqa: E402
+from helpers.hf_models import clip_pair, clip_tokenizer, vit_pair  # noqa: E402
+from helpers.models import TEXTS, random_images, tokens_of  # noqa: E402
+
+METHODS = heatmap.methods()
+CLASSIFIERS = ["vit", "deit", "deit-teacher"]
+# DeiT's teacher variant averages two heads' logits: the LRP rules do not cover it (as for timm's twin)
+LRP_METHODS = {"transformer-attribution", "partial-lrp", "full-lrp"}
+TARGETS = [1, 4, 2]
+
+# Largest relative error of a float64 transformers explanation against the
+# float64 reference, each map scaled by its largest value, over every case
+# here: 6.2e-16 (classifier maps), 2.1e-15 (CLIP maps) and 7.6e-15 (token
+# relevance); 1e-12 keeps over 100x.
+FLOAT64_TOLERANCE = 1e-12
+# transformers' CLIP selects the class token BEFORE post_layernorm (as OpenAI's
+# CLIP does), open_clip's twin after ln_post: the IndexSelect rule
+# x * safe_divide(R, x) then sees another x, and its +1e-9 stabiliser moves the
+# LRP methods' image maps by up to 2.6e-7 (relative, float64; selecting the
+# normed token instead gives 3.7e-16). 3e-6 keeps over 10x. Text towers pool
+# in the same order and stay within FLOAT64_TOLERANCE.
+CLIP_IMAGE_LRP_TOLERANCE = 3e-6
+# transformers against timm / open_clip, the same weights, both in float32:
+# measured at most 6.1e-8 (ViT) and 5.4e-7 (CLIP, its LRP image maps, for the
+# reason above): the probe computes attention in the same order as timm and
+# PyTorch. 1e-5 keeps over 18x.
+PARITY_TOLERANCE = 1e-5
+
+
+def relative_error(actual, expected):
+    """Largest error relative to the largest |expected| (relevances below 1e-6 are noise around zero)."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-6))
+
+
+def classifier_reference(method, twin, images, targets):
+    """``[B, gh, gw]``: the suite's float64 reference of ``method`` on the timm twin."""
+    query, targets = ("token", 0), torch.tensor(targets)
+    if method in ("rollout", "grad-rollout", "chefer-generic"):
+        return test_methods.reference_maps(twin, images, targets, method, {}, query, 0)[1]
+    if method in test_baselines.REFERENCES:
+        _, attentions, grads = reference.gradients(twin, images, targets)
+        return torch.stack([test_baselines.REFERENCES[method](attentions[-1][b], grads[-1][b], query,
+                                                              twin.num_prefix_tokens).reshape(4, 4)
+                            for b in range(len(images))])
+    if method == "transformer-attribution":
+        return test_transformer_attribution.ref_maps(twin, images, targets, query)
+    if method == "partial-lrp":
+        return torch.stack([test_partial_lrp.reference_map(twin, images[b:b + 1], int(targets[b]), query)
+                            for b in range(len(images))])
+    if method == "full-lrp":
+        return torch.stack([test_full_lrp.ref_timm(twin, images[b:b + 1], int(targets[b]))
+                            for b in range(len(images))])
+    if hasattr(twin, "head_dist"):  # the distilled model reads the mean of its two heads' logits
+        outputs, attentions = test_legrad.vit_blocks(twin, images)
+        rows = torch.arange(len(images))
+
+        def score(x):
+            tokens = twin.norm(x)
+            return ((twin.head(tokens[:, 0]) + twin.head_dist(tokens[:, 1])) / 2)[rows, targets]
+
+        assert relative_error(score(outputs[-1]).detach(), twin(images)[rows, targets].detach()) < 1e-13
+        return test_legrad.legrad_map(score, outputs, attentions, -2, twin.num_prefix_tokens, (4, 4))
+    return test_legrad.vit_reference(twin, images, targets, -2)
+
+
+@pytest.mark.parametrize("kind", CLASSIFIERS)
+@pytest.mark.parametrize("method", METHODS)
+def test_classifier_maps_match_the_reference(kind, method):
+    twin, model = vit_pair(kind, dtype=torch.float64)
+    images = random_images(3, seed=123, dtype=torch.float64)
+    if kind == "deit-teacher" and method in LRP_METHODS:
+        with pytest.raises(heatmap.UnsupportedModelError, match="distillation head"):
+            heatmap.explain(model, images, method, target=TARGETS)
+        return
+    result = heatmap.explain(model, images, method, target=TARGETS)
+    assert result.maps.dtype == torch.float64
+    assert relative_error(result.maps, classifier_reference(method, twin, images, TARGETS)) < FLOAT64_TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    """CLIP's own byte-pair tokenizer, from vocab and merges files written here (no download)."""
+    return clip_tokenizer(tmp_path_factory.mktemp("clip-tokenizer") / "files")
+
+
+def clip_reference(method, twin, images, tokens):
+    """``[B, T, gh, gw]`` and per image, per text, the token relevance (None: image-only method)."""
+    batch, count = len(images), len(tokens)
+    if method == "legrad":
+        return test_legrad.clip_reference_maps(twin, images, tokens, -2), None
+    if method == "full-lrp":
+        text_embedding = twin.encode_text(tokens).detach()
+        maps = [[test_full_lrp.ref_clip(twin, images[b:b + 1], text_embedding[t]) for t in range(count)]
+                for b in range(batch)]
+        return torch.stack([torch.stack(row) for row in maps]), None
+    pairs = []
+    for b in range(batch):
+        row = []
+        for t in range(count):
+            if method in ("rollout", "grad-rollout", "chefer-generic"):
+                row.append(test_clip_methods.reference_pair(twin, images, tokens, method, {}, b, t)[:2])
+            elif method in test_baselines.REFERENCES:
+                row.append(test_baselines.clip_pair_reference(method, twin, images, tokens, b, t))
+            elif method == "transformer-attribution":
+                row.append(test_transformer_attribution_clip.ref_pair(twin, images, tokens, b, t))
+            else:
+                row.append(test_partial_lrp.clip_partial_lrp_pair(twin, images[b:b + 1], tokens[t:t + 1]))
+        pairs.append(row)
+    maps = torch.stack([torch.stack([image_map for image_map, _ in row]) for row in pairs])
+    return maps, [[text_row for _, text_row in row] for row in pairs]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_clip_maps_and_token_relevance_match_the_reference(method, tokenizer):
+    twin, model = clip_pair(dtype=torch.float64)
+    images = random_images(2, seed=5, dtype=torch.float64)
+    result = heatmap.explain(model, images, method, texts=TEXTS, processor=tokenizer)
+    expected_maps, expected_text = clip_reference(method, twin, images, tokens_of(TEXTS))
+    tolerance = CLIP_IMAGE_LRP_TOLERANCE if method in LRP_METHODS else FLOAT64_TOLERANCE
+    assert relative_error(result.maps, expected_maps) < tolerance
+    if expected_text is None:
+        assert result.text_relevance is None
+        return
+    assert [pieces for pieces in result.word_pieces] == [text.split() for text in TEXTS]
+    for b in range(2):
+        for t in range(3):
+            assert relative_error(result.text_relevance[b][t], expected_text[b][t]) < FLOAT64_TOLERANCE
+
+
+# -- parity with timm and open_clip, in float32 ---------------------------------------
+
+@pytest.mark.parametrize("method", METHODS)
+def test_timm_and_transformers_vit_give_the_same_maps(method):
+    twin, model = vit_pair("vit")
+    images = random_images(3, seed=11)
+    ours = heatmap.explain(model, images, method, target=TARGETS).maps
+    theirs = heatmap.explain(twin, images, method, target=TARGETS).maps
+    assert ours.dtype == torch.float32
+    assert relative_error(ours, theirs) < PARITY_TOLERANCE
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_open_clip_and_transformers_clip_give_the_same_maps(method, tokenizer):
+    twin, model = clip_pair()
+    images = random_images(2, seed=11)
+    ours = heatmap.explain(model, images, method, texts=TEXTS, processor=tokenizer)
+    theirs = heatmap.explain(twin, images, method, texts=TEXTS)
+    assert relative_error(ours.maps, theirs.maps) < PARITY_TOLERANCE
+    assert relative_error(ours.logits, theirs.logits) < PARITY_TOLERANCE
+    if theirs.text_relevance is not None:
+        for ours_row, theirs_row in zip(ours.text_relevance, theirs.text_relevance, strict=True):
+            for mine, other in zip(ours_row, theirs_row, strict=True):
+                assert relative_error(mine, other) < PARITY_TOLERANCE
+
+
+def test_the_tokenizer_files_are_clips_own(tokenizer):
+    ids = tokenizer(TEXTS, padding="max_length", max_length=10, return_tensors="pt")["input_ids"]
+    expected = tokens_of(TEXTS)
+    for row, other in zip(ids, expected, strict=True):
+        end = int(other.argmax())
+        assert row[:end + 1].tolist() == other[:end + 1].tolist()
