@@ -1,0 +1,188 @@
+"""SigLIP: the image tower's attention-pooling head explained as one more attention layer; a float64 reference.
+
+The reference below runs SigLIP by hand (explicit attention in every layer and
+in the pooling head, nothing of vit-heatmap), takes the gradients of each
+``logits_per_image[b, t]``, and lays the head out as the library documents
+it: the probe is token 0 of ``N + 1``; every block's ``[N, N]`` gets the probe
+attending to itself only; the head's ``[1, N]`` is the probe's row of one more
+layer whose other rows are the identity. Then the plain-loop methods of
+``helpers.reference`` read them, query row: the probe. The text tower pools
+its LAST position, which is its query row.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("transformers")
+
+import heatmap  # noqa: E402
+from helpers import reference  # noqa: E402
+from helpers.hf_models import siglip_tokenizer, tiny_siglip  # noqa: E402
+from helpers.models import random_images  # noqa: E402
+
+TEXTS = ["a red circle", "two blue stars on grass", "cat"]
+WORKING = ["rollout", "grad-rollout", "chefer-generic", "raw-attention", "attention-gradcam"]
+# the library's CLIP default start layers (registry: clip_defaults)
+STARTS = {"rollout": 0, "grad-rollout": 0, "chefer-generic": -1, "raw-attention": -1, "attention-gradcam": -1}
+# Largest relative error of the float64 explanation against the float64
+# reference over every case here: 5.2e-16; 1e-12 keeps over 1000x.
+FLOAT64_TOLERANCE = 1e-12
+
+
+def relative_error(actual, expected):
+    assert actual.shape == expected.shape
+    return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-6))
+
+
+def layer_forward(layer, x):
+    """One SigLIP encoder layer with its attention explicit (this release's module names)."""
+    attn = layer.self_attn
+    B, N, D = x.shape
+    H = attn.num_heads
+    h = layer.layer_norm1(x)
+    q, k, v = (proj(h).reshape(B, N, H, D // H).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    A = torch.softmax((q * (D // H) ** -0.5) @ k.transpose(-2, -1), dim=-1)
+    A.retain_grad()
+    x = x + attn.out_proj((A @ v).transpose(1, 2).reshape(B, N, D))
+    return x + layer.mlp(layer.layer_norm2(x)), A
+
+
+def image_forward(model, images):
+    vision = model.vision_model
+    x = vision.embeddings(images)
+    attentions = []
+    for layer in vision.encoder.layers:
+        x, A = layer_forward(layer, x)
+        attentions.append(A)
+    x = vision.post_layernorm(x)
+    head = vision.head
+    mha = head.attention
+    B, N, D = x.shape
+    H = mha.num_heads
+    w_q, w_k, w_v = mha.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = mha.in_proj_bias.chunk(3)
+    probe = head.probe.expand(B, 1, D)
+    q = F.linear(probe, w_q, b_q).reshape(B, 1, H, D // H).transpose(1, 2)
+    k = F.linear(x, w_k, b_k).reshape(B, N, H, D // H).transpose(1, 2)
+    v = F.linear(x, w_v, b_v).reshape(B, N, H, D // H).transpose(1, 2)
+    P = torch.softmax((q * (D // H) ** -0.5) @ k.transpose(-2, -1), dim=-1)  # [B, H, 1, N]
+    P.retain_grad()
+    pooled = mha.out_proj((P @ v).transpose(1, 2).reshape(B, 1, D))
+    pooled = pooled + head.mlp(head.layernorm(pooled))
+    return pooled[:, 0], attentions, P
+
+
+def text_forward(model, tokens):
+    text = model.text_model
+    x = text.embeddings(input_ids=tokens)
+    attentions = []
+    for layer in text.encoder.layers:  # no causal mask: SigLIP's text attention is bidirectional
+        x, A = layer_forward(layer, x)
+        attentions.append(A)
+    return text.head(text.final_layer_norm(x)[:, -1]), attentions
+
+
+def padded_block(matrix, probe_self=1.0):
+    """[H, N, N] -> [H, N+1, N+1]: the probe first, attending to itself only (0 for gradients)."""
+    out = F.pad(matrix, (1, 0, 1, 0))
+    out[:, 0, 0] = probe_self
+    return out
+
+
+def padded_pool(row, identity_value=1.0):
+    """[H, 1, N] -> [H, N+1, N+1]: the probe's row, the patches' rows the identity (0 for gradients)."""
+    H, _, N = row.shape
+    out = torch.zeros(H, N + 1, N + 1, dtype=row.dtype)
+    out[:, 0, 1:] = row[:, 0]
+    out[:, 1:, 1:] = torch.eye(N, dtype=row.dtype) * identity_value
+    return out
+
+
+def pair_reference(model, images, tokens, b, t):
+    """The attention matrices and gradients of logits[b, t], image side laid out with the probe."""
+    model.zero_grad()
+    image_embedding, image_attn, pool = image_forward(model, images)
+    text_embedding, text_attn = text_forward(model, tokens)
+    logits = (model.logit_scale.exp() * F.normalize(image_embedding, dim=-1) @ F.normalize(text_embedding, dim=-1).T
+              + model.logit_bias)
+    logits[b, t].backward()
+    image_A = [padded_block(A[b].detach()) for A in image_attn] + [padded_pool(pool[b].detach())]
+    image_G = [padded_block(A.grad[b], probe_self=0.0) for A in image_attn]
+    image_G.append(padded_pool(pool.grad[b], identity_value=0.0))
+    text_A = [A[t].detach() for A in text_attn]
+    text_G = [A.grad[t] for A in text_attn]
+    return image_A, image_G, text_A, text_G, logits.detach()
+
+
+def method_row(method, A, G, start, query_index, columns, protect):
+    """``method``'s relevance over ``columns`` of the query row (docs/METHODS.md), from per-layer [H, N, N]."""
+    if method == "raw-attention":
+        return A[-1].mean(dim=0)[query_index, columns]
+    if method == "attention-gradcam":
+        weights = G[-1][:, query_index, columns].mean(dim=-1)
+        return (weights[:, None] * A[-1][:, query_index, columns]).mean(dim=0).clamp(min=0)
+    if method == "rollout":
+        R = reference.rollout_one(A, "mean", 0.0, start, protect)
+    elif method == "grad-rollout":
+        R = reference.grad_rollout_one(A, G, 0.9, start)
+    else:
+        R = reference.chefer_generic_one(A, G, start)
+    return R[query_index, columns]
+
+
+@pytest.fixture(scope="module")
+def setting():
+    model = tiny_siglip().double()
+    tokenizer = siglip_tokenizer()
+    tokens = tokenizer(TEXTS, padding="max_length", max_length=8, truncation=True, return_tensors="pt")["input_ids"]
+    return model, tokenizer, tokens, random_images(2, seed=5, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("method", WORKING)
+def test_maps_and_token_relevance_match_the_reference(method, setting):
+    model, tokenizer, tokens, images = setting
+    result = heatmap.explain(model, images, method, texts=TEXTS, processor=tokenizer)
+    assert result.maps.shape == (2, 3, 4, 4)
+    assert result.word_pieces == [text.split() for text in TEXTS]
+    ends = [row.tolist().index(1) for row in tokens]  # the first </s>
+    for b in range(2):
+        for t in range(3):
+            image_A, image_G, text_A, text_G, logits = pair_reference(model, images, tokens, b, t)
+            assert relative_error(result.logits[b, t], logits[b, t]) < FLOAT64_TOLERANCE
+            image_start = STARTS[method] % len(image_A)
+            # the image's columns: the patches after the probe; the text's: its word pieces before </s>
+            image_row = method_row(method, image_A, image_G, image_start, 0, slice(1, None), protect=0)
+            assert relative_error(result.maps[b, t], image_row.reshape(4, 4)) < FLOAT64_TOLERANCE
+            last = tokens.shape[1] - 1
+            text_row = method_row(method, text_A, text_G, STARTS[method] % len(text_A), last, slice(0, ends[t]),
+                                  protect=None)
+            assert relative_error(result.text_relevance[b][t], text_row) < FLOAT64_TOLERANCE
+
+
+def test_raw_attention_is_the_pooling_heads_attention(setting):
+    model, tokenizer, _, images = setting
+    result = heatmap.explain(model, images, "raw-attention", texts=TEXTS[:1], processor=tokenizer)
+    _, _, pool = image_forward(model, images)
+    assert relative_error(result.maps[:, 0], pool.detach().mean(dim=1)[:, 0].reshape(2, 4, 4)) < FLOAT64_TOLERANCE
+
+
+@pytest.mark.parametrize("method", ["transformer-attribution", "partial-lrp", "full-lrp", "legrad"])
+def test_the_other_methods_are_refused_naming_those_that_work(method, setting):
+    model, tokenizer, _, images = setting
+    with pytest.raises(heatmap.UnsupportedModelError) as error:
+        heatmap.explain(model, images, method, texts=TEXTS, processor=tokenizer)
+    message = str(error.value)
+    assert "attention-pooling head" in message
+    assert message.endswith("methods that do work for this model: " + ", ".join(sorted(WORKING)))
+
+
+def test_probabilities_are_each_pairs_sigmoid(setting):
+    model, tokenizer, _, images = setting
+    result = heatmap.explain(model, images, "rollout", texts=TEXTS, processor=tokenizer)
+    assert torch.equal(result.probabilities, result.logits.sigmoid())
+    output = model(pixel_values=images, input_ids=tokenizer(TEXTS, padding="max_length", max_length=8,
+                                                             return_tensors="pt")["input_ids"])
+    assert relative_error(result.logits, output.logits_per_image.detach()) < FLOAT64_TOLERANCE
