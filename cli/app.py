@@ -278,7 +278,8 @@ def evaluate(
     inputs: Annotated[Optional[list[str]], typer.Argument(
         help="Image files, folders and glob patterns (or none, with --demo-world).", show_default=False)] = None,
     model: Annotated[Optional[str], typer.Option(
-        "--model", "-m", help="demo, a timm name, or with --clip/--text an open_clip name.",
+        "--model", "-m", help="demo, a timm name or a Hugging Face transformers repo id or folder; with "
+        "--clip/--text an open_clip name or a transformers CLIP/SigLIP.",
         show_default="vit_base_patch16_224; demo with --demo-world")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(
         exists=True, dir_okay=False, help="Local weights for a classifier --model.", show_default=False)] = None,

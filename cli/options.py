@@ -63,8 +63,9 @@ Json = Annotated[bool, typer.Option(
 def shared_options(
     inputs: Inputs,
     model: Annotated[Optional[str], typer.Option(
-        "--model", "-m", help="'demo' (shipped, offline), a timm name (vit_base_patch16_224[.tag]) "
-        "or hf-hub:org/name. Default: vit_base_patch16_224 from the local cache.", show_default=False)] = None,
+        "--model", "-m", help="'demo' (shipped, offline), a timm name (vit_base_patch16_224[.tag]), "
+        "hf-hub:org/name, or a Hugging Face transformers repo id (google/vit-base-patch16-224) or "
+        "save_pretrained folder. Default: vit_base_patch16_224 from the local cache.", show_default=False)] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(
         exists=True, dir_okay=False,
         help="Local .safetensors / .pt / .pth weights for --model's architecture.")] = None,
@@ -97,7 +98,8 @@ def clip_options(
     texts_file: Annotated[Optional[Path], typer.Option(
         exists=True, dir_okay=False, help="A file of texts, one per line (blank lines skipped).")] = None,
     model: Annotated[Optional[str], typer.Option(
-        "--model", "-m", help="'demo' (shipped, offline) or an open_clip name. Default: ViT-B-32 "
+        "--model", "-m", help="'demo' (shipped, offline), an open_clip name, or a Hugging Face transformers "
+        "CLIP/SigLIP repo id (openai/clip-vit-base-patch32) or save_pretrained folder. Default: ViT-B-32 "
         "with the openai weights, from the local cache.", show_default=False)] = None,
     pretrained: Annotated[Optional[str], typer.Option(
         help="A pretrained tag of --model (openai, laion2b_s34b_b79k, ...) or a local checkpoint file.",
