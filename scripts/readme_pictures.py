@@ -8,7 +8,10 @@ enlarged 2x, nearest neighbour): ``demo_chefer_generic.png`` and
 ``demo_clip.png`` (overlays above, token strips below). Then every method's
 command on a two-object scene for the same target, each overlay labelled
 with its method (a method that refuses the model shows its refusal):
-``demo_all_methods.png``.
+``demo_all_methods.png``. Last, the demo CLIP converted to a Hugging Face
+transformers ``CLIPModel`` (``heatmap.demo.transformers_clip``) explained
+through the API, under the open_clip run of the same scene and texts:
+``demo_clip_transformers.png`` (needs the ``hf`` extra).
 """
 
 from __future__ import annotations
@@ -86,6 +89,20 @@ def strip(pictures: list[Image.Image]) -> Image.Image:
     return row
 
 
+def transformers_row(scene: Image.Image) -> Image.Image:
+    """The scene, then the transformers demo CLIP's overlays for ``CAPTIONS`` (the API, the CLI's renderer)."""
+    import heatmap
+    from heatmap.demo.transformers_clip import demo_clip_as_transformers
+    from heatmap.models import adapter_for
+    from heatmap.render import overlay
+
+    model, processor = demo_clip_as_transformers()
+    adapter = adapter_for(model, processor=processor)
+    result = heatmap.explain(adapter, [scene], "chefer-generic", texts=list(CAPTIONS))
+    _, boxes = adapter.preprocess([scene])
+    return strip([scene] + [overlay(scene, result.maps[0, t].numpy(), boxes[0]) for t in range(len(CAPTIONS))])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
@@ -111,9 +128,14 @@ def main() -> None:
     both.paste(token_row, (0, overlays.height + GAP))
     both.save(args.out / "demo_clip.png")
 
+    both = Image.new("RGB", (overlays.width, 2 * overlays.height + GAP), "white")
+    both.paste(overlays, (0, 0))
+    both.paste(transformers_row(scene.convert("RGB")), (0, overlays.height + GAP))
+    both.save(args.out / "demo_clip_transformers.png")
+
     every_method(Image.open(TWO_OBJECTS)).save(args.out / "demo_all_methods.png")
-    print(f"wrote {args.out / 'demo_chefer_generic.png'}, {args.out / 'demo_clip.png'} and "
-          f"{args.out / 'demo_all_methods.png'}")
+    print(f"wrote {args.out / 'demo_chefer_generic.png'}, {args.out / 'demo_clip.png'}, "
+          f"{args.out / 'demo_clip_transformers.png'} and {args.out / 'demo_all_methods.png'}")
 
 
 if __name__ == "__main__":

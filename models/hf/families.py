@@ -38,14 +38,6 @@ def pair(value: Any) -> tuple[int, int]:
     return (int(value[0]), int(value[1])) if isinstance(value, (tuple, list)) else (int(value), int(value))
 
 
-def _only(module: nn.Module, kind: type, where: str, name: str) -> Any:
-    """The one submodule of ``module`` of type ``kind``."""
-    found = [child for child in module.modules() if isinstance(child, kind)]
-    if len(found) != 1:
-        raise UnsupportedModelError(f"{name}: {len(found)} {kind.__name__} modules in {where} where one was expected")
-    return found[0]
-
-
 class ImageTower(HfTower):
     """An image tower: a patch grid, a patch convolution in its embeddings, a random image to trace with."""
 
@@ -64,16 +56,20 @@ class ImageTower(HfTower):
         return {"pixel_values": pixels.to(device=parameter.device, dtype=parameter.dtype)}
 
     def patch_embedding(self) -> tuple[nn.Conv2d | None, str | None]:
-        conv = _only(self.embeddings, nn.Conv2d, "the embeddings", self.name)
-        problem = patch_convolution_problem(conv) or self._below_blocks_problem()
-        return (None, problem) if problem else (conv, None)
+        convolutions = [module for module in self.embeddings.modules() if isinstance(module, nn.Conv2d)]
+        if len(convolutions) != 1:
+            return None, (f"the patch embedding's {len(convolutions)} convolutions (a convolutional stem, not one "
+                          "patch convolution with stride = kernel)")
+        problem = patch_convolution_problem(convolutions[0]) or self._below_blocks_problem()
+        return (None, problem) if problem else (convolutions[0], None)
 
     def _below_blocks_problem(self) -> str | None:
         """What sits between the embeddings and the first layer that the rules do not cover, or None."""
         return None
 
     def register_lrp_embedding(self, capture: ActivationCapture, slot: Slot) -> None:
-        conv = _only(self.embeddings, nn.Conv2d, "the embeddings", self.name)
+        conv = self.patch_embedding()[0]
+        assert conv is not None  # only called when there is one
         capture.hook(conv, slot, inputs="image")
         # [B, D, gh, gw] -> [B, G, D], row-major, as the embeddings flatten it
         capture.hook(conv, slot, output="patches", layout=lambda grid: grid.flatten(2).transpose(1, 2))

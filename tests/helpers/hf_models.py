@@ -1,17 +1,15 @@
 """Tiny transformers models built from configs, the same weights as timm / open_clip ones, and local tokenizers.
 
-Nothing here imports vit-heatmap. Module names are the installed transformers
+Nothing here imports vit-heatmap's explanation code (only the demo's writer of
+CLIP's vocabulary files). Module names are the installed transformers
 release's (the tests run against it); the converters say which timm or
 open_clip tensor goes where.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
-import open_clip
 import torch
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
@@ -29,7 +27,8 @@ from transformers import (
     ViTForImageClassification,
 )
 
-from helpers.models import sharpen_attention
+from heatmap.demo.transformers_clip import write_clip_tokenizer_files
+from helpers.models import sharpen_attention, tiny_clip
 
 VISION = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
               intermediate_size=128)
@@ -44,26 +43,6 @@ def sharpen(layers, gain: float = 2.0, seed: int = 0) -> None:
             for projection in (attention.q_proj, attention.k_proj):
                 dim = projection.weight.shape[1]
                 projection.weight.copy_(torch.randn(projection.weight.shape, generator=generator) * gain / dim ** 0.5)
-
-
-def tiny_hf_vit(seed: int = 0, **overrides) -> ViTForImageClassification:
-    torch.manual_seed(seed)
-    config = ViTConfig(**{**VISION, "num_labels": 5, "layer_norm_eps": 1e-6, **overrides})
-    model = ViTForImageClassification(config).eval()
-    sharpen(model.vit.layers, seed=seed)
-    return model
-
-
-def tiny_hf_deit(teacher: bool, seed: int = 0):
-    torch.manual_seed(seed)
-    config = DeiTConfig(**{**VISION, "num_labels": 5, "layer_norm_eps": 1e-6})
-    model = (DeiTForImageClassificationWithTeacher if teacher else DeiTForImageClassification)(config).eval()
-    sharpen(model.deit.layers, seed=seed)
-    with torch.no_grad():  # DeiT initialises its tokens and position embeddings at zero
-        for tensor in (model.deit.embeddings.cls_token, model.deit.embeddings.distillation_token,
-                       model.deit.embeddings.position_embeddings):
-            tensor.normal_(0, 0.5)
-    return model
 
 
 def vit_pair(kind: str = "vit", seed: int = 0, dtype: torch.dtype = torch.float32):
@@ -118,13 +97,6 @@ def vit_pair(kind: str = "vit", seed: int = 0, dtype: torch.dtype = torch.float3
     return timm_model.to(dtype), hf_model.to(dtype)
 
 
-def tiny_open_clip(seed: int = 0):
-    """helpers.models.tiny_clip, with GELU (transformers' "gelu") and an exact config to mirror."""
-    from helpers.models import tiny_clip
-
-    return tiny_clip(seed=seed)
-
-
 def clip_config(context: int = 10) -> CLIPConfig:
     return CLIPConfig(
         projection_dim=16,
@@ -148,7 +120,7 @@ def _attention_block(source: dict, prefix: str, target: dict, layer: str) -> Non
 
 def clip_pair(seed: int = 0, dtype: torch.dtype = torch.float32):
     """helpers.models.tiny_clip and the CLIPModel with the same weights."""
-    open_clip_model = tiny_open_clip(seed)
+    open_clip_model = tiny_clip(seed=seed)  # GELU: transformers' "gelu"
     source = open_clip_model.state_dict()
     hf_model = CLIPModel(clip_config()).eval()
     target = {"vision_model.embeddings.class_embedding": source["visual.class_embedding"],
@@ -173,23 +145,9 @@ def clip_pair(seed: int = 0, dtype: torch.dtype = torch.float32):
     return open_clip_model.to(dtype), hf_model.to(dtype)
 
 
-def write_clip_tokenizer(folder: Path) -> Path:
-    """CLIP's byte-pair tokenizer as vocab.json and merges.txt, rebuilt from open_clip's own merges file."""
-    folder.mkdir(parents=True, exist_ok=True)
-    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
-    from open_clip.tokenizer import bytes_to_unicode
-
-    vocab = list(bytes_to_unicode().values())
-    vocab = vocab + [piece + "</w>" for piece in vocab] + ["".join(merge.split()) for merge in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({piece: i for i, piece in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return folder
-
-
 def clip_tokenizer(folder: Path, context: int = 10) -> CLIPTokenizer:
-    write_clip_tokenizer(folder)
+    """CLIP's byte-pair tokenizer from vocab.json and merges.txt written in ``folder`` (from open_clip's file)."""
+    write_clip_tokenizer_files(folder)
     return CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"),
                          model_max_length=context)
 
@@ -226,7 +184,3 @@ def tiny_siglip(seed: int = 0, context: int = 8) -> SiglipModel:
         pool.in_proj_weight[: 2 * dim] = torch.randn(2 * dim, dim, generator=generator) * 2 / dim ** 0.5
         model.vision_model.head.probe.normal_(0, 1, generator=generator)
     return model
-
-
-def tiny_hf_clip(seed: int = 0) -> CLIPModel:
-    return clip_pair(seed)[1]
