@@ -114,7 +114,7 @@ def demo_clip_as_transformers() -> tuple[Any, Any]:
                                          image_mean=settings["mean"], image_std=settings["std"])
     with tempfile.TemporaryDirectory() as folder:
         files = write_clip_tokenizer_files(folder)
-        tokenizer = CLIPTokenizer(vocab=str(files / "vocab.json"), merges=str(files / "merges.txt"),
+        tokenizer = CLIPTokenizer(str(files / "vocab.json"), str(files / "merges.txt"),  # positional: renamed in 5
                                   model_max_length=text["context_length"])
     model.name_or_path = "demo-clip (transformers)"
     return model.eval(), CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)

@@ -27,7 +27,7 @@ import test_transformer_attribution_clip  # noqa: E402
 
 import heatmap  # noqa: E402
 from helpers import reference  # noqa: E402
-from helpers.hf_models import clip_pair, clip_tokenizer, vit_pair  # noqa: E402
+from helpers.hf_models import clip_pair, clip_tokenizer, needs_float64_clip, vit_pair  # noqa: E402
 from helpers.models import TEXTS, random_images, tokens_of  # noqa: E402
 
 METHODS = heatmap.methods()
@@ -139,6 +139,7 @@ def clip_reference(method, twin, images, tokens):
     return maps, [[text_row for _, text_row in row] for row in pairs]
 
 
+@needs_float64_clip
 @pytest.mark.parametrize("method", METHODS)
 def test_clip_maps_and_token_relevance_match_the_reference(method, tokenizer):
     twin, model = clip_pair(dtype=torch.float64)
@@ -198,6 +199,7 @@ def demo_pair():
     return demo_clip_as_transformers(), [scene.image for scene in make_scenes(2, seed=5)]
 
 
+@needs_float64_clip
 @pytest.mark.parametrize("method", METHODS)
 def test_the_trained_demo_clip_gives_the_same_maps_through_transformers(method, demo_pair):
     (model, processor), scenes = demo_pair

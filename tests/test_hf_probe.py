@@ -20,7 +20,16 @@ import heatmap  # noqa: E402
 from heatmap.models import adapter_for  # noqa: E402
 from heatmap.models.hf import attention  # noqa: E402
 from heatmap.models.hf.attention import model_configs  # noqa: E402
-from helpers.hf_models import clip_pair, clip_tokenizer, siglip_tokenizer, tiny_siglip, vit_pair  # noqa: E402
+from helpers.hf_models import (  # noqa: E402
+    clip_pair,
+    clip_tokenizer,
+    needs_float64_clip,
+    part,
+    siglip_tokenizer,
+    tiny_siglip,
+    vit_layers,
+    vit_pair,
+)
 from helpers.models import TEXTS, random_images  # noqa: E402
 
 # The probe's eager attention against transformers' SDPA or eager attention,
@@ -108,6 +117,7 @@ def test_every_config_gets_its_implementation_back_also_after_an_error(implement
     assert "forward" not in vars(clip.vision_model.encoder.layers[0].self_attn)  # no forward replaced
 
 
+@needs_float64_clip
 def test_batch_and_text_order_change_nothing(tokenizer):
     clip = clip_pair()[1].double()
     images = random_images(3, seed=4, dtype=torch.float64)
@@ -144,20 +154,22 @@ def test_bfloat16_models_are_explained_in_float32_and_left_in_bfloat16():
 def test_the_parts_are_found_by_what_they_compute():
     model = vit_pair("vit")[1]
     parts = adapter_for(model).towers[0].parts()
-    for layer, found in zip(model.vit.layers, parts, strict=True):
-        attention_module = next(module for module in layer.modules() if hasattr(module, "q_proj"))
-        assert found.q is attention_module.q_proj and found.k is attention_module.k_proj
-        assert found.v is attention_module.v_proj and found.num_heads == 4
+    for layer, found in zip(vit_layers(model.vit), parts, strict=True):
+        assert (found.q, found.k, found.v, found.out) == (part(layer, "q"), part(layer, "k"), part(layer, "v"),
+                                                          part(layer, "o"))
+        assert (found.fc1, found.fc2, found.num_heads) == (part(layer, "fc1"), part(layer, "fc2"), 4)
         assert found.attention_norm is layer.layernorm_before and found.mlp_norm is layer.layernorm_after
 
 
 def test_swapped_projections_are_read_as_they_are_used():
     # q and k exchanged in the module but not in the forward pass: the roles follow the computation
     model = vit_pair("vit")[1]
-    attention_module = model.vit.layers[0].attention
+    layer = vit_layers(model.vit)[0]
     reference = heatmap.explain(model, random_images(1, seed=2), "transformer-attribution", target=1).maps
-    q, k = attention_module.q_proj, attention_module.k_proj
-    attention_module.q_proj, attention_module.k_proj = k, q
+    q, k = part(layer, "q"), part(layer, "k")
+    (holder, q_name), (_, k_name) = (holder_of(layer, q), holder_of(layer, k))
+    setattr(holder, q_name, k)
+    setattr(holder, k_name, q)
     with torch.no_grad():  # keep the computation: the module now called q_proj holds k's weights and is used as k
         q.weight, k.weight = k.weight, q.weight
         q.bias, k.bias = k.bias, q.bias
@@ -165,9 +177,18 @@ def test_swapped_projections_are_read_as_they_are_used():
     assert relative_error(moved, reference) < 1e-6
 
 
+def holder_of(layer, module):
+    """The module holding ``module`` as an attribute, and the attribute's name."""
+    for holder in layer.modules():
+        for name, child in holder.named_children():
+            if child is module:
+                return holder, name
+    raise LookupError(module)
+
+
 def test_a_layer_that_is_not_a_pre_norm_block_is_refused_for_lrp_only():
     model = vit_pair("vit")[1]
-    model.vit.layers[1].layernorm_after = nn.Identity()  # the MLP reads the sum without a norm
+    vit_layers(model.vit)[1].layernorm_after = nn.Identity()  # the MLP reads the sum without a norm
     images = random_images(1, seed=2)
     with pytest.raises(heatmap.UnsupportedModelError, match="layer 1: 1 LayerNorms"):
         heatmap.explain(model, images, "transformer-attribution", target=1)

@@ -64,6 +64,16 @@ class HfImageTextAdapter(ImageTextBase):
     def rebuilt(self, model: Any) -> HfImageTextAdapter:
         return HfImageTextAdapter(model, self.name, self.tokenizer, self.transform)
 
+    def converted(self, dtype: torch.dtype) -> HfImageTextAdapter:
+        import transformers
+
+        if dtype == torch.float64 and not self.siglip and int(transformers.__version__.split(".")[0]) < 5:
+            raise UnsupportedModelError(
+                f"{self.name}: transformers {transformers.__version__} cannot run CLIP's text tower in float64 (its "
+                "causal mask overflows); use --precision float32, or transformers 5")
+        adapter: HfImageTextAdapter = super().converted(dtype)
+        return adapter
+
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         encoded = self.tokenizer(list(texts), padding="max_length", max_length=self.context_length,
                                  truncation=True, return_tensors="pt")

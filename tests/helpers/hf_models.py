@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
+import transformers
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from transformers import (
@@ -30,6 +32,10 @@ from transformers import (
 from heatmap.demo.transformers_clip import write_clip_tokenizer_files
 from helpers.models import sharpen_attention, tiny_clip
 
+# transformers 4.x cannot run CLIP's text tower in float64 (its causal mask overflows; the adapter says so)
+needs_float64_clip = pytest.mark.skipif(int(transformers.__version__.split(".")[0]) < 5,
+                                        reason="transformers 4.x runs CLIP in float32 only")
+
 VISION = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
               intermediate_size=128)
 
@@ -43,6 +49,31 @@ def sharpen(layers, gain: float = 2.0, seed: int = 0) -> None:
             for projection in (attention.q_proj, attention.k_proj):
                 dim = projection.weight.shape[1]
                 projection.weight.copy_(torch.randn(projection.weight.shape, generator=generator) * gain / dim ** 0.5)
+
+
+# Where each part of a ViT layer lives, in the transformers releases the tests run against (5.x, then 4.x)
+VIT_PARTS = {"q": ("attention.q_proj", "attention.attention.query"),
+             "k": ("attention.k_proj", "attention.attention.key"),
+             "v": ("attention.v_proj", "attention.attention.value"),
+             "o": ("attention.o_proj", "attention.output.dense"),
+             "norm1": ("layernorm_before",), "norm2": ("layernorm_after",),
+             "fc1": ("mlp.fc1", "intermediate.dense"), "fc2": ("mlp.fc2", "output.dense")}
+
+
+def vit_layers(base):
+    """A ViT/DeiT model's layers: ``layers`` (transformers 5) or ``encoder.layer`` (4.x)."""
+    return base.layers if hasattr(base, "layers") else base.encoder.layer
+
+
+def part(layer, role):
+    """The module of ``role`` in a ViT layer, whichever release named it."""
+    for path in VIT_PARTS[role]:
+        module = layer
+        for name in path.split("."):
+            module = getattr(module, name, None)
+        if module is not None:
+            return module
+    raise AttributeError(f"no {role} in {type(layer).__name__}")
 
 
 def vit_pair(kind: str = "vit", seed: int = 0, dtype: torch.dtype = torch.float32):
@@ -68,32 +99,30 @@ def vit_pair(kind: str = "vit", seed: int = 0, dtype: torch.dtype = torch.float3
     hf_class = {"vit": ViTForImageClassification, "deit": DeiTForImageClassification,
                 "deit-teacher": DeiTForImageClassificationWithTeacher}[kind]
     hf_model = hf_class(ViTConfig(**config) if kind == "vit" else DeiTConfig(**config)).eval()
-    base = "vit" if kind == "vit" else "deit"
+    base = hf_model.base_model
     source = timm_model.state_dict()
-    target = {f"{base}.embeddings.cls_token": source["cls_token"],
-              f"{base}.embeddings.position_embeddings": source["pos_embed"],
-              f"{base}.embeddings.patch_embeddings.projection.weight": source["patch_embed.proj.weight"],
-              f"{base}.embeddings.patch_embeddings.projection.bias": source["patch_embed.proj.bias"],
-              f"{base}.layernorm.weight": source["norm.weight"], f"{base}.layernorm.bias": source["norm.bias"]}
-    if kind == "deit":
-        target["deit.embeddings.distillation_token"] = source["reg_token"]
-    heads = [("head", "classifier")]
-    if kind == "deit-teacher":
-        target["deit.embeddings.distillation_token"] = source["dist_token"]
-        heads = [("head", "cls_classifier"), ("head_dist", "distillation_classifier")]
+    copies = [(base.embeddings.cls_token, "cls_token"), (base.embeddings.position_embeddings, "pos_embed"),
+              (base.embeddings.patch_embeddings.projection.weight, "patch_embed.proj.weight"),
+              (base.embeddings.patch_embeddings.projection.bias, "patch_embed.proj.bias"),
+              (base.layernorm.weight, "norm.weight"), (base.layernorm.bias, "norm.bias")]
+    if kind != "vit":
+        copies.append((base.embeddings.distillation_token, "reg_token" if kind == "deit" else "dist_token"))
+    heads = [("head", "cls_classifier" if kind == "deit-teacher" else "classifier")]
+    heads += [("head_dist", "distillation_classifier")] if kind == "deit-teacher" else []
     for theirs, ours in heads:
-        target[f"{ours}.weight"], target[f"{ours}.bias"] = source[f"{theirs}.weight"], source[f"{theirs}.bias"]
-    for i in range(3):
-        block, layer = f"blocks.{i}.", f"{base}.layers.{i}."
+        head = getattr(hf_model, ours)
+        copies += [(head.weight, f"{theirs}.weight"), (head.bias, f"{theirs}.bias")]
+    for i, layer in enumerate(vit_layers(base)):
+        block = f"blocks.{i}."
         for kind_ in ("weight", "bias"):
-            for role, tensor in zip(("q", "k", "v"), source[block + f"attn.qkv.{kind_}"].chunk(3), strict=True):
-                target[layer + f"attention.{role}_proj.{kind_}"] = tensor
-        for theirs, ours in (("attn.proj", "attention.o_proj"), ("norm1", "layernorm_before"),
-                             ("norm2", "layernorm_after"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
-            for kind_ in ("weight", "bias"):
-                target[layer + f"{ours}.{kind_}"] = source[block + f"{theirs}.{kind_}"]
-    missing, unexpected = hf_model.load_state_dict(target, strict=False)
-    assert not unexpected and all("mask_token" in key for key in missing), (missing, unexpected)
+            for role, tensor in zip("qkv", source[block + f"attn.qkv.{kind_}"].chunk(3), strict=True):
+                copies.append((getattr(part(layer, role), kind_), tensor))
+            for theirs, role in (("attn.proj", "o"), ("norm1", "norm1"), ("norm2", "norm2"), ("mlp.fc1", "fc1"),
+                                 ("mlp.fc2", "fc2")):
+                copies.append((getattr(part(layer, role), kind_), block + f"{theirs}.{kind_}"))
+    with torch.no_grad():
+        for parameter, value in copies:
+            parameter.copy_(source[value] if isinstance(value, str) else value)
     return timm_model.to(dtype), hf_model.to(dtype)
 
 
@@ -148,7 +177,7 @@ def clip_pair(seed: int = 0, dtype: torch.dtype = torch.float32):
 def clip_tokenizer(folder: Path, context: int = 10) -> CLIPTokenizer:
     """CLIP's byte-pair tokenizer from vocab.json and merges.txt written in ``folder`` (from open_clip's file)."""
     write_clip_tokenizer_files(folder)
-    return CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"),
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),  # positional: renamed in 5.0
                          model_max_length=context)
 
 
