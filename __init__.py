@@ -39,7 +39,8 @@ Precision = Literal["auto", "float32", "float64"]
 
 
 def load(name: str | None = None, checkpoint: str | None = None, device: str = "auto") -> Adapter:
-    """Load a classifier by name (``"demo"``, a timm name) and return its adapter (:func:`heatmap.models.load`)."""
+    """Load a classifier by name (``"demo"``, a timm name, a Hugging Face transformers repo id or folder) and
+    return its adapter (:func:`heatmap.models.load`)."""
     from heatmap.models import load as load_model
 
     return load_model(name, checkpoint=checkpoint, device=device)
@@ -130,7 +131,7 @@ def evaluate(model: Any, images: Any, method: Union[str, Sequence[str]],
     """Measure how far ``method``'s maps can be trusted on ``model`` (docs/METHODS.md, "The evaluation protocols").
 
     Args:
-        model: a timm ViT or open_clip CLIP object, a model name or an adapter (as :func:`explain`).
+        model: a timm, open_clip or transformers model object, a model name or an adapter (as :func:`explain`).
         images: paths or PIL images (made up with the model's own transform,
             without its normalisation), or a float tensor ``[B, 3, H, W]`` in
             [0, 1] pixel space at the model's input size.

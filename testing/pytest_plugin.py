@@ -144,9 +144,11 @@ class HeatmapSnapshot:
         """Explain one image and compare the map(s) with the test's snapshot.
 
         Args:
-            model: what :func:`heatmap.explain` takes: a timm ViT or open_clip
-                CLIP object (run on the device it is on), an adapter, or a name
-                (``"demo"``, loaded on the CPU so that snapshots are deterministic).
+            model: what :func:`heatmap.explain` takes: a timm ViT, open_clip
+                CLIP or transformers model object (run on the device it is on;
+                a transformers object finds its processor by its ``name_or_path``),
+                an adapter, or a name (``"demo"``, a Hugging Face repo id...,
+                loaded on the CPU so that snapshots are deterministic).
             image: a path, a PIL image, or a preprocessed float tensor
                 ``[3, H, W]`` or ``[1, 3, H, W]``.
             method: ``rollout``, ``grad-rollout``, ``chefer-generic`` or

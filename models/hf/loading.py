@@ -8,6 +8,8 @@ one-line error naming the fix.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,8 +46,30 @@ def require_transformers(name: str) -> Any:
     return transformers
 
 
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Within: transformers' progress bars and notes are not shown (the CLI draws its own progress)."""
+    from transformers.utils import logging as transformers_logging
+
+    logging: Any = transformers_logging  # partly untyped
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
 def _from_pretrained(loader: Any, name: str, what: str) -> Any:
     """``loader.from_pretrained(name)``: the local cache first; the hub only when it answers."""
+    with quiet_transformers():
+        return _cache_first(loader, name, what)
+
+
+def _cache_first(loader: Any, name: str, what: str) -> Any:
     from heatmap.models.checkpoints import hub_reachable
 
     if Path(name).is_dir():
