@@ -2,8 +2,8 @@
 
 raw-attention: ``mean_h(A_{L-1})[q, P:]``; attention-gradcam: per head
 ``w_h = mean_j dA_{L-1}[h, q, P+j]``, map ``(mean_h(w_h * A_{L-1}[h, q, P:]))+``.
-The references below use the explicit forward of ``helpers.reference`` and
-``helpers.clip_reference`` and nothing of vit-heatmap.
+The references (``helpers.baseline_reference``) use the explicit forward of
+``helpers.reference`` and ``helpers.clip_reference`` and nothing of vit-heatmap.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import heatmap
-from helpers import clip_reference, reference
+from helpers import reference
+from helpers.baseline_reference import REFERENCES, clip_pair_reference
 from helpers.models import TEXTS, random_images, tiny_clip, tiny_vit, tokens_of
 
 # Largest relative error of the float64 maps against the float64 references,
@@ -33,25 +34,6 @@ def images_for(model, count, seed):
         return random_images(count, seed=seed, dtype=torch.float64)
     torch.manual_seed(seed)
     return torch.randn(count, 3, *model.patch_embed.img_size, dtype=torch.float64)
-
-
-def query_row(matrix, query):
-    """The query row of one image's ``[N, N]`` (or ``[H, N, N]``) matrix."""
-    kind, index = query
-    return matrix[..., index, :] if kind == "token" else matrix[..., index:, :].mean(dim=-2)
-
-
-def raw_attention(A, query, prefix):
-    return query_row(A.mean(dim=0), query)[prefix:]
-
-
-def attention_gradcam(A, dA, query, prefix):
-    weights = query_row(dA, query)[:, prefix:].mean(dim=-1)  # [H]
-    return (weights[:, None] * query_row(A, query)[:, prefix:]).mean(dim=0).clamp(min=0)
-
-
-REFERENCES = {"raw-attention": lambda A, dA, q, p: raw_attention(A, q, p),
-              "attention-gradcam": attention_gradcam}
 
 
 def relative_error(actual, expected):
@@ -84,18 +66,6 @@ def test_clip_maps_and_token_relevance_match_the_reference(method):
             expected, text_row = clip_pair_reference(method, model, images, tokens, b, t)
             assert relative_error(result.maps[b, t], expected) < FLOAT64_TOLERANCE
             assert relative_error(result.text_relevance[b][t], text_row) < FLOAT64_TOLERANCE
-
-
-def clip_pair_reference(method, model, images, tokens, b, t):
-    """The image map and the token relevance of the pair (b, t) of an open_clip CLIP."""
-    image_A, image_dA, text_A, text_dA, _ = clip_reference.pair_gradients(model, images, tokens, b, t)
-    image_map = REFERENCES[method](image_A[-1], image_dA[-1], ("token", 0), 1).reshape(tuple(model.visual.grid_size))
-    eot = int(tokens[t].argmax())
-    # a text's query row is its end-of-text token; its read-out columns its tokens 1..eot-1
-    if method == "raw-attention":
-        return image_map, text_A[-1].mean(dim=0)[eot, 1:eot]
-    weights = text_dA[-1][:, eot, 1:eot].mean(dim=-1)
-    return image_map, (weights[:, None] * text_A[-1][:, eot, 1:eot]).mean(dim=0).clamp(min=0)
 
 
 @pytest.mark.parametrize("method", REFERENCES)

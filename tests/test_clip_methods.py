@@ -11,6 +11,7 @@ from heatmap.explainers.driver import Driver
 from heatmap.models import adapter_for
 from helpers import clip_reference, reference
 from helpers.models import TEXTS, random_images, tiny_clip, tokens_of
+from helpers.rollout_reference import reference_pair
 
 
 @pytest.fixture
@@ -18,24 +19,6 @@ def images():
     return random_images(2, seed=5)
 
 
-def reference_pair(model, images, tokens, method, options, b, t):
-    image_attn, image_grads, text_attn, text_grads, logits = clip_reference.pair_gradients(model, images, tokens, b, t)
-    image_start = options.get("start_layer", METHOD_CLIP_START[method]) % 3
-    text_start = options.get("text_start_layer", options.get("start_layer", METHOD_CLIP_START[method])) % 3
-    if method == "rollout":
-        image_R = reference.rollout_one(image_attn, "mean", options.get("discard_ratio", 0.0), image_start, 0)
-        text_R = reference.rollout_one(text_attn, "mean", options.get("discard_ratio", 0.0), text_start, None)
-    elif method == "grad-rollout":
-        image_R = reference.grad_rollout_one(image_attn, image_grads, options.get("discard_ratio", 0.9), image_start)
-        text_R = reference.grad_rollout_one(text_attn, text_grads, options.get("discard_ratio", 0.9), text_start)
-    else:
-        image_R = reference.chefer_generic_one(image_attn, image_grads, image_start)
-        text_R = reference.chefer_generic_one(text_attn, text_grads, text_start)
-    eot = int(tokens[t].argmax())
-    return image_R[0, 1:].reshape(4, 4), text_R[eot, 1:eot], logits[b, t]
-
-
-METHOD_CLIP_START = {"rollout": 0, "grad-rollout": 0, "chefer-generic": -1}
 CASES = [
     ("chefer-generic", {}),
     ("chefer-generic", {"start_layer": 0}),

@@ -2,11 +2,12 @@
 
 Each transformers model here is built from a config with the weights of a tiny
 timm or open_clip model (converted in ``helpers.hf_models``). The references
-are the test suite's own float64 readings of docs/METHODS.md (``test_methods``,
-``test_baselines``, ``test_transformer_attribution``, ``test_partial_lrp``,
-``test_full_lrp``, ``test_legrad``, ...), which run their explicit forward on
-the timm / open_clip twin and nothing of vit-heatmap: so the same weights
-explained through transformers must give those numbers.
+are the test suite's own float64 readings of docs/METHODS.md (``helpers.rollout_reference``,
+``helpers.baseline_reference``, ``helpers.transformer_attribution_reference``,
+``helpers.partial_lrp_reference``, ``helpers.full_lrp_reference``,
+``helpers.legrad_reference``), which run their explicit forward on the timm /
+open_clip twin and nothing of vit-heatmap: so the same weights explained
+through transformers must give those numbers.
 """
 
 from __future__ import annotations
@@ -16,17 +17,16 @@ import torch
 
 pytest.importorskip("transformers")
 
-import test_baselines  # noqa: E402
-import test_clip_methods  # noqa: E402
-import test_full_lrp  # noqa: E402
-import test_legrad  # noqa: E402
-import test_methods  # noqa: E402
-import test_partial_lrp  # noqa: E402
-import test_transformer_attribution  # noqa: E402
-import test_transformer_attribution_clip  # noqa: E402
-
 import heatmap  # noqa: E402
-from helpers import reference  # noqa: E402
+from helpers import (  # noqa: E402
+    baseline_reference,
+    full_lrp_reference,
+    legrad_reference,
+    partial_lrp_reference,
+    reference,
+    rollout_reference,
+    transformer_attribution_reference,
+)
 from helpers.hf_models import clip_pair, clip_tokenizer, needs_float64_clip, vit_pair  # noqa: E402
 from helpers.models import TEXTS, random_images, tokens_of  # noqa: E402
 
@@ -65,22 +65,22 @@ def classifier_reference(method, twin, images, targets):
     """``[B, gh, gw]``: the suite's float64 reference of ``method`` on the timm twin."""
     query, targets = ("token", 0), torch.tensor(targets)
     if method in ("rollout", "grad-rollout", "chefer-generic"):
-        return test_methods.reference_maps(twin, images, targets, method, {}, query, 0)[1]
-    if method in test_baselines.REFERENCES:
+        return rollout_reference.reference_maps(twin, images, targets, method, {}, query, 0)[1]
+    if method in baseline_reference.REFERENCES:
         _, attentions, grads = reference.gradients(twin, images, targets)
-        return torch.stack([test_baselines.REFERENCES[method](attentions[-1][b], grads[-1][b], query,
-                                                              twin.num_prefix_tokens).reshape(4, 4)
+        return torch.stack([baseline_reference.REFERENCES[method](attentions[-1][b], grads[-1][b], query,
+                                                                  twin.num_prefix_tokens).reshape(4, 4)
                             for b in range(len(images))])
     if method == "transformer-attribution":
-        return test_transformer_attribution.ref_maps(twin, images, targets, query)
+        return transformer_attribution_reference.ref_maps(twin, images, targets, query)
     if method == "partial-lrp":
-        return torch.stack([test_partial_lrp.reference_map(twin, images[b:b + 1], int(targets[b]), query)
+        return torch.stack([partial_lrp_reference.reference_map(twin, images[b:b + 1], int(targets[b]), query)
                             for b in range(len(images))])
     if method == "full-lrp":
-        return torch.stack([test_full_lrp.ref_timm(twin, images[b:b + 1], int(targets[b]))
+        return torch.stack([full_lrp_reference.ref_timm(twin, images[b:b + 1], int(targets[b]))
                             for b in range(len(images))])
     if hasattr(twin, "head_dist"):  # the distilled model reads the mean of its two heads' logits
-        outputs, attentions = test_legrad.vit_blocks(twin, images)
+        outputs, attentions = legrad_reference.vit_blocks(twin, images)
         rows = torch.arange(len(images))
 
         def score(x):
@@ -88,8 +88,8 @@ def classifier_reference(method, twin, images, targets):
             return ((twin.head(tokens[:, 0]) + twin.head_dist(tokens[:, 1])) / 2)[rows, targets]
 
         assert relative_error(score(outputs[-1]).detach(), twin(images)[rows, targets].detach()) < 1e-13
-        return test_legrad.legrad_map(score, outputs, attentions, -2, twin.num_prefix_tokens, (4, 4))
-    return test_legrad.vit_reference(twin, images, targets, -2)
+        return legrad_reference.legrad_map(score, outputs, attentions, -2, twin.num_prefix_tokens, (4, 4))
+    return legrad_reference.vit_reference(twin, images, targets, -2)
 
 
 @pytest.mark.parametrize("kind", CLASSIFIERS)
@@ -116,10 +116,10 @@ def clip_reference(method, twin, images, tokens):
     """``[B, T, gh, gw]`` and per image, per text, the token relevance (None: image-only method)."""
     batch, count = len(images), len(tokens)
     if method == "legrad":
-        return test_legrad.clip_reference_maps(twin, images, tokens, -2), None
+        return legrad_reference.clip_reference_maps(twin, images, tokens, -2), None
     if method == "full-lrp":
         text_embedding = twin.encode_text(tokens).detach()
-        maps = [[test_full_lrp.ref_clip(twin, images[b:b + 1], text_embedding[t]) for t in range(count)]
+        maps = [[full_lrp_reference.ref_clip(twin, images[b:b + 1], text_embedding[t]) for t in range(count)]
                 for b in range(batch)]
         return torch.stack([torch.stack(row) for row in maps]), None
     pairs = []
@@ -127,13 +127,13 @@ def clip_reference(method, twin, images, tokens):
         row = []
         for t in range(count):
             if method in ("rollout", "grad-rollout", "chefer-generic"):
-                row.append(test_clip_methods.reference_pair(twin, images, tokens, method, {}, b, t)[:2])
-            elif method in test_baselines.REFERENCES:
-                row.append(test_baselines.clip_pair_reference(method, twin, images, tokens, b, t))
+                row.append(rollout_reference.reference_pair(twin, images, tokens, method, {}, b, t)[:2])
+            elif method in baseline_reference.REFERENCES:
+                row.append(baseline_reference.clip_pair_reference(method, twin, images, tokens, b, t))
             elif method == "transformer-attribution":
-                row.append(test_transformer_attribution_clip.ref_pair(twin, images, tokens, b, t))
+                row.append(transformer_attribution_reference.ref_pair(twin, images, tokens, b, t))
             else:
-                row.append(test_partial_lrp.clip_partial_lrp_pair(twin, images[b:b + 1], tokens[t:t + 1]))
+                row.append(partial_lrp_reference.clip_partial_lrp_pair(twin, images[b:b + 1], tokens[t:t + 1]))
         pairs.append(row)
     maps = torch.stack([torch.stack([image_map for image_map, _ in row]) for row in pairs])
     return maps, [[text_row for _, text_row in row] for row in pairs]

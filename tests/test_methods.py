@@ -9,6 +9,7 @@ from timm.models.deit import VisionTransformerDistilled
 import heatmap
 from helpers import reference
 from helpers.models import sharpen_attention, tiny_vit
+from helpers.rollout_reference import reference_maps
 
 
 def distilled_vit():
@@ -39,27 +40,6 @@ CASES = [
     ("chefer-generic", {"start_layer": -1}),
     ("chefer-generic", {"start_layer": 1}),
 ]
-
-
-def reference_maps(model, images, targets, method, options, query, protect):
-    logits, attentions, grads = reference.gradients(model, images, targets)
-    num_blocks = len(attentions)
-    start = options.get("start_layer", 0) % num_blocks
-    prefix = model.num_prefix_tokens
-    gh, gw = model.patch_embed.dynamic_feat_size(images.shape[-2:])
-    maps = []
-    for b in range(images.shape[0]):
-        A = [a[b] for a in attentions]
-        G = [g[b] for g in grads]
-        if method == "rollout":
-            R = reference.rollout_one(A, options.get("head_fusion", "mean"), options.get("discard_ratio", 0.0), start,
-                                      protect)
-        elif method == "grad-rollout":
-            R = reference.grad_rollout_one(A, G, options.get("discard_ratio", 0.9), start)
-        else:
-            R = reference.chefer_generic_one(A, G, start)
-        maps.append(reference.query_row(R, query)[prefix:].reshape(gh, gw))
-    return logits, torch.stack(maps)
 
 
 # Largest error of a float64 explanation against the float64 reference, each

@@ -1,9 +1,9 @@
 """transformer-attribution equals a plain, module-by-module reading of docs/METHODS.md.
 
-The reference below runs each image alone through a manual forward pass and
-applies the LRP rules as METHODS.md words them (lrp_reference.py: gradient
-times input taken with autograd; plain loops over blocks here); it imports
-nothing from heatmap.explainers.lrp. The models are the tiny random ViTs of conftest.py
+The reference (``helpers.transformer_attribution_reference``) runs each image
+alone through a manual forward pass and applies the LRP rules as METHODS.md
+words them (lrp_reference.py: gradient times input taken with autograd; plain
+loops over blocks); it imports nothing from heatmap.explainers.lrp. The models are the tiny random ViTs of conftest.py
 with peaked attention, and random biases, so that ignoring them matters.
 
 Everything is compared in float64 (a float64 model is explained in float64):
@@ -29,9 +29,9 @@ from helpers import reference
 from helpers.lrp_reference import (
     assert_close_scaled,
     ref_lrp,
-    ref_unnormalized_rollout,
 )
 from helpers.models import sharpen_attention, tiny_vit
+from helpers.transformer_attribution_reference import ref_maps
 
 TARGETS = torch.tensor([1, 4, 2])
 
@@ -69,24 +69,6 @@ MODELS = {
     "mean-pooled-with-prefix": (lambda: prepared(tiny_vit(global_pool="avg", pool_include_prefix=True), 1e5),
                                 ("mean", 0)),
 }
-
-
-# -- the independent reference ------------------------------------------------
-
-def ref_maps(model, images, targets, query, start_layer=0):
-    """Per image: Abar_l = mean_h((dA * RA)+), R = prod (Abar + I) unnormalised, query row over the patches."""
-    _, _, grads = reference.gradients(model, images, targets)
-    num_blocks = len(model.blocks)
-    start = start_layer % num_blocks
-    prefix = model.num_prefix_tokens
-    gh, gw = model.patch_embed.grid_size
-    maps = []
-    for b in range(images.shape[0]):
-        RA, _, _ = ref_lrp(model, images[b:b + 1], int(targets[b]))
-        R = ref_unnormalized_rollout([(grads[layer][b] * RA[layer]).clamp(min=0).mean(dim=0)
-                                      for layer in range(start, num_blocks)])
-        maps.append(reference.query_row(R, query)[prefix:].reshape(gh, gw))
-    return torch.stack(maps)
 
 
 # -- helpers -------------------------------------------------------------------
