@@ -435,6 +435,9 @@ class StubAdapter:
         self.device = torch.device("cpu")
         self.dtype = torch.float32
 
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
 
 def scorer(model: nn.Module, batch_size: int) -> PixelScorer:
     return PixelScorer(StubAdapter(model), mean=(0, 0, 0), std=(1, 1, 1), batch_size=batch_size)
