@@ -8,10 +8,10 @@ one traced forward pass of the tower, with the attention probe open:
 
 - q, k and v are the Linears whose outputs ARE the query, key and value the
   attention function received (compared exactly);
-- the norm before attention is the LayerNorm whose output q read; the output
-  projection is the first Linear called after the attention function; the
-  norm before the MLP is the next LayerNorm; fc1 reads its output; fc2 is the
-  last Linear called;
+- the norm before attention is the first LayerNorm called, and q must read
+  its output; of the other Linears, in the order they are called, the first
+  is the output projection, then fc1 (which must read the second
+  LayerNorm's output) and fc2;
 - the layer must then be the pre-norm block the LRP rules were written for:
   ``mid = x + o(...)`` and ``out = mid + fc2(...)``, checked on the traced
   numbers. Anything else is named in the refusal.
