@@ -103,6 +103,8 @@ def explain(model: Any, images: Images, method: str = "chefer-generic", target: 
     from heatmap.explainers.driver import Driver
     from heatmap.models import adapter_for, load_clip
 
+    if processor is not None and not isinstance(model, torch.nn.Module):
+        raise UsageError("processor= is for a transformers model object; a name or an adapter brings its own")
     if isinstance(model, str):
         adapter = load_clip(model) if texts is not None else load(model)
     elif isinstance(model, torch.nn.Module):
@@ -127,7 +129,8 @@ def evaluate(model: Any, images: Any, method: Union[str, Sequence[str]],
              protocol: Union[str, Sequence[str], None] = None, target: Literal["predicted", "label"] | None = None,
              labels: Sequence[Any] | None = None, masks: Sequence[Any] | None = None,
              texts: Sequence[str] | None = None, mean: Sequence[float] | None = None,
-             std: Sequence[float] | None = None, batch_size: int = 32, tolerance: int = 0) -> list[Any]:
+             std: Sequence[float] | None = None, batch_size: int = 32, tolerance: int = 0,
+             processor: Any = None) -> list[Any]:
     """Measure how far ``method``'s maps can be trusted on ``model`` (docs/METHODS.md, "The evaluation protocols").
 
     Args:
@@ -150,6 +153,7 @@ def evaluate(model: Any, images: Any, method: Union[str, Sequence[str]],
         mean, std: the normalisation the model expects (default: its transform's).
         batch_size: perturbed copies per forward pass.
         tolerance: the pointing game's tolerance in pixels.
+        processor: a transformers model object's processor, as for :func:`explain`.
 
     Returns:
         per image, method and target an
@@ -159,7 +163,8 @@ def evaluate(model: Any, images: Any, method: Union[str, Sequence[str]],
     """
     from heatmap.evaluation.api import evaluate as run
 
-    return run(model, images, method, protocol, target, labels, masks, texts, mean, std, batch_size, tolerance)
+    return run(model, images, method, protocol, target, labels, masks, texts, mean, std, batch_size, tolerance,
+               processor)
 
 
 def _as_tensor(adapter: Adapter, images: Images) -> torch.Tensor:

@@ -14,14 +14,17 @@ from heatmap.evaluation.evaluate import Evaluator, ImageEvaluation, TargetRule, 
 from heatmap.evaluation.protocols import PixelScorer
 
 
-def adapter_of(model: Any, clip: bool) -> Any:
-    """A model object, a name or an adapter -> its adapter (a CLIP when ``clip``)."""
+def adapter_of(model: Any, clip: bool, processor: Any = None) -> Any:
+    """A model object, a name or an adapter -> its adapter (a CLIP when ``clip``); ``processor``: a
+    transformers model object's."""
     from heatmap.models import adapter_for, load, load_clip
 
+    if processor is not None and not isinstance(model, torch.nn.Module):
+        raise UsageError("processor= is for a transformers model object; a name or an adapter brings its own")
     if isinstance(model, str):
         return load_clip(model) if clip else load(model)
     if isinstance(model, torch.nn.Module):
-        return adapter_for(model)
+        return adapter_for(model, processor=processor)
     return model
 
 
@@ -72,9 +75,9 @@ def evaluate(model: Any, images: Any, method: Union[str, Sequence[str]],
              labels: Sequence[Any] | None = None,
              masks: Sequence[Any] | None = None, texts: Sequence[str] | None = None,
              mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-             batch_size: int = 32, tolerance: int = 0) -> list[ImageEvaluation]:
+             batch_size: int = 32, tolerance: int = 0, processor: Any = None) -> list[ImageEvaluation]:
     """See :func:`heatmap.evaluate`."""
-    adapter = adapter_of(model, clip=texts is not None)
+    adapter = adapter_of(model, clip=texts is not None, processor=processor)
     clip = len(adapter.towers) > 1
     if clip and not texts:
         raise UsageError("a CLIP model is evaluated against candidate texts: pass texts=[...]")

@@ -46,6 +46,13 @@ class PixelScorer:
             with torch.inference_mode():
                 self.text_embedding = adapter.text_embeddings(adapter.tokenize(self.texts))
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[N, C]``: the model's probabilities: a softmax over classes or candidate texts, or each pair's
+        sigmoid for a model that scores image-text pairs on their own (SigLIP)."""
+        if getattr(self.adapter, "independent_texts", False):
+            return logits.sigmoid()
+        return logits.softmax(dim=1)
+
     def normalised(self, pixels: torch.Tensor) -> torch.Tensor:
         """``(pixels - mean) / std`` on the model's device and dtype: what the model (and the explainer) reads."""
         values = (pixels.float() - self.mean) / self.std
@@ -104,7 +111,7 @@ def perturbation_test(scorer: PixelScorer, pixels: torch.Tensor, scaled: torch.T
 
 def deletion_insertion(scorer: PixelScorer, pixels: torch.Tensor, scaled: torch.Tensor,
                        target: int) -> dict[str, dict[str, Any]]:
-    """RISE's deletion and insertion curves of one image: the target's softmax probability at 101 points.
+    """RISE's deletion and insertion curves of one image: the target's probability at 101 points.
 
     Deletion sets the pixels to black in map order; insertion reveals them in
     map order on a blurred copy. Point i has ``floor(i * H * W / 100)`` pixels changed.
@@ -117,6 +124,6 @@ def deletion_insertion(scorer: PixelScorer, pixels: torch.Tensor, scaled: torch.
     }
     results = {}
     for name, logits in curves.items():
-        curve = logits.softmax(dim=1)[:, target].tolist()
+        curve = scorer.probabilities(logits)[:, target].tolist()
         results[name] = {"curve": curve, "auc": mean_auc(curve)}
     return results

@@ -13,6 +13,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from heatmap.errors import UnsupportedModelError
+
+
+def check_plain_multihead_attention(module: nn.Module, where: str) -> None:
+    """Refuse a ``MultiheadAttention`` variant the explicit form does not compute (separate k/v sizes, ``bias_k``,
+    zero attention), naming ``where`` it is."""
+    if (not isinstance(module, nn.MultiheadAttention) or not module._qkv_same_embed_dim
+            or module.bias_k is not None or module.add_zero_attn):
+        raise UnsupportedModelError(f"{where} uses a MultiheadAttention variant (separate k/v sizes, bias_k or zero "
+                                    "attention) that vit-heatmap does not support")
+
+
+def explicit_forward(module: nn.MultiheadAttention, record: Callable[[torch.Tensor], torch.Tensor]
+                      ) -> Callable[..., tuple[torch.Tensor, None]]:
+    """A stand-in for ``module.forward`` with its signature; the probabilities go to ``record``."""
+    def forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
+                attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[torch.Tensor, None]:
+        return explicit_multihead_attention(module, query, key, value, attn_mask, key_padding_mask, record), None
+
+    return forward
+
 
 def explicit_multihead_attention(module: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor,
                                  value: torch.Tensor, attn_mask: torch.Tensor | None,

@@ -546,3 +546,11 @@ def test_deletion_and_insertion_end_points():
     # AUC = the mean of the curve
     assert result["deletion"]["auc"] == pytest.approx(sum(deletion) / 101)
     assert result["insertion"]["auc"] == pytest.approx(sum(insertion) / 101)
+
+
+def test_probabilities_are_the_models_own_softmax_or_pairwise_sigmoid():
+    logits = torch.tensor([[2.0, -1.0, 0.5]], dtype=torch.float64)
+    plain = scorer(Flatten(), batch_size=1)
+    assert torch.equal(plain.probabilities(logits), logits.softmax(dim=1))
+    plain.adapter.independent_texts = True  # SigLIP scores each image-text pair on its own
+    assert torch.equal(plain.probabilities(logits), logits.sigmoid())

@@ -146,3 +146,47 @@ def test_without_transformers_the_error_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(heatmap.UsageError, match=r'pip install "vit-heatmap\[hf\]"'):
         heatmap.load("google/vit-base-patch16-224")
+
+
+def test_a_cache_without_the_tokenizer_files_is_an_error_not_an_empty_tokenizer(hub, tmp_path):
+    # transformers builds a tokenizer with no vocabulary from the config alone when its files are missing
+    clip = clip_pair()[1]
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    save_to_cache(hub["cache"], "tiny-org/clip-without-tokenizer", clip, processor)
+    result = run(["heatmap", "clip", str(hub["image"]), "--model", "tiny-org/clip-without-tokenizer", "--text", "cat",
+                  "--out", str(tmp_path / "out")], hub["cache"])
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the tokenizer of tiny-org/clip-without-tokenizer" in lines[0]
+    assert "the cached copy is incomplete" in lines[0] and "hf download" in lines[0]
+
+
+def test_a_folder_without_an_image_processor_gets_its_familys_defaults(tmp_path):
+    from torchvision import transforms as T
+    from transformers import DeiTImageProcessor
+
+    from heatmap.models.hf.loading import default_image_processor
+    from heatmap.models.hf.preprocess import transform_from_processor
+
+    deit = vit_pair("deit")[1]
+    ours = transform_from_processor(default_image_processor(deit), "deit")
+    # DeiT's own defaults (resize 256, crop 224, bicubic, its mean and std), at this model's 32 px: 37, then 32
+    theirs = DeiTImageProcessor()
+    resize, crop, normalise = (step for step in ours.transforms if isinstance(step, (T.Resize, T.CenterCrop,
+                                                                                     T.Normalize)))
+    assert resize.size == (37, 37) and int(theirs.resample) == 3  # PIL's bicubic
+    assert resize.interpolation == T.InterpolationMode.BICUBIC
+    assert crop.size == (32, 32)
+    assert list(normalise.mean) == list(theirs.image_mean) and list(normalise.std) == list(theirs.image_std)
+    picture = Image.fromarray(np.random.default_rng(1).integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    deit.save_pretrained(tmp_path / "deit")
+    adapter = heatmap.load(str(tmp_path / "deit"), device="cpu")
+    assert adapter.preprocess([picture])[0].shape == (1, 3, 32, 32)
+
+
+def test_processor_is_for_model_objects_and_an_image_processor_is_no_tokenizer(hub):
+    clip = clip_pair()[1]
+    with pytest.raises(heatmap.UsageError, match="pass processor="):
+        heatmap.explain(clip, [str(hub["image"])], "rollout", texts=["cat"], processor=hub["clip_processor"])
+    with pytest.raises(heatmap.UsageError, match="processor= is for a transformers model object"):
+        heatmap.explain("demo", [str(hub["image"])], "rollout", processor=hub["vit_processor"])

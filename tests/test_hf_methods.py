@@ -205,9 +205,9 @@ def test_the_trained_demo_clip_gives_the_same_maps_through_transformers(method, 
     (model, processor), scenes = demo_pair
     texts = ["a red circle", "a blue star", "a green cross"]
     if method == "full-lrp":  # its convolutional stem is refused in both libraries, for the same reason
-        for candidate in (model, "demo"):
+        for candidate, its_processor in ((model, processor), ("demo", None)):
             with pytest.raises(heatmap.UnsupportedModelError, match="convolutional stem"):
-                heatmap.explain(candidate, scenes, method, texts=texts, processor=processor)
+                heatmap.explain(candidate, scenes, method, texts=texts, processor=its_processor)
         return
     # in float64: the text relevance of the trained model is small enough (5e-4) for float32 round-off of the
     # head mean to show (3.7e-5 relative); float64 compares the conversion, not the round-off

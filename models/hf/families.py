@@ -26,7 +26,7 @@ from heatmap.errors import UnsupportedModelError
 from heatmap.models.capture import AttentionRecorder
 from heatmap.models.hf.lrp import patch_convolution_problem
 from heatmap.models.hf.tower import HfTower
-from heatmap.models.multihead_attention import explicit_multihead_attention
+from heatmap.models.multihead_attention import check_plain_multihead_attention, explicit_forward
 from heatmap.models.protocols import HeadActivations
 
 if TYPE_CHECKING:
@@ -251,9 +251,10 @@ class SiglipVisionTower(ImageTower):
         self.embeddings = module.embeddings
         head = getattr(module, "head", None) if getattr(module, "use_head", True) else None
         pool = getattr(head, "attention", None)
-        if not isinstance(pool, nn.MultiheadAttention) or not pool.batch_first:
+        if not isinstance(pool, nn.MultiheadAttention):
             raise UnsupportedModelError(f"{name}: a SigLIP image tower without its attention-pooling head "
                                         "(nn.MultiheadAttention) is not supported")
+        check_plain_multihead_attention(pool, f"{name}: the attention-pooling head")
         self.pool_attention = pool
 
     @property
@@ -289,17 +290,9 @@ class SiglipVisionTower(ImageTower):
     def attention_capture(self, track_from: int | None) -> Iterator[AttentionRecorder]:
         with super().attention_capture(track_from) as recorder:
             pool = self.pool_attention
-
-            def forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args: Any,
-                        **kwargs: Any) -> tuple[torch.Tensor, None]:
-                # PyTorch's module never forms per-head probabilities in the graph: computed explicitly
-                # with its own weights for the duration of the capture, then the module is restored
-                mask, padding = kwargs.get("attn_mask"), kwargs.get("key_padding_mask")
-                output = explicit_multihead_attention(pool, query, key, value, mask, padding,
-                                                      lambda probs: self.record_pool(recorder, probs))
-                return output, None
-
-            pool.forward = forward  # type: ignore[method-assign]
+            # PyTorch's module never forms per-head probabilities in the graph: for the duration of the
+            # capture it is computed explicitly with its own weights, then the module is restored
+            pool.forward = explicit_forward(pool, lambda probs: self.record_pool(recorder, probs))  # type: ignore[method-assign]
             try:
                 yield recorder
             finally:

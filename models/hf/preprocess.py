@@ -21,7 +21,7 @@ _INTERPOLATIONS = {0: T.InterpolationMode.NEAREST, 1: T.InterpolationMode.LANCZO
 
 
 def _field(size: Any, key: str) -> int | None:
-    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)  # a dict or a SizeDict
     return None if value is None else int(value)
 
 
@@ -49,12 +49,18 @@ def transform_from_processor(processor: Any, name: str) -> T.Compose:
         else:
             raise UnsupportedModelError(f"{name}: its image processor resizes to {size}, which is not followed here")
     if getattr(processor, "do_center_crop", False):
-        crop = processor.crop_size
-        steps.append(T.CenterCrop((_field(crop, "height"), _field(crop, "width"))))
+        crop = getattr(processor, "crop_size", None)
+        crop_height, crop_width = _field(crop, "height"), _field(crop, "width")
+        if crop_height is None or crop_width is None:
+            raise UnsupportedModelError(f"{name}: its image processor crops to {crop}, which is not followed here")
+        steps.append(T.CenterCrop((crop_height, crop_width)))
     for flag in ("do_pad", "do_reduce_labels"):
         if getattr(processor, flag, False):
             raise UnsupportedModelError(f"{name}: its image processor's {flag} step is not supported")
-    factor = float(getattr(processor, "rescale_factor", 1 / 255)) if getattr(processor, "do_rescale", True) else 1.0
+    if not getattr(processor, "do_rescale", True):
+        raise UnsupportedModelError(f"{name}: its image processor keeps pixels in 0..255 (do_rescale is off), "
+                                    "which is not followed here")
+    factor = float(getattr(processor, "rescale_factor", 1 / 255))
     if abs(factor - 1 / 255) > 1e-12:
         raise UnsupportedModelError(f"{name}: its image processor rescales pixels by {factor}, not 1/255")
     steps.append(T.ToTensor())  # to [0, 1], what rescaling by 1/255 does

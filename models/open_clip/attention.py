@@ -16,9 +16,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from heatmap.errors import UnsupportedModelError
 from heatmap.models.capture import AttentionRecorder
-from heatmap.models.multihead_attention import explicit_multihead_attention
+from heatmap.models.multihead_attention import check_plain_multihead_attention, explicit_forward
 
 
 def token_layout(batch_first: bool) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -32,30 +31,14 @@ def multihead_attention_capture(modules: Sequence[nn.Module], track_from: int | 
     """Record each module's probabilities during a forward pass (see the module docstring)."""
     recorder = AttentionRecorder(len(modules), track_from, name)
     for index, module in enumerate(modules):
-        if (not isinstance(module, nn.MultiheadAttention) or not module._qkv_same_embed_dim
-                or module.bias_k is not None or module.add_zero_attn):
-            raise UnsupportedModelError(
-                f"{name}: block {index} uses a MultiheadAttention variant (separate k/v sizes, bias_k or zero "
-                "attention) that vit-heatmap does not support")
+        check_plain_multihead_attention(module, f"{name}: block {index}")
     replaced: list[nn.Module] = []
     try:
         for index, module in enumerate(modules):
             assert isinstance(module, nn.MultiheadAttention)  # checked above
-            module.forward = _explicit_forward(module, functools.partial(recorder.record, index))  # type: ignore[method-assign]
+            module.forward = explicit_forward(module, functools.partial(recorder.record, index))  # type: ignore[method-assign]
             replaced.append(module)
         yield recorder
     finally:
         for module in replaced:
             del module.forward
-
-
-def _explicit_forward(module: nn.MultiheadAttention, record: Callable[[torch.Tensor], torch.Tensor]
-                      ) -> Callable[..., tuple[torch.Tensor, None]]:
-    """A stand-in for ``module.forward`` with its signature; the probabilities go to ``record``."""
-    def forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
-                attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
-                is_causal: bool = False) -> tuple[torch.Tensor, None]:
-        return explicit_multihead_attention(module, query, key, value, attn_mask, key_padding_mask, record), None
-
-    return forward
