@@ -7,7 +7,8 @@ from. open_clip's blocks and SigLIP's attention-pooling head both use it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,22 @@ def explicit_forward(module: nn.MultiheadAttention, record: Callable[[torch.Tens
         return explicit_multihead_attention(module, query, key, value, attn_mask, key_padding_mask, record), None
 
     return forward
+
+
+@contextmanager
+def explicit_attention(module: nn.MultiheadAttention, record: Callable[[torch.Tensor], torch.Tensor]
+                       ) -> Iterator[None]:
+    """Within: ``module`` computes its attention explicitly, the probabilities through ``record``; on exit,
+    also on error, the instance gets back whatever ``forward`` it had (none: the class's)."""
+    previous = vars(module).get("forward")
+    module.forward = explicit_forward(module, record)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        if previous is None:
+            del module.forward
+        else:
+            module.forward = previous  # type: ignore[method-assign]
 
 
 def explicit_multihead_attention(module: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor,

@@ -200,3 +200,21 @@ def test_an_activation_the_rules_do_not_know_is_refused_for_lrp():
     model.config.hidden_act = "relu"
     with pytest.raises(heatmap.UnsupportedModelError, match="activation 'relu'"):
         heatmap.explain(model, random_images(1, seed=2), "partial-lrp", target=1)
+
+
+def test_a_forward_set_on_the_pooling_head_before_is_put_back():
+    # libraries such as accelerate set a forward on the instance; the probe must give that one back
+    model = tiny_siglip()
+    pool = model.vision_model.head.attention
+    calls = []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        return type(pool).forward(pool, *args, **kwargs)
+
+    pool.forward = wrapped
+    heatmap.explain(model, random_images(1, seed=2), "rollout", texts=["cat"], processor=siglip_tokenizer())
+    assert vars(pool)["forward"] is wrapped and not calls  # not called during the probe, restored after
+    with torch.no_grad():
+        model.vision_model(pixel_values=random_images(1, seed=2))
+    assert calls == [1]

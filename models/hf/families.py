@@ -26,7 +26,7 @@ from heatmap.errors import UnsupportedModelError
 from heatmap.models.capture import AttentionRecorder
 from heatmap.models.hf.lrp import patch_convolution_problem
 from heatmap.models.hf.tower import HfTower
-from heatmap.models.multihead_attention import check_plain_multihead_attention, explicit_forward
+from heatmap.models.multihead_attention import check_plain_multihead_attention, explicit_attention
 from heatmap.models.protocols import HeadActivations
 
 if TYPE_CHECKING:
@@ -289,14 +289,10 @@ class SiglipVisionTower(ImageTower):
     @contextmanager
     def attention_capture(self, track_from: int | None) -> Iterator[AttentionRecorder]:
         with super().attention_capture(track_from) as recorder:
-            pool = self.pool_attention
             # PyTorch's module never forms per-head probabilities in the graph: for the duration of the
             # capture it is computed explicitly with its own weights, then the module is restored
-            pool.forward = explicit_forward(pool, lambda probs: self.record_pool(recorder, probs))  # type: ignore[method-assign]
-            try:
+            with explicit_attention(self.pool_attention, lambda probs: self.record_pool(recorder, probs)):
                 yield recorder
-            finally:
-                del pool.forward
 
     def block_readout_problem(self) -> str | None:
         return "a read-out through the attention-pooling head (docs/METHODS.md defines none)"

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
 
 from heatmap.models.capture import AttentionRecorder
-from heatmap.models.multihead_attention import check_plain_multihead_attention, explicit_forward
+from heatmap.models.multihead_attention import check_plain_multihead_attention, explicit_attention
 
 
 def token_layout(batch_first: bool) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -32,13 +32,8 @@ def multihead_attention_capture(modules: Sequence[nn.Module], track_from: int | 
     recorder = AttentionRecorder(len(modules), track_from, name)
     for index, module in enumerate(modules):
         check_plain_multihead_attention(module, f"{name}: block {index}")
-    replaced: list[nn.Module] = []
-    try:
+    with ExitStack() as stack:
         for index, module in enumerate(modules):
             assert isinstance(module, nn.MultiheadAttention)  # checked above
-            module.forward = explicit_forward(module, functools.partial(recorder.record, index))  # type: ignore[method-assign]
-            replaced.append(module)
+            stack.enter_context(explicit_attention(module, functools.partial(recorder.record, index)))
         yield recorder
-    finally:
-        for module in replaced:
-            del module.forward
