@@ -12,7 +12,7 @@ loads none of the libraries.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from heatmap.errors import UsageError
 from heatmap.models.devices import resolve_device
@@ -45,12 +45,7 @@ def load(name: str | None = None, checkpoint: str | Path | None = None,
 
     if is_hf_name(name):
         assert name is not None
-        if checkpoint is not None:
-            raise UsageError(f"{name} is a transformers model: its weights come with it (repo id or "
-                             "save_pretrained directory); --checkpoint is for timm models")
-        from heatmap.models.hf.loading import load_hf
-
-        return load_hf(name, "classifier", resolve_device(device))  # type: ignore[no-any-return]
+        return _load_transformers(name, "classifier", checkpoint, "--checkpoint is for timm models", device)  # type: ignore[no-any-return]
     from heatmap.models.timm.adapter import TimmAdapter
     from heatmap.models.timm.loading import create_timm, imagenet_labels
 
@@ -83,12 +78,8 @@ def load_clip(name: str | None = None, pretrained: str | Path | None = None,
 
     if is_hf_name(name):
         assert name is not None
-        if pretrained is not None:
-            raise UsageError(f"{name} is a transformers model: its weights come with it; --pretrained is for "
-                             "open_clip models")
-        from heatmap.models.hf.loading import load_hf
-
-        return load_hf(name, "image-text", resolve_device(device))  # type: ignore[no-any-return]
+        return _load_transformers(  # type: ignore[no-any-return]
+            name, "image-text", pretrained, "--pretrained is for open_clip models", device)
     from heatmap.models.open_clip.adapter import ClipAdapter
     from heatmap.models.open_clip.loading import DEFAULT_CLIP, create_clip
 
@@ -104,6 +95,17 @@ def load_clip(name: str | None = None, pretrained: str | Path | None = None,
             name, pretrained = DEFAULT_CLIP[0], pretrained or DEFAULT_CLIP[1]
         model, tokenizer, preprocess = create_clip(name, pretrained)
     return ClipAdapter(model.to(resolved), name, tokenizer, preprocess)
+
+
+def _load_transformers(name: str, kind: Literal["classifier", "image-text"], weights: object, refusal: str,
+                       device: str | torch.device) -> Any:
+    """A transformers model by repo id or folder; a separate weights option is refused (its weights come with it)."""
+    from heatmap.models.hf.loading import load_hf
+
+    if weights is not None:
+        raise UsageError(f"{name} is a transformers model: its weights come with it (repo id or save_pretrained "
+                         f"directory); {refusal}")
+    return load_hf(name, kind, resolve_device(device))
 
 
 def weights_identity(name: str | None, weights: str | Path | None = None, clip: bool = False) -> str | None:

@@ -13,6 +13,18 @@ from heatmap.models.geometry import crop_box
 from heatmap.models.protocols import Box
 
 
+def query_weights(batch: int, num_tokens: int, class_token: int | None, first_pooled: int) -> torch.Tensor:
+    """``[B, N]`` float64, the query row's weights (docs/METHODS.md): one-hot at the class token, or for a model
+    that averages tokens, uniform over the tokens from ``first_pooled`` on. Cast to the relevance's dtype where used.
+    """
+    weights = torch.zeros(num_tokens, dtype=torch.float64)
+    if class_token is not None:
+        weights[class_token] = 1.0
+    else:
+        weights[first_pooled:] = 1.0 / (num_tokens - first_pooled)
+    return weights.expand(batch, num_tokens)
+
+
 class AdapterBase:
     """The model-independent half of an adapter.
 

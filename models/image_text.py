@@ -69,13 +69,15 @@ class ImageTextBase(AdapterBase):
 
     @property
     def logit_scale(self) -> torch.Tensor:
-        """``s``, the scale of the cosine in the score."""
-        raise NotImplementedError
+        """``s``, the scale of the cosine in the score: ``exp`` of the model's ``logit_scale`` (open_clip and
+        transformers both keep it so)."""
+        scale: torch.Tensor = self.model.logit_scale.exp()
+        return scale
 
     @property
     def logit_bias(self) -> torch.Tensor | None:
-        """``b``, added to every score, or None."""
-        return None
+        """``b``, added to every score (SigLIP's ``logit_bias``), or None."""
+        return getattr(self.model, "logit_bias", None)
 
     # -- shared ------------------------------------------------------------------------
 

@@ -114,11 +114,3 @@ class HfImageTextAdapter(ImageTextBase):
         patch = pair(self.model.config.vision_config.patch_size)
         return images.shape[-2] // patch[0], images.shape[-1] // patch[1]
 
-    @property
-    def logit_scale(self) -> torch.Tensor:
-        scale: torch.Tensor = self.model.logit_scale.exp()
-        return scale
-
-    @property
-    def logit_bias(self) -> torch.Tensor | None:
-        return getattr(self.model, "logit_bias", None)

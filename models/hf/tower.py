@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from heatmap.errors import UnsupportedModelError
+from heatmap.models.base import query_weights
 from heatmap.models.capture import AttentionRecorder
 from heatmap.models.hf.attention import attention_probe, layer_routes
 from heatmap.models.hf.structure import LayerParts, layer_stack, trace_layers
@@ -100,12 +101,7 @@ class HfTower:
 
     def query(self, batch: int, num_tokens: int) -> torch.Tensor:
         """``[B, N]``: one-hot at the class token, or uniform over the patches (docs/METHODS.md, query row)."""
-        weights = torch.zeros(num_tokens, dtype=torch.float64)  # cast to the relevance's dtype where used
-        if self.class_token is not None:
-            weights[self.class_token] = 1.0
-        else:
-            weights[self.num_prefix_tokens:] = 1.0 / (num_tokens - self.num_prefix_tokens)
-        return weights.expand(batch, num_tokens)
+        return query_weights(batch, num_tokens, self.class_token, self.num_prefix_tokens)
 
     def record(self, recorder: AttentionRecorder, index: int, probs: torch.Tensor) -> torch.Tensor:
         """Keep a layer's probabilities; return what the forward pass goes on with."""

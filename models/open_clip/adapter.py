@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 from heatmap.errors import UnsupportedModelError
+from heatmap.models.base import query_weights
 from heatmap.models.capture import AttentionRecorder
 from heatmap.models.image_text import ImageTextBase
 from heatmap.models.open_clip.attention import multihead_attention_capture, token_layout
@@ -65,12 +66,7 @@ class ClipTower:
 
     def query(self, batch: int, num_tokens: int) -> torch.Tensor:
         """Image tower ``[B, N]``: one-hot at the class token, or uniform over the patches (mean pooling)."""
-        weights = torch.zeros(num_tokens, dtype=torch.float64)  # cast to the relevance's dtype where used
-        if self.class_token is not None:
-            weights[self.class_token] = 1.0
-        else:
-            weights[self.num_prefix_tokens:] = 1.0 / (num_tokens - self.num_prefix_tokens)
-        return weights.expand(batch, num_tokens)
+        return query_weights(batch, num_tokens, self.class_token, self.num_prefix_tokens)
 
     @contextmanager
     def attention_capture(self, track_from: int | None) -> Iterator[AttentionRecorder]:
@@ -192,14 +188,6 @@ class ClipAdapter(ImageTextBase):
         patch = self.model.visual.patch_size
         return images.shape[-2] // patch[0], images.shape[-1] // patch[1]
 
-    @property
-    def logit_scale(self) -> torch.Tensor:
-        scale: torch.Tensor = self.model.logit_scale.exp()
-        return scale
-
-    @property
-    def logit_bias(self) -> torch.Tensor | None:
-        return getattr(self.model, "logit_bias", None)
 
 
 def _text_pool_type(model: Any, text: Any) -> str:

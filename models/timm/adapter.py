@@ -18,6 +18,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from heatmap.errors import UnsupportedModelError
+from heatmap.models.base import query_weights
 from heatmap.models.capture import AttentionRecorder
 from heatmap.models.classifier import ClassifierBase
 from heatmap.models.protocols import LrpView, TowerKind
@@ -49,13 +50,8 @@ class TimmTower:
 
     def query(self, batch: int, num_tokens: int) -> torch.Tensor:
         """``[B, N]``: one-hot at the class token; for mean pooling, uniform over the averaged tokens."""
-        weights = torch.zeros(num_tokens, dtype=torch.float64)  # cast to the relevance's dtype where used
-        if self.class_token is not None:
-            weights[self.class_token] = 1.0
-        else:
-            first = 0 if getattr(self.model, "pool_include_prefix", False) else self.num_prefix_tokens
-            weights[first:] = 1.0 / (num_tokens - first)
-        return weights.expand(batch, num_tokens)
+        first = 0 if getattr(self.model, "pool_include_prefix", False) else self.num_prefix_tokens
+        return query_weights(batch, num_tokens, self.class_token, first)
 
     def grid(self, images: torch.Tensor) -> tuple[int, int]:
         """``(gh, gw)``, read from the model and the input size, never assumed."""
