@@ -101,16 +101,9 @@ def explain(model: Any, images: Images, method: str = "chefer-generic", target: 
     import torch
 
     from heatmap.explainers.driver import Driver
-    from heatmap.models import adapter_for, load_clip
+    from heatmap.models import resolve_adapter
 
-    if processor is not None and not isinstance(model, torch.nn.Module):
-        raise UsageError("processor= is for a transformers model object; a name or an adapter brings its own")
-    if isinstance(model, str):
-        adapter = load_clip(model) if texts is not None else load(model)
-    elif isinstance(model, torch.nn.Module):
-        adapter = adapter_for(model, processor=processor)
-    else:
-        adapter = model
+    adapter = resolve_adapter(model, clip=texts is not None, processor=processor)
     driver = Driver(adapter, method, precision=precision, **options)
     tensor = _as_tensor(driver.adapter, images)
     if driver.clip:

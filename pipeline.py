@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from heatmap.errors import UsageError
 from heatmap.outputs import target_names, text_name
 
 if TYPE_CHECKING:
@@ -74,11 +75,16 @@ class Pipeline:
 
     def __init__(self, driver: Driver, targets: Sequence[int | str] | None = None, top_k: int = 1,
                  texts: Sequence[str] | None = None) -> None:
+        from heatmap.models.protocols import is_classifier
+
         self.driver = driver
-        adapter: Any = driver.adapter
-        # every target through class_index: an index or a label, checked against the model's classes
-        self.targets = list(dict.fromkeys(adapter.class_index(str(target)) for target in targets)) \
-            if targets else None
+        adapter = driver.adapter
+        self.targets: list[int] | None = None
+        if targets:
+            if not is_classifier(adapter):
+                raise UsageError(f"{adapter.name} is a CLIP model: explain its images against texts")
+            # every target through class_index: an index or a label, checked against the model's classes
+            self.targets = list(dict.fromkeys(adapter.class_index(str(target)) for target in targets))
         self.top_k = top_k
         self.texts = list(texts) if texts is not None else None
         self._names = ({t: text_name(text) for t, text in enumerate(self.texts)} if self.texts is not None
@@ -101,10 +107,12 @@ class Pipeline:
 
     def truncated_texts(self) -> list[str]:
         """The texts longer than the model's context: it sees only their beginning."""
-        truncated = getattr(self.driver.adapter, "truncated", None)
-        if self.texts is None or truncated is None:
+        from heatmap.models.protocols import is_image_text
+
+        adapter = self.driver.adapter
+        if self.texts is None or not is_image_text(adapter):
             return []
-        return [text for text, cut in zip(self.texts, truncated(self.texts), strict=True) if cut]
+        return [text for text, cut in zip(self.texts, adapter.truncated(self.texts), strict=True) if cut]
 
     def target_name(self, target: int) -> str:
         """How target ``target`` (class index, or text index) appears in file names."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 
@@ -13,23 +13,12 @@ from heatmap.evaluation.data import EvalImage, MaskLike, image_masks, split_norm
 from heatmap.evaluation.evaluate import Evaluator, ImageEvaluation, TargetRule, protocols_to_run
 from heatmap.evaluation.protocols import PixelScorer
 
-
-def adapter_of(model: Any, clip: bool, processor: Any = None) -> Any:
-    """A model object, a name or an adapter -> its adapter (a CLIP when ``clip``); ``processor``: a
-    transformers model object's."""
-    from heatmap.models import adapter_for, load, load_clip
-
-    if processor is not None and not isinstance(model, torch.nn.Module):
-        raise UsageError("processor= is for a transformers model object; a name or an adapter brings its own")
-    if isinstance(model, str):
-        return load_clip(model) if clip else load(model)
-    if isinstance(model, torch.nn.Module):
-        return adapter_for(model, processor=processor)
-    return model
+if TYPE_CHECKING:
+    from heatmap.models.protocols import Adapter
 
 
-def pixel_images(adapter: Any, images: Any, labels: Sequence[Any] | None,
-                 masks: Sequence[Union[MaskLike, dict[Any, MaskLike], None]] | None,
+def pixel_images(adapter: Adapter, images: Any, labels: Sequence[Any] | None,
+                 masks: Sequence[Union[MaskLike, Mapping[Any, MaskLike], None]] | None,
                  mean: Sequence[float] | None, std: Sequence[float] | None
                  ) -> tuple[list[EvalImage], tuple[float, ...], tuple[float, ...]]:
     """Images (paths, PIL images, or a ``[B, 3, H, W]`` tensor in [0, 1]) -> :class:`EvalImage` s,
@@ -77,7 +66,9 @@ def evaluate(model: Any, images: Any, method: Union[str, Sequence[str]],
              mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
              batch_size: int = 32, tolerance: int = 0, processor: Any = None) -> list[ImageEvaluation]:
     """See :func:`heatmap.evaluate`."""
-    adapter = adapter_of(model, clip=texts is not None, processor=processor)
+    from heatmap.models import resolve_adapter
+
+    adapter = resolve_adapter(model, clip=texts is not None, processor=processor)
     clip = len(adapter.towers) > 1
     if clip and not texts:
         raise UsageError("a CLIP model is evaluated against candidate texts: pass texts=[...]")

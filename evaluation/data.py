@@ -11,7 +11,7 @@ pixel for pixel.
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -69,11 +69,11 @@ def split_normalisation(transform: Any) -> tuple[Any, tuple[float, ...], tuple[f
 
 
 def image_masks(picture_size: tuple[int, int], transform: Any, input_size: tuple[int, int],
-                masks: Union[MaskLike, dict[Any, MaskLike], None]) -> dict[Any, np.ndarray]:
+                masks: Union[MaskLike, Mapping[Any, MaskLike], None]) -> dict[Any, np.ndarray]:
     """Masks at the picture's size (or at the input size already) -> bool masks at the input size."""
     if masks is None:
         return {}
-    given = masks if isinstance(masks, dict) else {None: masks}
+    given = masks if isinstance(masks, Mapping) else {None: masks}
     box = crop_box(transform, picture_size)
     return {name: to_input_geometry(mask, picture_size, box, input_size) for name, mask in given.items()}
 
@@ -86,14 +86,15 @@ def to_input_geometry(mask: MaskLike, picture_size: tuple[int, int], box: tuple[
             mask = np.asarray(opened.convert("L")) > 0
     elif isinstance(mask, Image.Image):
         mask = np.asarray(mask.convert("L")) > 0
-    array = np.asarray(mask) != 0
+    array: np.ndarray = np.asarray(mask) != 0
     height, width = input_size
     if array.shape == (height, width):
         return array
     if array.shape != (picture_size[1], picture_size[0]):
         raise UsageError(f"a mask of {array.shape[1]}x{array.shape[0]} pixels does not fit its image "
                          f"({picture_size[0]}x{picture_size[1]}) nor the model's input ({width}x{height})")
-    cropped = Image.fromarray(array.astype(np.uint8) * 255).crop(tuple(round(v) for v in box))
+    left, top, right, bottom = (round(v) for v in box)
+    cropped = Image.fromarray(array.astype(np.uint8) * 255).crop((left, top, right, bottom))
     return np.asarray(cropped.resize((width, height), Image.Resampling.NEAREST)) > 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -29,6 +29,11 @@ from heatmap.evaluation.measures import (
     segmentation_counts,
 )
 from heatmap.evaluation.protocols import PixelScorer, deletion_insertion, perturbation_test
+from heatmap.models.protocols import is_classifier
+
+if TYPE_CHECKING:
+    from heatmap.explainers.driver import Driver
+    from heatmap.models.protocols import Adapter
 
 PROTOCOLS = ("perturbation", "deletion-insertion", "pointing", "energy-pointing", "segmentation")
 NEEDS_MASKS = frozenset({"pointing", "energy-pointing", "segmentation"})
@@ -93,13 +98,13 @@ class Evaluator:
         methods: method names; each is checked against the model before any work.
         protocols: from :data:`PROTOCOLS`.
         target: ``"predicted"`` (the model's top-1 class, or best text) or
-            ``"label"`` (each of the image's labels).
+            ``"label"`` (each of the image's labels); checked here, so any string is taken.
         tolerance: the pointing game's tolerance in pixels (0: the maximum must be on the mask).
         options: per method, its options (default: the method's defaults).
     """
 
-    def __init__(self, adapter: Any, scorer: PixelScorer, methods: Sequence[str], protocols: Sequence[str],
-                 target: TargetRule = "predicted", tolerance: int = 0,
+    def __init__(self, adapter: Adapter, scorer: PixelScorer, methods: Sequence[str], protocols: Sequence[str],
+                 target: TargetRule | str = "predicted", tolerance: int = 0,
                  options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         from heatmap.explainers.driver import Driver
 
@@ -128,6 +133,7 @@ class Evaluator:
                 index = texts.index(str(label))
                 targets.setdefault(index, (index, str(label), label))
             else:
+                assert is_classifier(self.adapter)  # the scorer has no texts: a classifier (PixelScorer checks)
                 index = self.adapter.class_index(str(label))
                 targets.setdefault(index, (index, self.adapter.label(index) or str(label), label))
         return list(targets.values())
@@ -149,7 +155,7 @@ class Evaluator:
                 on_method(name)
         return lines
 
-    def _maps(self, driver: Any, normalised: torch.Tensor, targets: list[int]) -> list[torch.Tensor]:
+    def _maps(self, driver: Driver, normalised: torch.Tensor, targets: list[int]) -> list[torch.Tensor]:
         """One explanation of the image for all its targets: one raw map per target."""
         texts = self.scorer.texts
         if texts is not None:

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from heatmap.demo.shapes_world import Scene
+
+if TYPE_CHECKING:
+    from heatmap.models.protocols import Adapter
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class PointingResult:
         return self.hits / self.pairs if self.pairs else float("nan")
 
 
-def pointing_game(adapter: Any, scenes: Sequence[Scene], method: str, **options: Any) -> PointingResult:
+def pointing_game(adapter: Adapter, scenes: Sequence[Scene], method: str, **options: Any) -> PointingResult:
     """Score ``method`` on ``scenes``, one target per object, with ``adapter``'s model.
 
     Args:

@@ -10,7 +10,7 @@ pixel order and score them; nothing mixes images.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,34 +22,48 @@ from heatmap.evaluation.measures import (
     pixel_order,
     removed_counts,
 )
+from heatmap.models.protocols import is_classifier, is_image_text
+
+if TYPE_CHECKING:
+    from heatmap.models.protocols import Adapter, ClassifierAdapter, ImageTextAdapter
 
 
 class PixelScorer:
     """The model as a function of pixel images in [0, 1]: ``[N, 3, H, W]`` -> logits ``[N, C]``.
 
     Args:
-        adapter: the model's adapter.
+        adapter: the model's adapter: a classifier's (``texts`` None) or a CLIP's (``texts`` given).
         mean, std: the model's normalisation, per channel.
         texts: a CLIP's candidate texts (its "classes"); None for a classifier.
         batch_size: copies per forward pass.
     """
 
-    def __init__(self, adapter: Any, mean: Sequence[float], std: Sequence[float],
+    def __init__(self, adapter: Adapter, mean: Sequence[float], std: Sequence[float],
                  texts: Sequence[str] | None = None, batch_size: int = 32) -> None:
         self.adapter = adapter
         self.batch_size = max(1, batch_size)
         self.mean = torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
         self.texts = list(texts) if texts is not None else None
-        self.text_embedding = None
+        self.text_embedding: torch.Tensor | None = None
+        # the adapter as the kind the texts say it is: a CLIP scores embeddings, a classifier its logits
+        self._image_text: ImageTextAdapter | None = None
+        self._classifier: ClassifierAdapter | None = None
         if self.texts is not None:
+            if not is_image_text(adapter):
+                raise TypeError(f"{adapter.name} is a classifier: it is scored without texts")
+            self._image_text = adapter
             with torch.inference_mode():
                 self.text_embedding = adapter.text_embeddings(adapter.tokenize(self.texts))
+        elif is_classifier(adapter):
+            self._classifier = adapter
+        else:
+            raise TypeError(f"{adapter.name} is a CLIP model: it is scored against texts")
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """``[N, C]``: the model's probabilities: a softmax over classes or candidate texts, or each pair's
         sigmoid for a model that scores image-text pairs on their own (SigLIP)."""
-        if getattr(self.adapter, "independent_texts", False):
+        if self._image_text is not None and self._image_text.independent_texts:
             return logits.sigmoid()
         return logits.softmax(dim=1)
 
@@ -62,12 +76,13 @@ class PixelScorer:
         """``[N, C]`` float64 on the CPU, ``batch_size`` images per forward pass."""
         chunks = []
         with torch.inference_mode():
-            for chunk in pixels.split(self.batch_size):
+            for chunk in torch.split(pixels, self.batch_size):
                 images = self.normalised(chunk)
-                if self.text_embedding is None:
-                    output = self.adapter.logits(images)
+                if self._classifier is not None:
+                    output = self._classifier.logits(images)
                 else:
-                    output = self.adapter.score(self.adapter.image_embeddings(images), self.text_embedding)
+                    assert self._image_text is not None and self.text_embedding is not None
+                    output = self._image_text.score(self._image_text.image_embeddings(images), self.text_embedding)
                 chunks.append(output.double().cpu())
         return torch.cat(chunks)
 

@@ -17,7 +17,7 @@ dtype asked for, on a converted copy of the model.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -29,7 +29,19 @@ from heatmap.explainers.aggregation import resolve_start_layer
 from heatmap.explainers.lrp import lrp_pass
 from heatmap.explainers.registry import Evidence, Method, methods, resolve_options
 from heatmap.explainers.registry import method as find_method
-from heatmap.models.protocols import Adapter, Grid, Scored, Spans, Tower, TowerScores
+from heatmap.models.protocols import (
+    ActivationRecorder,
+    Adapter,
+    AttentionCapture,
+    Grid,
+    LrpView,
+    Scored,
+    Spans,
+    Tower,
+    TowerScores,
+    is_classifier,
+    is_image_text,
+)
 
 
 @dataclass
@@ -208,7 +220,7 @@ class Driver:
     def __init__(self, adapter: Adapter, method: Method | str, precision: str = "auto",
                  batched_backward: bool = False, **options: Any) -> None:
         self.method = method if isinstance(method, Method) else find_method(method)
-        self.clip = len(adapter.towers) > 1
+        self.clip = is_image_text(adapter)
         self.options = resolve_options(self.method, options, clip=self.clip)
         supported_towers(self.method, adapter, self.clip)
         self.adapter = adapter.converted(compute_dtype(adapter.dtype, precision))
@@ -223,11 +235,12 @@ class Driver:
             targets: class indices ``[B, K]`` (or ``[B]``); None = the ``top_k`` highest logits.
             top_k: how many top classes when ``targets`` is None.
         """
-        if self.clip:
-            raise UsageError(f"{self.adapter.name} is a CLIP model: explain its images against texts")
+        adapter = self.adapter
+        if not is_classifier(adapter):
+            raise UsageError(f"{adapter.name} is a CLIP model: explain its images against texts")
         images = self._prepared(images)
         wanted = None if targets is None else torch.as_tensor(targets, dtype=torch.long)
-        maps, scored, _ = self._run(images, lambda: self.adapter.score(images, wanted, top_k))  # type: ignore[attr-defined]
+        maps, scored, _ = self._run(images, lambda: adapter.score(images, wanted, top_k))
         return Explanation(maps=maps, targets=scored.targets.cpu(), scores=scored.scores.detach().cpu(),
                            labels=scored.labels, method=self.method.name, options=dict(self.options))
 
@@ -238,18 +251,18 @@ class Driver:
             images: preprocessed ``[B, 3, H, W]``; moved to the model's device and dtype.
             texts: T texts.
         """
-        if not self.clip:
-            raise UsageError(f"{self.adapter.name} is a classifier; texts= is for CLIP models (use target=)")
+        adapter = self.adapter
+        if not is_image_text(adapter):
+            raise UsageError(f"{adapter.name} is a classifier; texts= is for CLIP models (use target=)")
         if not texts:
             raise UsageError("give at least one text to explain the images against")
         images = self._prepared(images)
-        maps, scored, text_relevance = self._run(
-            images, lambda: self.adapter.score_texts(images, list(texts)))  # type: ignore[attr-defined]
+        maps, scored, text_relevance = self._run(images, lambda: adapter.score_texts(images, list(texts)))
         assert scored.word_pieces is not None
         return ClipExplanation(maps=maps, logits=scored.scores.detach().cpu(), texts=list(texts),
                                word_pieces=scored.word_pieces, text_relevance=text_relevance,
                                method=self.method.name, options=dict(self.options),
-                               independent_texts=bool(getattr(self.adapter, "independent_texts", False)))
+                               independent_texts=bool(adapter.independent_texts))
 
     # -- the run -----------------------------------------------------------------
 
@@ -271,7 +284,7 @@ class Driver:
             raise UsageError(f"{tower} tower ({option}): {error}") from None
 
     def _run(self, images: torch.Tensor,
-             score: Any) -> tuple[torch.Tensor, Scored, list[list[torch.Tensor]] | None]:
+             score: Callable[[], Scored]) -> tuple[torch.Tensor, Scored, list[list[torch.Tensor]] | None]:
         """Maps ``[B, K, gh, gw]``, the scores, and (CLIP) per image, per text, the token relevance."""
         method, adapter = self.method, self.adapter
         towers = explained_towers(method, adapter, self.clip)
@@ -303,8 +316,8 @@ class Driver:
                               for row in rows[1]]
         return maps, scored, text_relevance
 
-    def _tower_rows(self, side: TowerScores, probs: list[torch.Tensor], capture: Any, start: int,
-                    view: Any, recorder: Any, retain: bool) -> list[torch.Tensor]:
+    def _tower_rows(self, side: TowerScores, probs: list[torch.Tensor], capture: AttentionCapture, start: int,
+                    view: LrpView | None, recorder: ActivationRecorder | None, retain: bool) -> list[torch.Tensor]:
         """The relevance row ``[items, N]`` of one tower for each of its objectives."""
         method = self.method
         count = side.objectives.shape[0]
@@ -320,7 +333,7 @@ class Driver:
         rows = []
         for k in range(count):
             relevance = pixels = None
-            if view is not None:
+            if view is not None and recorder is not None:
                 with torch.no_grad():
                     passed = lrp_pass(view, recorder.activations(), probs, side.lrp_targets[k],
                                       rules=method.lrp_rules or "transformer-attribution",
@@ -346,7 +359,7 @@ class Driver:
                     for k in range(count)]
 
 
-    def _readout_gradients(self, side: TowerScores, capture: Any) -> list[list[torch.Tensor]]:
+    def _readout_gradients(self, side: TowerScores, capture: AttentionCapture) -> list[list[torch.Tensor]]:
         """Per objective, per tracked block l, ``d y_l / d A_l`` of the block's own read-out score.
 
         ``y_l`` is the objective's score read from block l's output tokens
@@ -374,7 +387,7 @@ def read_out_columns(readout: Grid | Spans, query: torch.Tensor) -> torch.Tensor
     return columns
 
 
-def read_grid(row: torch.Tensor, readout: Any) -> torch.Tensor:
+def read_grid(row: torch.Tensor, readout: Grid | Spans) -> torch.Tensor:
     """The image map: the query row over the patch tokens, as a ``[B, gh, gw]`` grid."""
     assert isinstance(readout, Grid)
     batch, tokens = row.shape

@@ -23,7 +23,12 @@ if TYPE_CHECKING:
     from heatmap.models.hf.classifier import HfClassifierAdapter
     from heatmap.models.hf.image_text import HfImageTextAdapter
     from heatmap.models.open_clip.adapter import ClipAdapter
+    from heatmap.models.protocols import Adapter, ClassifierAdapter, ImageTextAdapter
     from heatmap.models.timm.adapter import TimmAdapter
+
+    # The type checker holds each library's adapter to its protocol (the conformance test, to what they return).
+    _CLASSIFIERS: tuple[type[ClassifierAdapter], ...] = (TimmAdapter, HfClassifierAdapter)
+    _IMAGE_TEXT: tuple[type[ImageTextAdapter], ...] = (ClipAdapter, HfImageTextAdapter)
 
 DEFAULT_MODEL = "vit_base_patch16_224"
 DEMO = "demo"
@@ -45,7 +50,9 @@ def load(name: str | None = None, checkpoint: str | Path | None = None,
 
     if is_hf_name(name):
         assert name is not None
-        return _load_transformers(name, "classifier", checkpoint, "--checkpoint is for timm models", device)  # type: ignore[no-any-return]
+        classifier: HfClassifierAdapter = _load_transformers(name, "classifier", checkpoint,
+                                                             "--checkpoint is for timm models", device)
+        return classifier
     from heatmap.models.timm.adapter import TimmAdapter
     from heatmap.models.timm.loading import create_timm, imagenet_labels
 
@@ -78,8 +85,9 @@ def load_clip(name: str | None = None, pretrained: str | Path | None = None,
 
     if is_hf_name(name):
         assert name is not None
-        return _load_transformers(  # type: ignore[no-any-return]
-            name, "image-text", pretrained, "--pretrained is for open_clip models", device)
+        image_text: HfImageTextAdapter = _load_transformers(name, "image-text", pretrained,
+                                                            "--pretrained is for open_clip models", device)
+        return image_text
     from heatmap.models.open_clip.adapter import ClipAdapter
     from heatmap.models.open_clip.loading import DEFAULT_CLIP, create_clip
 
@@ -186,5 +194,31 @@ def adapter_for(model: Any, name: str | None = None, processor: Any = None
     return TimmAdapter(model, name, imagenet_labels(model) if isinstance(model, VisionTransformer) else None)
 
 
+def resolve_adapter(model: str | torch.nn.Module | Adapter, clip: bool, processor: Any = None,
+                    device: str | torch.device = "auto") -> Adapter:
+    """A model argument as the public API takes it -> its adapter (``heatmap.explain``, ``heatmap.evaluate``,
+    the pytest plugin).
+
+    Args:
+        model: a name (:func:`load`, or :func:`load_clip` when ``clip``), a model
+            object (:func:`adapter_for`), or an adapter (returned as it is).
+        clip: a name is a CLIP's (texts were given).
+        processor: a transformers model object's processor, image processor or tokenizer.
+        device: where a model loaded by name goes.
+
+    Raises:
+        UsageError: ``processor`` beside a name or an adapter (they bring their own).
+    """
+    import torch
+
+    if processor is not None and not isinstance(model, torch.nn.Module):
+        raise UsageError("processor= is for a transformers model object; a name or an adapter brings its own")
+    if isinstance(model, str):
+        return load_clip(model, device=device) if clip else load(model, device=device)
+    if isinstance(model, torch.nn.Module):
+        return adapter_for(model, processor=processor)
+    return model
+
+
 __all__ = ["DEFAULT_MODEL", "DEMO", "adapter_for", "is_clip", "is_transformers", "load", "load_clip",
-           "resolve_device", "weights_identity"]
+           "resolve_adapter", "resolve_device", "weights_identity"]

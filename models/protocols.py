@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, Union
+from typing import TYPE_CHECKING, Literal, Protocol, TypeGuard, Union, runtime_checkable
 
 import torch
 
@@ -38,7 +38,10 @@ class AttentionCapture(Protocol):
 
     @property
     def block_outputs(self) -> list[torch.Tensor]:
-        """Each block's output tokens ``[B, N, D]`` from ``track_from`` on, in the graph."""
+        """Each block's output tokens ``[B, N, D]`` from ``track_from`` on, in the graph.
+
+        Read only for a tower with a block read-out (``Tower.block_readout_problem`` None).
+        """
         ...
 
     def tracked(self) -> list[torch.Tensor]:
@@ -46,6 +49,7 @@ class AttentionCapture(Protocol):
         ...
 
 
+@runtime_checkable
 class Tower(Protocol):
     """One stack of attention blocks and how its tokens are laid out."""
 
@@ -159,12 +163,29 @@ class Scored:
     word_pieces: list[list[str]] | None = None
 
 
+# Adapter, its two kinds and Tower are runtime-checkable: ``isinstance`` says whether an object has every
+# member (Python 3.11 reads each property to tell, so it is no check of what the members return).
+@runtime_checkable
 class Adapter(Protocol):
-    """A loaded model, seen through the seams the driver uses."""
+    """A loaded model, seen through the seams the driver, the pipeline and the evaluation use.
+
+    Attributes:
+        name: how the user named the model (messages, manifests).
+        model: the library's model, in eval mode.
+        labels: class names by index (a classifier's), or None.
+        transform: the model's own eval image transform, a PIL picture ->
+            ``[3, H, W]`` float32, normalised, on the CPU. A torchvision
+            ``Compose`` of it steps (or one step) whose last step is
+            ``Normalize``: overlays read the crop box from its geometric
+            steps (:func:`heatmap.models.geometry.crop_box`), and
+            ``heatmap eval`` runs it without that last step to perturb pixels
+            before the normalisation (:func:`heatmap.evaluation.data.split_normalisation`).
+    """
 
     name: str
     model: torch.nn.Module
     labels: list[str] | None
+    transform: Callable[[Image.Image], torch.Tensor]
 
     @property
     def towers(self) -> Sequence[Tower]:
@@ -172,10 +193,14 @@ class Adapter(Protocol):
         ...
 
     @property
-    def device(self) -> torch.device: ...
+    def device(self) -> torch.device:
+        """The device of the model's weights; inputs are moved there."""
+        ...
 
     @property
-    def dtype(self) -> torch.dtype: ...
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's weights; inputs are cast to it."""
+        ...
 
     def converted(self, dtype: torch.dtype) -> Adapter:
         """This adapter when its model is in ``dtype`` already, else one over a converted copy."""
@@ -185,9 +210,12 @@ class Adapter(Protocol):
         """The model's own eval transform: ``[B, 3, H, W]`` on its device and dtype, and each crop box."""
         ...
 
-    def label(self, index: int) -> str | None: ...
+    def label(self, index: int) -> str | None:
+        """The class name of class ``index``, or None (no names, an index out of range, a CLIP)."""
+        ...
 
 
+@runtime_checkable
 class ClassifierAdapter(Adapter, Protocol):
     """A classifier: one image tower, the score of image i for class c is ``logits[i, c]``."""
 
@@ -195,17 +223,63 @@ class ClassifierAdapter(Adapter, Protocol):
         """A target given as an index or a class name -> the class index (UsageError otherwise)."""
         ...
 
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, C]``: the pre-softmax logits of preprocessed images ``[B, 3, H, W]`` (on the model's device and
+        dtype), in the model's dtype. ``heatmap eval`` scores perturbed copies with it."""
+        ...
+
     def score(self, images: torch.Tensor, targets: torch.Tensor | None, top_k: int) -> Scored:
         """Forward pass and the scores of the given targets ``[B, K]`` (None: the ``top_k`` highest)."""
         ...
 
 
+@runtime_checkable
 class ImageTextAdapter(Adapter, Protocol):
-    """A CLIP: an image and a text tower, the score of image i for text t is ``logits_per_image[i, t]``."""
+    """A CLIP: an image and a text tower, the score of image i for text t is ``logits_per_image[i, t]``.
+
+    Attributes:
+        independent_texts: the model scores each image-text pair on its own
+            (SigLIP's ``sigmoid``) rather than as a softmax over the texts (CLIP).
+    """
+
+    independent_texts: bool
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """``LongTensor [T, L]`` on the model's device: the texts as the text tower reads them (L its context)."""
+        ...
+
+    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, E]``: each preprocessed image's unit embedding (norm 1), in the model's dtype."""
+        ...
+
+    def text_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[T, E]``: each text's unit embedding (norm 1) from :meth:`tokenize`'s tokens, in the model's dtype."""
+        ...
+
+    def score(self, image_embedding: torch.Tensor, text_embedding: torch.Tensor) -> torch.Tensor:
+        """``logits_per_image [B, T]`` of unit embeddings ``[B, E]`` and ``[T, E]``: ``s * cos (+ b)``.
+
+        ``heatmap eval`` scores perturbed copies with it, the texts embedded once.
+        """
+        ...
 
     def score_texts(self, images: torch.Tensor, texts: Sequence[str]) -> Scored:
         """Forward pass of both towers (once each) and every image-text score."""
         ...
+
+    def truncated(self, texts: Sequence[str]) -> list[bool]:
+        """Per text, whether it is longer than the model's context (the tokenizer cuts it; the manifest says so)."""
+        ...
+
+
+def is_classifier(adapter: Adapter) -> TypeGuard[ClassifierAdapter]:
+    """Whether ``adapter`` is a classifier: one (image) tower."""
+    return len(adapter.towers) == 1
+
+
+def is_image_text(adapter: Adapter) -> TypeGuard[ImageTextAdapter]:
+    """Whether ``adapter`` is a CLIP: an image and a text tower."""
+    return len(adapter.towers) > 1
 
 
 # -- the LRP view ------------------------------------------------------------------

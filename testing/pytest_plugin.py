@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from heatmap.compare.metrics import Thresholds
+    from heatmap.models.protocols import Adapter
+    from heatmap.pipeline import MapRecord
 
 UPDATE_OPTION = "--heatmap-update"
 # ini option -> the Thresholds field it sets; the per-call keyword has the field's name.
@@ -47,7 +49,7 @@ MAX_NAME_LENGTH = 80
 
 _USED_SNAPSHOTS = pytest.StashKey[dict[Path, str]]()  # snapshot .npy -> node id of the test that used it
 _WRITTEN = pytest.StashKey[list[str]]()  # snapshots written this session, for the summary
-_ADAPTERS = pytest.StashKey[dict[tuple[str, bool], Any]]()  # models loaded by name, once per session
+_ADAPTERS = pytest.StashKey[dict[tuple[str, bool], "Adapter"]]()  # models loaded by name, once per session
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -68,7 +70,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_ADAPTERS] = {}
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int,
+                            config: pytest.Config) -> None:
     """List the snapshot files this session wrote, so they are easy to review."""
     written = config.stash.get(_WRITTEN, [])
     if written:
@@ -294,7 +297,7 @@ def safe_name(text: str) -> str:
 
 
 def compute(model: Any, image: Any, method: str, target: int | str | None, texts: Sequence[str] | None,
-            options: dict[str, Any], adapters: dict) -> Computed:
+            options: dict[str, Any], adapters: dict[tuple[str, bool], Adapter]) -> Computed:
     """Explain ``image`` with ``model`` and return the maps with their record.
 
     Args:
@@ -330,20 +333,17 @@ def compute(model: Any, image: Any, method: str, target: int | str | None, texts
     return classifier_maps(records[0], adapter, described, target, method, driver.options)
 
 
-def as_adapter(model: Any, clip: bool, adapters: dict) -> Any:
-    """``model`` as an adapter: a name is loaded once per session, on the CPU."""
-    import torch
+def as_adapter(model: Any, clip: bool, adapters: dict[tuple[str, bool], Adapter]) -> Adapter:
+    """``model`` as an adapter (:func:`heatmap.models.resolve_adapter`): a name is loaded once per session, on
+    the CPU."""
+    from heatmap.models import resolve_adapter
 
-    from heatmap.models import adapter_for, load, load_clip
-
-    if isinstance(model, str):
-        key = (model, clip)
-        if key not in adapters:
-            adapters[key] = load_clip(model, device="cpu") if clip else load(model, device="cpu")
-        return adapters[key]
-    if isinstance(model, torch.nn.Module):
-        return adapter_for(model)
-    return model
+    if not isinstance(model, str):
+        return resolve_adapter(model, clip)
+    key = (model, clip)
+    if key not in adapters:
+        adapters[key] = resolve_adapter(model, clip, device="cpu")
+    return adapters[key]
 
 
 def as_batch(image: Any) -> tuple[Any, str]:
@@ -363,7 +363,7 @@ def as_batch(image: Any) -> tuple[Any, str]:
     fail(f"heatmap_snapshot: image must be a path, a PIL image or a [3, H, W] tensor, got {type(image).__name__}")
 
 
-def base_record(adapter: Any, described: str, method: str, options: dict[str, Any], shape: Sequence[int]
+def base_record(adapter: Adapter, described: str, method: str, options: dict[str, Any], shape: Sequence[int]
                 ) -> dict[str, Any]:
     """What every snapshot records, classifier or CLIP."""
     import torch
@@ -374,8 +374,8 @@ def base_record(adapter: Any, described: str, method: str, options: dict[str, An
             "image": described, "method": method, "options": json_round_trip(options), "map_shape": list(shape)}
 
 
-def classifier_maps(record: Any, adapter: Any, described: str, requested: int | str | None, method: str,
-                    options: dict[str, Any]) -> Computed:
+def classifier_maps(record: MapRecord, adapter: Adapter, described: str, requested: int | str | None,
+                    method: str, options: dict[str, Any]) -> Computed:
     """The :class:`Computed` of a classifier's explanation of one image."""
     import numpy as np
 
@@ -386,7 +386,7 @@ def classifier_maps(record: Any, adapter: Any, described: str, requested: int | 
     return Computed(maps, [target_name(record.target, record.label)], [record.score], record_json, clip=False)
 
 
-def clip_maps(records: Sequence[Any], adapter: Any, described: str, method: str,
+def clip_maps(records: Sequence[MapRecord], adapter: Adapter, described: str, method: str,
               options: dict[str, Any]) -> Computed:
     """The :class:`Computed` of a CLIP's explanation of one image against its texts."""
     import numpy as np
@@ -399,7 +399,8 @@ def clip_maps(records: Sequence[Any], adapter: Any, described: str, method: str,
     return Computed(maps, [f"text {text!r}" for text in texts], logits, record_json, clip=True)
 
 
-def target_name(index: int, label: str | None) -> str:
+def target_name(index: object, label: object) -> str:
+    """``target 5 (heart)``; the index and label as a record holds them (a snapshot's may be anything)."""
     return f"target {index} ({label})" if label else f"target {index}"
 
 
@@ -452,9 +453,10 @@ def read_snapshot(files: SnapshotFiles) -> tuple[dict[str, Any], np.ndarray]:
 
 def record_differences(stored: dict[str, Any], record: dict[str, Any]) -> list[str]:
     """What made the snapshot and what the test computes, where they differ (maps aside)."""
-    differences = []
+    differences: list[str] = []
     for key in ("method", "options", "texts", "map_shape"):
-        was, now = stored.get(key), record.get(key)
+        was: Any = stored.get(key)
+        now: Any = record.get(key)
         if was == now:
             continue
         if key == "options" and isinstance(was, dict):  # name the options that changed, not all of them
@@ -464,12 +466,12 @@ def record_differences(stored: dict[str, Any], record: dict[str, Any]) -> list[s
         else:
             differences.append(f"{key.replace('_', ' ')}: snapshot {show(was)}, now {show(now)}")
     if "target" in record and stored.get("target") != record["target"]:
-        was = target_name(stored.get("target"), stored.get("label"))
-        now = target_name(record["target"], record["label"])
+        was_target = target_name(stored.get("target"), stored.get("label"))
+        now_target = target_name(record["target"], record["label"])
         if record["requested_target"] is None:  # the top-1 class moved: the maps explain different classes
-            differences.append(f"the top-1 class changed: snapshot {was}, now {now}")
+            differences.append(f"the top-1 class changed: snapshot {was_target}, now {now_target}")
         else:
-            differences.append(f"target: snapshot {was}, now {now}")
+            differences.append(f"target: snapshot {was_target}, now {now_target}")
     return differences
 
 
