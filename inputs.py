@@ -46,7 +46,7 @@ _GLOB_CHARACTERS = frozenset("*?[")
 _WHITE = 255.0
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
+def load_image(path: str | os.PathLike[str]) -> Image.Image:
     """Read an image file into a fully loaded RGB image.
 
     Args:

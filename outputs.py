@@ -405,7 +405,7 @@ def entry_key(entry: dict[str, Any]) -> tuple[str, str, str, str, str]:
     return entry["input"], entry["model"], entry["method"], options, entry_target(entry)
 
 
-def latest_entries(entries: Sequence[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+def latest_entries(entries: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str, str, str], dict[str, Any]]:
     """Entries by :func:`entry_key`; a map written again (a rerun into the same folder) counts once, the last."""
     return {entry_key(entry): entry for entry in entries}
 

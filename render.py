@@ -33,7 +33,8 @@ def _lookup_table(red: list[tuple[float, float]], green: list[tuple[float, float
                   blue: list[tuple[float, float]]) -> np.ndarray:
     """A ``[256, 3]`` uint8 table from piecewise-linear channels of (position, value in [0, 1])."""
     positions = np.linspace(0.0, 1.0, 256)
-    channels = [np.interp(positions, *zip(*anchors, strict=False)) for anchors in (red, green, blue)]
+    channels = [np.interp(positions, [position for position, _ in anchors], [value for _, value in anchors])
+                for anchors in (red, green, blue)]
     return np.rint(np.stack(channels, axis=-1) * 255.0).astype(np.uint8)
 
 

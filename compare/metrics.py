@@ -118,7 +118,7 @@ class EntryComparison:
         problems: why the entry fails; empty when it passes.
     """
 
-    key: tuple
+    key: tuple[str, ...]
     baseline: dict[str, Any] | None
     candidate: dict[str, Any] | None
     metrics: MapMetrics | None = None
@@ -130,11 +130,19 @@ class EntryComparison:
         return not self.problems
 
     @property
+    def source(self) -> dict[str, Any]:
+        """The baseline's entry, or the candidate's where the baseline has none."""
+        entry = self.baseline or self.candidate
+        if entry is None:
+            raise ValueError("an entry comparison has a baseline or a candidate entry, or both")
+        return entry
+
+    @property
     def name(self) -> str:
         """``input [method, target]``, how a person names the entry."""
         from heatmap.outputs import entry_target
 
-        entry = self.baseline or self.candidate
+        entry = self.source
         target = " ".join(str(part) for part in (entry_target(entry), entry.get("label")) if part is not None)
         return f"{entry['input']} [{entry['method']}, {target}]"
 
@@ -169,7 +177,7 @@ class FolderComparison:
 
     def worst_first(self) -> list[EntryComparison]:
         """Failures first, then by falling correlation and rising max-diff."""
-        def badness(entry: EntryComparison):
+        def badness(entry: EntryComparison) -> tuple[bool, float, float]:
             metrics = entry.metrics
             if metrics is None:
                 return (entry.passed, -math.inf, math.inf)
@@ -208,7 +216,7 @@ def compare_folders(baseline_dir: Path, candidate_dir: Path, thresholds: Thresho
 
 def _changed_targets(results: list[EntryComparison]) -> list[EntryComparison]:
     """A top-k class that changed (missing as one class, extra as another, same rank) as ONE changed entry."""
-    def slot(entry: dict[str, Any]) -> tuple:
+    def slot(entry: dict[str, Any]) -> tuple[Any, ...]:
         return (entry["input"], entry["model"], entry["method"], json.dumps(entry.get("options", {}), sort_keys=True),
                 entry.get("top_k"), entry.get("rank"))
 
@@ -232,8 +240,8 @@ def _changed_targets(results: list[EntryComparison]) -> list[EntryComparison]:
     return [result for result in merged if id(result) not in used]
 
 
-def _compare_entry(key, baseline, candidate, baseline_dir: Path, candidate_dir: Path,
-                   thresholds: Thresholds) -> EntryComparison:
+def _compare_entry(key: tuple[str, ...], baseline: dict[str, Any] | None, candidate: dict[str, Any] | None,
+                   baseline_dir: Path, candidate_dir: Path, thresholds: Thresholds) -> EntryComparison:
     import numpy as np
 
     result = EntryComparison(key, baseline, candidate)
@@ -249,9 +257,9 @@ def _compare_entry(key, baseline, candidate, baseline_dir: Path, candidate_dir: 
             maps.append(np.load(folder / entry["files"]["npy"], allow_pickle=False))
         except (OSError, ValueError, KeyError) as error:
             result.problems.append(f"{label} map unreadable: {error}")
-    scores = entry_score(baseline), entry_score(candidate)
-    if None not in scores:
-        result.score_change = scores[1] - scores[0]
+    before, after = entry_score(baseline), entry_score(candidate)
+    if before is not None and after is not None:
+        result.score_change = after - before
     if len(maps) == 2:
         try:
             result.metrics = compare_maps(*maps)

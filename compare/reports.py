@@ -34,19 +34,20 @@ def junit_xml(comparison: FolderComparison) -> bytes:
                         ("min-top-iou", thresholds.min_top_iou)):
         ElementTree.SubElement(properties, "property", {"name": name, "value": str(value)})
     for entry in comparison.entries:
-        source = entry.baseline or entry.candidate
         case = ElementTree.SubElement(suite, "testcase", {
-            "classname": f"heatmap.{source['method']}", "name": entry.name, "time": "0"})
+            "classname": f"heatmap.{entry.source['method']}", "name": entry.name, "time": "0"})
         if not entry.passed:
             failure = ElementTree.SubElement(case, "failure", {"message": "; ".join(entry.problems),
                                                                "type": "HeatmapDrift"})
             failure.text = describe(entry)
         else:
             ElementTree.SubElement(case, "system-out").text = describe(entry)
-    root = ElementTree.Element("testsuites", {"tests": suite.get("tests"), "failures": suite.get("failures")})
+    root = ElementTree.Element("testsuites", {"tests": str(len(comparison.entries)),
+                                              "failures": str(len(comparison.failed))})
     root.append(suite)
     ElementTree.indent(root)
-    return ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
+    xml: bytes = ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
+    return xml
 
 
 def describe(entry: EntryComparison) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,6 +30,7 @@ from heatmap.errors import HeatmapError
 
 if TYPE_CHECKING:
     import open_clip
+    from PIL import Image
 
 __all__ = ["DEMO_DIR", "USED_IDS_KEY", "USED_ROWS_KEY", "build_demo_clip", "create_demo_clip",
            "create_demo_clip_with_transform", "expand_token_embedding"]
@@ -72,7 +73,7 @@ def expand_token_embedding(state: dict[str, torch.Tensor], vocab_size: int) -> d
     return expanded
 
 
-def build_demo_clip(config: dict) -> open_clip.CLIP:
+def build_demo_clip(config: dict[str, Any]) -> open_clip.CLIP:
     """An untrained ``open_clip.CLIP`` of ``config`` (the contents of ``clip.json``).
 
     With ``"patch_embed": "conv_stem"``, the image tower's patch projection
@@ -91,7 +92,7 @@ def build_demo_clip(config: dict) -> open_clip.CLIP:
 
 def create_demo_clip(
     folder: str | Path | None = None,
-) -> tuple[open_clip.CLIP, Callable[[list[str]], torch.Tensor], dict]:
+) -> tuple[open_clip.CLIP, Callable[[list[str]], torch.Tensor], dict[str, Any]]:
     """Build the shipped demo CLIP with its tokenizer and configuration.
 
     Args:
@@ -131,7 +132,8 @@ def create_demo_clip(
     return model, tokenizer, config
 
 
-def create_demo_clip_with_transform(folder: str | Path | None = None) -> tuple[open_clip.CLIP, Callable, Callable]:
+def create_demo_clip_with_transform(folder: str | Path | None = None) -> tuple[
+        open_clip.CLIP, Callable[[list[str]], torch.Tensor], Callable[[Image.Image], torch.Tensor]]:
     """The shipped demo CLIP (or the one in ``folder``), its tokenizer and its eval transform."""
     import open_clip
 

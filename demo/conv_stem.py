@@ -10,6 +10,8 @@ are timm's or open_clip's own.
 
 from __future__ import annotations
 
+from typing import Any
+
 from timm.layers import PatchEmbed
 from torch import nn
 
@@ -31,14 +33,19 @@ def conv_stem(in_chans: int, embed_dim: int) -> nn.Sequential:
     return nn.Sequential(*layers, nn.Conv2d(embed_dim, embed_dim, 1))
 
 
-class ConvStemPatchEmbed(PatchEmbed):
+# timm ships no types (mypy skips it), so its PatchEmbed is Any to the type checker.
+class ConvStemPatchEmbed(PatchEmbed):  # type: ignore[misc]
     """timm's ``PatchEmbed`` whose projection is ``conv_stem``.
 
     Takes the arguments of ``PatchEmbed``; ``patch_size`` must be 8.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    proj: nn.Module
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if tuple(self.patch_size) != (PATCH_SIZE, PATCH_SIZE):
             raise ValueError("the convolutional stem makes 8x8 patches")
-        self.proj = conv_stem(self.proj.in_channels, self.proj.out_channels)
+        convolution = self.proj
+        assert isinstance(convolution, nn.Conv2d)  # PatchEmbed's own projection
+        self.proj = conv_stem(convolution.in_channels, convolution.out_channels)

@@ -155,7 +155,8 @@ def _object_coverage(rng: np.random.Generator, shape: str, side: int) -> np.ndar
     canvas = Image.new("L", (side * _SUPERSAMPLE, side * _SUPERSAMPLE), 0)
     ImageDraw.Draw(canvas).polygon([tuple(p) for p in points], fill=255)
     fine = np.asarray(canvas, dtype=np.float32) / 255.0
-    return fine.reshape(side, _SUPERSAMPLE, side, _SUPERSAMPLE).mean(axis=(1, 3))
+    coverage: np.ndarray = fine.reshape(side, _SUPERSAMPLE, side, _SUPERSAMPLE).mean(axis=(1, 3))
+    return coverage
 
 
 def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -185,7 +186,7 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
         # Smooth blobs: coarse random values upsampled bicubically.
         cells = int(rng.integers(3, 8))
         coarse = rng.uniform(0.0, 255.0, size=(cells, cells)).astype(np.uint8)
-        smooth = Image.fromarray(coarse, mode="L").resize((size, size), Image.BICUBIC)
+        smooth = Image.fromarray(coarse, mode="L").resize((size, size), Image.Resampling.BICUBIC)
         weight = np.asarray(smooth, dtype=np.float32) / 255.0
     weight = weight[..., None]
     image = (1.0 - weight) * palette[0] + weight * palette[1]

@@ -49,8 +49,9 @@ class _Stem(torch.nn.Sequential):
 
     @property
     def weight(self) -> torch.Tensor:
-        first: torch.Tensor = self[0].weight
-        return first
+        first = self[0]
+        assert isinstance(first, torch.nn.Conv2d)  # the stem starts with a convolution
+        return first.weight
 
 
 def _block(source: dict[str, torch.Tensor], prefix: str, layer: str, target: dict[str, torch.Tensor]) -> None:
@@ -117,4 +118,6 @@ def demo_clip_as_transformers() -> tuple[Any, Any]:
         tokenizer = CLIPTokenizer(str(files / "vocab.json"), str(files / "merges.txt"),  # positional: renamed in 5
                                   model_max_length=text["context_length"])
     model.name_or_path = "demo-clip (transformers)"
-    return model.eval(), CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    # transformers leaves these two untyped
+    return model.eval(), CLIPProcessor(  # type: ignore[no-untyped-call]
+        image_processor=image_processor, tokenizer=tokenizer)

@@ -37,12 +37,14 @@ class AdapterBase:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device  # type: ignore[no-any-return]
+        weight: torch.Tensor = next(self.model.parameters())
+        return weight.device
 
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of the model's weights."""
-        return next(self.model.parameters()).dtype  # type: ignore[no-any-return]
+        weight: torch.Tensor = next(self.model.parameters())
+        return weight.dtype
 
     def rebuilt(self, model: Any) -> Any:
         """The same adapter around another model object (a converted copy)."""

@@ -44,6 +44,7 @@ def explicit_attention(module: nn.MultiheadAttention, record: Callable[[torch.Te
     """Within: ``module`` computes its attention explicitly, the probabilities through ``record``; on exit,
     also on error, the instance gets back whatever ``forward`` it had (none: the class's)."""
     previous = vars(module).get("forward")
+    # the instance's forward is replaced on purpose, and given back below: mypy forbids assigning a method
     module.forward = explicit_forward(module, record)  # type: ignore[method-assign]
     try:
         yield

@@ -166,7 +166,8 @@ class ClipVisionTower(ImageTower):
             f"pre_layrnorm {type(self.pre_norm).__name__}"
 
     def head_weight(self) -> torch.Tensor | None:
-        return self.projection.weight  # type: ignore[no-any-return]
+        weight: torch.Tensor = self.projection.weight
+        return weight
 
     def register_lrp_head(self, capture: ActivationCapture, slot: Slot) -> None:
         capture.hook(self.projection, slot, inputs="pooled", output="output")
@@ -212,7 +213,8 @@ class TextTower(HfTower):
         return None
 
     def head_weight(self) -> torch.Tensor | None:
-        return self.projection.weight  # type: ignore[no-any-return]
+        weight: torch.Tensor = self.projection.weight
+        return weight
 
     def register_lrp_head(self, capture: ActivationCapture, slot: Slot) -> None:
         capture.hook(self.final_norm, slot, output="normed")

@@ -26,7 +26,10 @@ IMAGE_TEXT_CLASSES = ("CLIPModel", "SiglipModel")
 
 def _pooled(output: Any) -> torch.Tensor:
     """A ``get_*_features`` result: a tensor in older releases, an output with ``pooler_output`` in newer ones."""
-    return output if isinstance(output, torch.Tensor) else output.pooler_output  # type: ignore[no-any-return]
+    if isinstance(output, torch.Tensor):
+        return output
+    pooled: torch.Tensor = output.pooler_output
+    return pooled
 
 
 class HfImageTextAdapter(ImageTextBase):
@@ -77,7 +80,8 @@ class HfImageTextAdapter(ImageTextBase):
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         encoded = self.tokenizer(list(texts), padding="max_length", max_length=self.context_length,
                                  truncation=True, return_tensors="pt")
-        return encoded["input_ids"].to(self.device)  # type: ignore[no-any-return]
+        ids: torch.Tensor = encoded["input_ids"]
+        return ids.to(self.device)
 
     def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(_pooled(self.model.get_image_features(pixel_values=images)), dim=-1)

@@ -146,4 +146,5 @@ class HfTower:
         return self._view
 
     def _parameter(self) -> torch.Tensor:
-        return next(self.module.parameters())  # type: ignore[no-any-return]
+        parameter: torch.Tensor = next(self.module.parameters())
+        return parameter
