@@ -14,14 +14,16 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 
 from heatmap import __version__
 from heatmap.cli import console
+from heatmap.cli.console import Output
 from heatmap.cli.options import (
     CLIP_SHARED,
     SHARED,
@@ -37,6 +39,10 @@ from heatmap.cli.options import (
 from heatmap.compare.metrics import Thresholds
 from heatmap.errors import HeatmapError, UsageError
 from heatmap.explainers.registry import Method, methods
+
+if TYPE_CHECKING:
+    from heatmap.cli.jobs import Shard
+    from heatmap.cli.runner import ClassifierRequest, ClipRequest
 
 METHODS = methods()
 
@@ -71,41 +77,80 @@ def classifier_command(method: Method) -> None:
     shared = list(SHARED.values())
     own = method_parameters(method)
 
-    def command(**kwargs: Any) -> None:
-        shared_values = {name: kwargs.pop(name) for name in SHARED}
-        options = {name: getattr(value, "value", value) for name, value in kwargs.items()}
-        execute(method.name, options, **shared_values)
+    def command(**values: Any) -> None:
+        from heatmap.cli.runner import run_classifier
 
+        exit_with(lambda: run_classifier(classifier_request(method, values)).exit_code, values["debug"],
+                  values["json"])
+
+    # Typer reads the parameters from __signature__, built here from the registry; mypy knows no such attribute
     command.__signature__ = inspect.Signature(shared[:1] + own + shared[1:])  # type: ignore[attr-defined]
     command.__name__ = method.name.replace("-", "_")
     app.command(method.name, help=f"{method.summary}\n\n{method.description}", no_args_is_help=True)(command)
 
 
-def execute(method: str, options: dict, inputs, model, checkpoint, target, top_k, out, device, precision,
-            batch_size, colormap, alpha, overlay_size, recursive, skip_existing, shard, quiet, verbose, json,
-            debug) -> None:
-    """Run one classifier command."""
-    from heatmap.cli.runner import ClassifierRequest, run_classifier
+def classifier_request(method: Method, values: Mapping[str, Any]) -> "ClassifierRequest":
+    """The request of ``heatmap <method>``, from the values of its options.
 
-    def run() -> int:
-        request = ClassifierRequest(method=method, options=options, inputs=list(inputs), model=model, out=out,
-                                    device=device.value, precision=precision.value, batch_size=batch_size,
-                                    colormap=colormap.value, overlay_size=overlay_size,
-                                    alpha=alpha, checkpoint=checkpoint, targets=list(target or []), top_k=top_k,
-                                    **batch_options(recursive, skip_existing, shard, quiet, json, verbose))
-        return run_classifier(request).exit_code
+    The command's signature is built at run time (the shared options of
+    ``cli/options.py`` and the method's own), so Typer hands the values over
+    by name; this and :func:`clip_request` are the only readers of them.
 
-    exit_with(run, debug, json)
+    Raises:
+        UsageError: for a malformed ``--shard``.
+    """
+    from heatmap.cli.runner import ClassifierRequest
+
+    return ClassifierRequest(
+        method=method.name, options={option.name: _plain(values[option.name]) for option in method.options},
+        inputs=list(values["inputs"]), model=values["model"], checkpoint=values["checkpoint"],
+        targets=list(values["target"] or []), top_k=values["top_k"], out=values["out"],
+        device=values["device"].value, precision=values["precision"].value, batch_size=values["batch_size"],
+        colormap=values["colormap"].value, alpha=values["alpha"], overlay_size=values["overlay_size"],
+        recursive=values["recursive"], skip_existing=values["skip_existing"], verbose=values["verbose"],
+        shard=parse_shard(values["shard"]), output=output_mode(values["quiet"], values["json"]))
 
 
-def batch_options(recursive: bool, skip_existing: bool, shard: Optional[str], quiet: bool, json: bool,
-                  verbose: bool = False) -> dict:
-    """The shared options of unattended runs, as ``RunRequest`` fields."""
-    from heatmap.cli.jobs import Shard as InputShard
+def clip_request(values: Mapping[str, Any], method_options: Iterable[str]) -> "ClipRequest":
+    """The request of ``heatmap clip``, from the values of its options (see :func:`classifier_request`).
 
-    return {"recursive": recursive, "skip_existing": skip_existing, "verbose": verbose,
-            "shard": InputShard.parse(shard) if shard is not None else None,
-            "output": "json" if json else "quiet" if quiet else "normal"}
+    ``method_options``: the names of the methods' own options; those not
+    given are left out, so each method fills in its own defaults.
+
+    Raises:
+        UsageError: for an empty text, a texts file with no text, or a malformed ``--shard``.
+    """
+    from heatmap.cli.runner import ClipRequest
+
+    texts = read_texts(values["text"] or [], values["texts_file"])
+    options = {name: _plain(values[name]) for name in method_options if values[name] is not None}
+    for name in ("start_layer", "text_start_layer"):  # clip's own: both towers
+        if values[name] is not None:
+            options[name] = values[name]
+    return ClipRequest(
+        method=values["method"].value, options=options, inputs=list(values["inputs"]), model=values["model"],
+        pretrained=values["pretrained"], texts=texts, out=values["out"], device=values["device"].value,
+        precision=values["precision"].value, batch_size=values["batch_size"], colormap=values["colormap"].value,
+        alpha=values["alpha"], overlay_size=values["overlay_size"], recursive=values["recursive"],
+        skip_existing=values["skip_existing"], verbose=values["verbose"], shard=parse_shard(values["shard"]),
+        output=output_mode(values["quiet"], values["json"]))
+
+
+def _plain(value: Any) -> Any:
+    """A method option's value as the registry takes it: a choice's string, else the value itself."""
+    return getattr(value, "value", value)
+
+
+def parse_shard(text: Optional[str]) -> "Shard | None":
+    """``--shard K/N`` as a :class:`~heatmap.cli.jobs.Shard` (None: every input)."""
+    from heatmap.cli.jobs import Shard
+
+    return Shard.parse(text) if text is not None else None
+
+
+def output_mode(quiet: bool, json_output: bool) -> Output:
+    """What a run prints, from ``--quiet`` and ``--json`` (``--json`` wins)."""
+    return "json" if json_output else "quiet" if quiet else "normal"
 
 
 def exit_code(error: HeatmapError) -> int:
@@ -130,7 +175,7 @@ def exit_with(run: Callable[[], int], debug: bool, json_output: bool = False) ->
 
     from heatmap.cli.runner import Interrupted
 
-    def stop(signum, _frame):
+    def stop(signum: int, _frame: FrameType | None) -> NoReturn:
         raise Interrupted(128 + signum)
 
     in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
@@ -190,35 +235,19 @@ def read_texts(given: list[str], texts_file: Path | None) -> list[str]:
 def clip_command() -> None:
     """Register ``heatmap clip``: its own options, every method's options (optional), the shared ones."""
     choices = method_choices(METHODS.values())
+    # an annotation made at run time for Typer (the registry's methods); no type to mypy
     method = Annotated[choices, typer.Option(help="The method.")]  # type: ignore[valid-type]
     fixed = [parameter.replace(annotation=method, default=choices("chefer-generic")) if parameter.name == "method"
              else parameter for parameter in CLIP_SHARED.values()]
     own = clip_method_parameters(METHODS.values())
+    option_names = [parameter.name for parameter in own]
 
-    def command(**kwargs: Any) -> None:
-        from heatmap.cli.runner import ClipRequest, run_clip
+    def command(**values: Any) -> None:
+        from heatmap.cli.runner import run_clip
 
-        shared = {name: kwargs.pop(name) for name in CLIP_SHARED}
-        debug = shared.pop("debug")
+        exit_with(lambda: run_clip(clip_request(values, option_names)).exit_code, values["debug"], values["json"])
 
-        def run() -> int:
-            texts = read_texts(shared.pop("text") or [], shared.pop("texts_file"))
-            options = {name: getattr(value, "value", value) for name, value in kwargs.items() if value is not None}
-            for name in ("start_layer", "text_start_layer"):
-                if shared[name] is not None:
-                    options[name] = shared[name]
-                shared.pop(name)
-            return run_clip(ClipRequest(
-                method=shared.pop("method").value, options=options, inputs=list(shared.pop("inputs")),
-                model=shared.pop("model"), out=shared.pop("out"), device=shared.pop("device").value,
-                precision=shared.pop("precision").value, batch_size=shared.pop("batch_size"),
-                colormap=shared.pop("colormap").value, alpha=shared.pop("alpha"),
-                overlay_size=shared.pop("overlay_size"), pretrained=shared.pop("pretrained"),
-                texts=texts, **batch_options(**shared))).exit_code
-
-        exit_with(run, debug, shared.get("json", False))
-
-    command.__signature__ = inspect.Signature(fixed[:8] + own + fixed[8:])  # type: ignore[attr-defined]
+    command.__signature__ = inspect.Signature(fixed[:8] + own + fixed[8:])  # type: ignore[attr-defined]  # as above
     command.__name__ = "clip"
     app.command("clip", no_args_is_help=True, help=(
         "Image-text relevance for CLIP: which parts of each image matched each text, and which words mattered."
@@ -257,7 +286,7 @@ def compare(
     quiet: Quiet = False,
     json: Json = False,
     debug: Debug = False,
-):
+) -> None:
     """Compare two output folders entry by entry: fails (exit 1) when maps drifted, or entries are missing or extra.
 
     Entries are paired by input, model, method, options and target. For each pair: the largest difference,
@@ -266,7 +295,7 @@ def compare(
     from heatmap.cli.compare import CompareRequest, run_compare
 
     request = CompareRequest(baseline, candidate, Thresholds(max_diff, min_corr, min_top_iou), report, diff_dir,
-                             "json" if json else "quiet" if quiet else "normal")
+                             output_mode(quiet, json))
     exit_with(lambda: run_compare(request), debug, json)
 
 
@@ -318,7 +347,7 @@ def evaluate(
     quiet: Quiet = False,
     json: Json = False,
     debug: Debug = False,
-):
+) -> None:
     """How far can each method's maps be trusted? The papers' faithfulness and localisation protocols.
 
     Perturbation (positive and negative), deletion/insertion, and with object masks the pointing game, the
@@ -335,7 +364,7 @@ def evaluate(
             clip=clip, methods=list(method or []), protocols=list(protocol or []), target=target, labels=labels,
             masks=masks, texts=read_texts(text or [], texts_file) if (text or texts_file) else [],
             demo_world=demo_world, seed=seed, tolerance=tolerance, out=out, batch_size=batch_size,
-            device=device.value, recursive=recursive, output="json" if json else "quiet" if quiet else "normal")
+            device=device.value, recursive=recursive, output=output_mode(quiet, json))
         return run_eval(request)
 
     exit_with(run, debug, json)
@@ -346,6 +375,7 @@ def main() -> None:
     try:
         from typer._click import exceptions as click_errors  # recent Typer vendors click
     except ImportError:
+        # the same exceptions where older Typer takes them from click; mypy sees a second definition
         from click import exceptions as click_errors  # type: ignore[no-redef]
 
     try:
@@ -357,7 +387,7 @@ def main() -> None:
         command = error.ctx.command_path if error.ctx is not None else "heatmap"
         console.say_error(f"{error.format_message().rstrip('.')}; see {command} --help")
         sys.exit(2)
-    except click_errors.Abort:
+    except typer.Abort:  # Typer's own since it vendors click (and click's before)
         console.say_error("interrupted")
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
 
 from heatmap.cli import console
-from heatmap.compare.metrics import Thresholds
+from heatmap.cli.console import Output
+from heatmap.compare.metrics import FolderComparison, Thresholds
 
 WORST_ROWS = 20
 
@@ -29,7 +31,7 @@ class CompareRequest:
     thresholds: Thresholds
     report: Path | None = None
     diff_dir: Path | None = None
-    output: str = "normal"  # "normal", "quiet" or "json"
+    output: Output = "normal"
 
 
 def run_compare(request: CompareRequest) -> int:
@@ -74,7 +76,7 @@ def run_compare(request: CompareRequest) -> int:
     return 0 if comparison.passed else 1
 
 
-def _summary(comparison, pictures: list[Path]) -> dict:
+def _summary(comparison: FolderComparison, pictures: list[Path]) -> dict[str, Any]:
     entries = []
     for entry in comparison.worst_first():
         metrics = entry.metrics
@@ -87,7 +89,7 @@ def _summary(comparison, pictures: list[Path]) -> dict:
             "difference_pictures": [str(path) for path in pictures], "results": entries}
 
 
-def _print_table(comparison) -> None:
+def _print_table(comparison: FolderComparison) -> None:
     from heatmap.outputs import entry_target
 
     worst = comparison.worst_first()

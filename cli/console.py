@@ -1,10 +1,15 @@
 """The two consoles: results to stdout, progress and diagnostics to stderr."""
 
+from typing import Literal
+
 from rich.console import Console
 from rich.markup import escape
 
 stdout = Console()
 stderr = Console(stderr=True)
+
+Output = Literal["normal", "quiet", "json"]
+"""What a command prints: progress and tables; only errors (``--quiet``); or a JSON summary on stdout (``--json``)."""
 
 
 def say_error(message: str) -> None:

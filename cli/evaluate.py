@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -21,7 +21,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from heatmap.cli import console
+from heatmap.cli.console import Output
 from heatmap.errors import HeatmapError, UsageError
+
+if TYPE_CHECKING:
+    from heatmap.evaluation.data import EvalImage
 
 RESULTS = ("eval.json", "eval.jsonl", "eval.png")
 # The table's columns: (title, summary key, figure key, higher is better)
@@ -63,7 +67,7 @@ class EvalRequest:
     batch_size: int = 64
     device: str = "auto"
     recursive: bool = False
-    output: str = "normal"  # "normal", "quiet" or "json"
+    output: Output = "normal"
 
 
 def run_eval(request: EvalRequest) -> int:
@@ -139,22 +143,24 @@ def _evaluate(request: EvalRequest, paths: list[Path], protocols: list[str], cli
                           tolerance=request.tolerance)
     label_table = read_labels(request.labels) if request.labels is not None else {}
 
-    def images():
-        if world is not None:
-            yield from ((image.name, lambda image=image: image) for image in world.images)
-            return
-        for path in paths:
-            yield str(path), lambda path=path: _load_image(path, pixel_transform, label_table, request.masks, texts)
+    # a demo world's images are made already; a file is read when its turn comes (and may fail alone)
+    items: list[tuple[str, EvalImage | Path]] = ([(image.name, image) for image in world.images] if world is not None
+                                                 else [(str(path), path) for path in paths])
+
+    def load(item: EvalImage | Path) -> EvalImage:
+        if isinstance(item, EvalImage):
+            return item
+        return _load_image(item, pixel_transform, label_table, request.masks, texts)
 
     lines, failures = [], []
-    count = request.demo_world if world is not None else len(paths)
+    count = len(items)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console.stderr, disable=request.output != "normal", transient=True) as progress:
         task = progress.add_task("evaluating (images x methods)", total=count * len(chosen))
         with (out / "eval.jsonl").open("a", encoding="utf-8") as sink:
-            for number, (name, load) in enumerate(images()):
+            for number, (name, item) in enumerate(items):
                 try:
-                    image: EvalImage = load()
+                    image = load(item)
                     own = evaluator.evaluate(image, on_method=lambda _method: progress.advance(task))
                 except (HeatmapError, OSError) as error:  # this image fails; the others go on
                     failures.append(f"{name}: {error}")
@@ -213,7 +219,7 @@ def _load(request: EvalRequest, clip: bool) -> Any:
 
 
 def _load_image(path: Path, pixel_transform: Any, label_table: dict[str, list[str]], masks: Path | None,
-                texts: list[str]) -> Any:
+                texts: list[str]) -> EvalImage:
     """One input file -> :class:`EvalImage`: its pixels, labels and masks."""
     from heatmap.evaluation.data import EvalImage, image_masks, labels_of, masks_of
     from heatmap.inputs import load_image

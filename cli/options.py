@@ -9,7 +9,7 @@ import inspect
 from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, cast
 
 import typer
 
@@ -30,7 +30,9 @@ class Precision(str, Enum):
     float64 = "float64"
 
 
+# the choices are render.COLORMAPS, read at run time: mypy takes only literal members, so it sees none
 Colormap = Enum("Colormap", {name: name for name in COLORMAPS}, type=str)  # type: ignore[misc]
+DEFAULT_COLORMAP = Colormap("jet")
 
 Inputs = Annotated[list[Path], typer.Argument(
     help="Image files, folders of images (sorted) or glob patterns.", show_default=False)]
@@ -77,7 +79,7 @@ def shared_options(
     device: DeviceOption = Device.auto,
     precision: PrecisionOption = Precision.auto,
     batch_size: BatchSize = 8,
-    colormap: ColormapOption = Colormap.jet,  # type: ignore[attr-defined]
+    colormap: ColormapOption = DEFAULT_COLORMAP,
     alpha: Alpha = 0.5,
     overlay_size: OverlaySize = 2048,
     recursive: Recursive = False,
@@ -120,7 +122,8 @@ CLIP_SHARED = {**inspect.signature(clip_options).parameters, **{name: SHARED[nam
 
 
 def _choices(name: str, values: Iterable[str]) -> type[Enum]:
-    return Enum(name, {value: value for value in values}, type=str)  # type: ignore[return-value]
+    # the functional API makes a class; mypy reads the call as an instance
+    return cast(type[Enum], Enum(name, {value: value for value in values}, type=str))
 
 
 def _typer_parameter(option: Option, default: Any, help_text: str) -> inspect.Parameter:
