@@ -204,7 +204,10 @@ OVERLAY_SIZE = 2048  # the overlay's longest side by default: a 24 MP photo's wo
 
 @dataclass
 class OverlayWriter:
-    """The map over the picture it explains, as ``<base>.png``.
+    """The map over the picture it explains, as ``<base>.<settings tag>.png``.
+
+    The name carries a tag of :attr:`settings`, so overlays of one map drawn
+    otherwise (another colormap, opacity or size) never replace each other.
 
     Attributes:
         colormap, alpha: the overlay's colours and opacity.
@@ -217,12 +220,17 @@ class OverlayWriter:
     max_side: int = OVERLAY_SIZE
     kind = "png"
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """How the overlay is drawn: recorded in the manifest line (``overlay``), tagged in the file name."""
+        return {"colormap": self.colormap, "alpha": float(self.alpha), "overlay_size": int(self.max_side)}
+
     def __call__(self, folder: Path, base: str, picture: Image.Image | None, record: MapRecord) -> str | None:
         if picture is None:
             return None
         picture, box = scaled_down(picture, record.box, self.max_side)
         heatmap = np.ascontiguousarray(record.heatmap, dtype=np.float32)
-        name = f"{base}.png"
+        name = f"{base}.{configuration_tag(self.settings)}.png"
         write_atomically(folder / name, png_bytes(overlay(picture, heatmap, box, self.colormap, self.alpha)))
         return name
 

@@ -11,9 +11,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from heatmap.errors import HeatmapError, UsageError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class Shard:
             raise UsageError(f"--shard {text}: K must be 1..N (K counts from 1, as in 1/{max(shard.count, 1)})")
         return shard
 
-    def select(self, items: Sequence) -> list:
+    def select(self, items: Sequence[T]) -> list[T]:
         """This shard's slice: item i goes to shard ``floor(i * N / len) + 1``, so sizes differ by at most one."""
         total = len(items)
         start = (self.index - 1) * total // self.count
@@ -75,15 +77,28 @@ def plan_jobs(inputs: Sequence[Path], recursive: bool = False, shard: Shard | No
 
 
 def canonical(options: dict[str, Any]) -> str:
-    """Options as the manifest stores them, in a form that compares equal across runs."""
+    """Options (or overlay settings) as the manifest stores them, in a form that compares equal across runs."""
     return json.dumps(json.loads(json.dumps(options)), sort_keys=True)
 
 
-class DoneMaps:
-    """The maps an output folder already holds for one model, weights, method, options and precision.
+def wanted_files(entry: dict[str, Any]) -> set[str]:
+    """The kinds of file a run writes for the map of ``entry``: the map and the overlay, and the token strip
+    of a CLIP text whose word pieces have relevance (``heatmap.outputs.default_writers``)."""
+    return {"npy", "png"} | ({"tokens"} if entry.get("token_relevance") is not None else set())
 
-    A map counts as done only when its manifest line exists and every file it
-    names is there and whole (``heatmap.outputs.files_complete``).
+
+class DoneMaps:
+    """The maps an output folder already holds for one model, weights, method, options, precision and overlay.
+
+    A map counts as done only when its manifest line exists, every file it
+    names is there and whole (``heatmap.outputs.files_complete``), and those
+    are every file this run would write for it: the map, the overlay drawn
+    with this run's settings, and (a CLIP text with word-piece relevance) the
+    token strip. A line that does not record how its overlay was drawn (one
+    written before overlays were recorded) is not done: its colormap and
+    opacity cannot be read back from the picture, so the map is explained
+    again and the new overlay, whose name carries its settings, is written
+    beside the old one.
 
     Args:
         out_dir: the output folder.
@@ -91,24 +106,30 @@ class DoneMaps:
         options: the method's options as resolved (defaults filled in).
         precision: the dtype the maps are computed in (``"float32"``); a line
             without one comes from a run that always computed in float32.
+        overlay: how this run draws its overlays (``OverlayWriter.settings``).
     """
 
     def __init__(self, out_dir: Path, model: str, weights: str | None, method: str,
-                 options: dict[str, Any], precision: str = "float32") -> None:
+                 options: dict[str, Any], precision: str = "float32", *, overlay: dict[str, Any]) -> None:
         from heatmap.outputs import files_complete, read_manifest
 
         wanted = canonical(options)
+        wanted_overlay = canonical(overlay)
         self._entries: dict[Path, list[dict[str, Any]]] = {}
         for entry in read_manifest(out_dir):
             if (entry.get("model"), entry.get("weights"), entry.get("method")) != (model, weights, method):
                 continue
             if entry.get("precision", "float32") != precision:
                 continue
-            if canonical(entry.get("options", {})) != wanted or not files_complete(out_dir, entry):
+            if canonical(entry.get("options", {})) != wanted:
+                continue
+            if "overlay" not in entry or canonical(entry["overlay"]) != wanted_overlay:
+                continue
+            if not wanted_files(entry) <= set(entry["files"]) or not files_complete(out_dir, entry):
                 continue
             self._entries.setdefault(Path(entry["input"]).resolve(), []).append(entry)
 
-    def has_targets(self, path: Path, field: str, targets: Sequence) -> bool:
+    def has_targets(self, path: Path, field: str, targets: Sequence[object]) -> bool:
         """Whether every one of ``targets`` (values of the entry ``field``: class index or text) is done."""
         entries = self._entries.get(path.resolve(), [])
         done = {entry.get(field) for entry in entries}

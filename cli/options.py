@@ -52,7 +52,8 @@ Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on
 Recursive = Annotated[bool, typer.Option("--recursive", "-r", help="Search folders in their subfolders too.")]
 SkipExisting = Annotated[bool, typer.Option(
     "--skip-existing", help="Resume: leave out inputs whose maps for the same model, weights, method, "
-    "options and targets are already in --out (manifest line and whole files).")]
+    "options and targets, with overlays of the same --colormap, --alpha and --overlay-size, are already in "
+    "--out (manifest line and whole files).")]
 Shard = Annotated[Optional[str], typer.Option(
     metavar="K/N", help="Process only the K-th of N slices of the sorted inputs (K = 1..N), so that N jobs "
     "split one folder with no overlap and no gap.", show_default=False)]

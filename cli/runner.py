@@ -12,18 +12,24 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from heatmap.cli import console
+from heatmap.cli.console import Output
 from heatmap.cli.jobs import DoneMaps, Job, Shard, plan_jobs
 from heatmap.errors import HeatmapError, UsageError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from heatmap.pipeline import MapRecord
 
 SUMMARY_ROWS = 40
 CLIP_TABLE_ROWS = 20  # texts shown per image; the manifest has them all
@@ -31,7 +37,28 @@ CLIP_TABLE_ROWS = 20  # texts shown per image; the manifest has them all
 
 @dataclass
 class RunRequest:
-    """What the user asked for: the options every command shares."""
+    """What the user asked for: the options every explaining command shares.
+
+    The commands build one request from their options (``cli/app.py``) and
+    hand it to :func:`run_classifier` or :func:`run_clip`.
+
+    Attributes:
+        method: the method's registered name.
+        options: the method's own options as given (those not given left out
+            or at their defaults; the registry fills in and checks the rest).
+        inputs: image files, folders and glob patterns, as given.
+        model: the model's name (None: the command's default).
+        out: the output folder.
+        device, precision: ``--device`` and ``--precision`` as given (``"auto"``...).
+        batch_size: images per forward pass.
+        colormap, alpha, overlay_size: how the overlays are drawn.
+        recursive: search folders in their subfolders.
+        skip_existing: leave out inputs whose files this run would write are
+            already there (``DoneMaps``).
+        verbose: name every file of the folders that is left out.
+        shard: only this slice of the sorted inputs (None: all).
+        output: what the run prints (``console.Output``).
+    """
 
     method: str
     options: dict[str, Any]
@@ -48,7 +75,7 @@ class RunRequest:
     skip_existing: bool = False
     verbose: bool = False
     shard: Shard | None = None
-    output: str = "normal"  # "normal", "quiet" (no bar, no table) or "json" (no bar, JSON summary)
+    output: Output = "normal"
 
     @property
     def chatty(self) -> bool:
@@ -157,7 +184,7 @@ class Run:
         if self.request.chatty:
             console.stderr.print(f"[yellow]note:[/] {escape(message)}", soft_wrap=True, highlight=False)
 
-    def leave_out_done(self, is_done) -> None:
+    def leave_out_done(self, is_done: Callable[[Job], bool]) -> None:
         """Drop the jobs ``is_done(job)`` says are complete (``--skip-existing``)."""
         remaining = [job for job in self.jobs if not is_done(job)]
         self.summary.skipped = len(self.jobs) - len(remaining)
@@ -165,7 +192,7 @@ class Run:
         if self.summary.skipped and self.request.chatty:
             console.stderr.print(f"{self.summary.skipped} input(s) already done in {self.request.out}; skipped")
 
-    def batches(self, batch_size: int) -> Iterator[list[tuple[Job, Any]]]:
+    def batches(self, batch_size: int) -> Iterator[list[tuple[Job, Image.Image]]]:
         """Lists of ``(job, picture)``; an unreadable file is reported and left out."""
         from heatmap.inputs import load_image
 
@@ -225,7 +252,8 @@ def run_clip(request: ClipRequest) -> RunSummary:
                 request.model or "ViT-B-32 (openai)", weights=request.pretrained)
 
 
-def _run(request: RunRequest, load: Callable[[], Any], what: str, weights: Any) -> RunSummary:
+def _run(request: ClassifierRequest | ClipRequest, load: Callable[[], Any], what: str,
+         weights: str | Path | None) -> RunSummary:
     """Load the model, leave out what is done, explain batch by batch, write, summarise.
 
     ``weights``: the local checkpoint, or the pretrained tag or file, as given (None: the name says it).
@@ -245,6 +273,7 @@ def _run(request: RunRequest, load: Callable[[], Any], what: str, weights: Any) 
     from heatmap.models import weights_identity
     from heatmap.outputs import (
         OutputError,
+        OverlayWriter,
         ResultWriter,
         configuration_tag,
         default_writers,
@@ -255,28 +284,25 @@ def _run(request: RunRequest, load: Callable[[], Any], what: str, weights: Any) 
 
     with _loading(request, what):
         driver = Driver(load(), method, precision=request.precision, **request.options)
-    if clip:
-        assert isinstance(request, ClipRequest)
+    if isinstance(request, ClipRequest):
         pipeline = Pipeline(driver, texts=request.texts)
         for text in pipeline.truncated_texts():
             run.note(f"text {text!r} is longer than the model's context: only its beginning is explained "
                      "(manifest: truncated)")
+        several = len(request.texts) > 1
     else:
-        assert isinstance(request, ClassifierRequest)
         pipeline = Pipeline(driver, targets=request.targets, top_k=request.top_k)
-    several = len(request.texts) > 1 if clip else (len(pipeline.targets or []) > 1 or request.top_k > 1)
+        several = len(pipeline.targets or []) > 1 or request.top_k > 1
     if method.class_agnostic and several:
         run.note(f"{method.name} is class-agnostic: every target of an image gets the same map")
     model_name = driver.adapter.name
     identity = weights_identity(request.model, weights, clip=clip)
+    # the overlay's settings make files too: recorded in each manifest line, and an input
+    # whose overlay was drawn otherwise is not done (its new overlay has a name of its own)
+    overlay = OverlayWriter(request.colormap, request.alpha, request.overlay_size).settings
     if request.skip_existing:
-        done = DoneMaps(request.out, model_name, identity, request.method, options, pipeline.precision)
-        if clip:
-            run.leave_out_done(lambda job: done.has_targets(job.path, "text", request.texts))
-        elif pipeline.targets:
-            run.leave_out_done(lambda job: done.has_targets(job.path, "target", pipeline.targets))
-        else:
-            run.leave_out_done(lambda job: done.has_top_k(job.path, request.top_k))
+        run.leave_out_done(_done_test(request, DoneMaps(request.out, model_name, identity, request.method, options,
+                                                        pipeline.precision, overlay=overlay), pipeline.targets))
     tag = configuration_tag({"model": model_name, "weights": identity, "kind": "clip" if clip else "classifier",
                              "method": request.method, "options": options, "precision": pipeline.precision})
     writers = default_writers(request.colormap, request.alpha, request.overlay_size)
@@ -286,8 +312,8 @@ def _run(request: RunRequest, load: Callable[[], Any], what: str, weights: Any) 
     if repaired:
         run.note(f"{writer.out_dir / 'manifest.jsonl'}: removed {len(repaired)} broken line(s) an interrupted run "
                  f"left (line {', '.join(map(str, repaired))})")
-    common = {"weights": identity, "precision": pipeline.precision, "options": driver.options}
-    entries = []
+    common = {"weights": identity, "precision": pipeline.precision, "options": driver.options, "overlay": overlay}
+    entries: list[dict[str, Any]] = []
     try:
         input_height, input_width = pipeline.input_size()
         for loaded in run.batches(pipeline.forward_batch_size(request.batch_size)):
@@ -320,6 +346,18 @@ def _run(request: RunRequest, load: Callable[[], Any], what: str, weights: Any) 
     return run.finish()
 
 
+def _done_test(request: ClassifierRequest | ClipRequest, done: DoneMaps,
+               targets: list[int] | None) -> Callable[[Job], bool]:
+    """Whether a job is done (``--skip-existing``): every text, every class asked for, or the top K classes."""
+    if isinstance(request, ClipRequest):
+        texts = request.texts
+        return lambda job: done.has_targets(job.path, "text", texts)
+    if targets:
+        return lambda job: done.has_targets(job.path, "target", targets)
+    top_k = request.top_k
+    return lambda job: done.has_top_k(job.path, top_k)
+
+
 def ensure_writable(folder: Path) -> None:
     """Create ``folder`` if needed and check a file can be written there, or say what to do.
 
@@ -336,11 +374,11 @@ def ensure_writable(folder: Path) -> None:
                            "choose another --out or make it writable") from None
 
 
-def _loading(request: RunRequest, what: str):
+def _loading(request: RunRequest, what: str) -> AbstractContextManager[object]:
     return console.stderr.status(f"loading {what}...") if request.chatty else nullcontext()
 
 
-def _print_classifier_summary(entries: list[dict], out_dir: Path) -> None:
+def _print_classifier_summary(entries: list[dict[str, Any]], out_dir: Path) -> None:
     if not entries:
         return
     table = Table(title=f"{len(entries)} map(s) in {out_dir}", title_justify="left")
@@ -354,7 +392,7 @@ def _print_classifier_summary(entries: list[dict], out_dir: Path) -> None:
     console.stdout.print(table)
 
 
-def _print_clip_table(path: Path, records: list) -> None:
+def _print_clip_table(path: Path, records: list[MapRecord]) -> None:
     table = Table(title=str(path), title_justify="left")
     table.add_column("text", overflow="fold")
     table.add_column("logit", justify="right")
