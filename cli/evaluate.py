@@ -139,7 +139,7 @@ def _evaluate(request: EvalRequest, paths: list[Path], protocols: list[str], cli
         texts = texts or world.texts
     chosen = request.methods or [name for name in methods() if unsupported(methods()[name], adapter, clip) is None]
     scorer = PixelScorer(adapter, mean, std, texts=texts if clip else None, batch_size=request.batch_size)
-    evaluator = Evaluator(adapter, scorer, chosen, protocols, target=request.target,  # type: ignore[arg-type]
+    evaluator = Evaluator(adapter, scorer, chosen, protocols, target=request.target,
                           tolerance=request.tolerance)
     label_table = read_labels(request.labels) if request.labels is not None else {}
 
