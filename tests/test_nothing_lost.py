@@ -1,8 +1,9 @@
 """Nothing lost: no run replaces another run's files, outputs are never inputs, a file error fails its input only.
 
-Each test runs the console script, as a user's shell does, into one output
-folder, and then checks that every manifest line points at a map that is
-still the one its own run wrote.
+Each test runs the console script's entry point (``heatmap.cli.app:main``,
+in this process, with its own stdout and stderr) into one output folder, and
+then checks that every manifest line points at a map that is still the one
+its own run wrote.
 """
 
 from __future__ import annotations
@@ -10,11 +11,16 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
+import types
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from heatmap.cli.app import main
 from heatmap.demo.shapes_world import make_scenes
 from heatmap.outputs import output_stems, slug, text_name
 
@@ -23,7 +29,21 @@ SCENE = SAMPLES / "shapes_002_red-heart_pink-cross.png"
 
 
 def heatmap(*args: object, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(["heatmap", *map(str, args), "--json"], capture_output=True, text=True, timeout=600)
+    """The console script's entry point with ``--json``: its exit code, stdout and stderr."""
+    argv = ["heatmap", *map(str, args), "--json"]
+    main_module = sys.modules["__main__"]
+    # a console script's __main__ is a plain script: click then names the program after argv[0]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        with CliRunner().isolation() as (stdout, stderr, _), patch.object(sys, "argv", argv):
+            try:
+                main()
+                code = 0
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+            result = subprocess.CompletedProcess(argv, code, stdout.getvalue().decode(), stderr.getvalue().decode())
+    finally:
+        sys.modules["__main__"] = main_module
     if check:
         assert result.returncode == 0, result.stderr
     return result
