@@ -123,15 +123,15 @@ def test_default_model_missing_from_cache_says_how_to_get_it(scene_path, tmp_pat
     assert "--model demo" in result.stderr
 
 
-def test_console_script_with_demo_clip_and_three_texts(scene_path, tmp_path):
+def test_demo_clip_with_three_texts(scene_path, tmp_path):
     scene = make_scenes(1, seed=99, num_objects=3)[0]
     texts = [obj.caption for obj in scene.objects]
     out = tmp_path / "out"
-    args = ["heatmap", "clip", str(scene_path), "--model", "demo", "-o", str(out)]
+    args = ["clip", str(scene_path), "--model", "demo", "-o", str(out)]
     for text in texts:
         args += ["--text", text]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
     for text in texts:
         assert text in result.stdout
     assert "probability" in result.stdout

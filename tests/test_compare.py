@@ -37,7 +37,9 @@ def test_identical_and_rescaled_maps_agree():
     heatmap = np.random.default_rng(0).random((7, 7)).astype(np.float32)
     for other in (heatmap.copy(), heatmap * 3.5):
         metrics = compare_maps(heatmap, other)
-        assert metrics.max_diff < 1e-7 and metrics.corr == pytest.approx(1.0) and metrics.top_iou == 1.0
+        # on the min-max scale the rescaled float32 map differs by 4.0e-8 (natively and with
+        # ATEN_CPU_CAPABILITY=default): 1e-6 is 25x that
+        assert metrics.max_diff < 1e-6 and metrics.corr == pytest.approx(1.0) and metrics.top_iou == 1.0
         assert metrics.failures(Thresholds()) == []
 
 
@@ -136,12 +138,12 @@ def test_a_perturbed_weight_fails_with_a_report_and_pictures(images, baseline, p
 
 @pytest.fixture(scope="module")
 def plain_vit_weights(tmp_path_factory):
-    """A random vit_tiny_patch16_224 (one patch convolution, so full-lrp runs) and a copy with its patch
-    convolution moved by 5% of its spread."""
+    """A random test_vit (timm's smallest ViT, 160 px; one patch convolution, so full-lrp runs) and a copy
+    with its patch convolution moved by 5% of its spread."""
     import timm
 
     torch.manual_seed(0)
-    weights = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=4).state_dict()
+    weights = timm.create_model("test_vit", pretrained=False, num_classes=4).state_dict()
     folder = tmp_path_factory.mktemp("vit")
     save_file(weights, folder / "vit.safetensors")
     kernel = weights["patch_embed.proj.weight"]
@@ -156,15 +158,15 @@ def test_pixel_level_maps_compare_like_token_maps(images, plain_vit_weights, tmp
     scene = images / "scene0.png"
 
     def full_lrp(out: Path, checkpoint: Path) -> Path:
-        result = invoke("full-lrp", scene, "-m", "vit_tiny_patch16_224", "--checkpoint", checkpoint,
+        result = invoke("full-lrp", scene, "-m", "test_vit", "--checkpoint", checkpoint,
                         "-o", out, "--quiet", "--target", 1)
         assert result.exit_code == 0, result.output
         return out
 
     baseline = full_lrp(tmp_path / "baseline", weights)
     record = json.loads((baseline / MANIFEST).read_text())
-    assert record["map_shape"] == [224, 224]  # the model's input size, not its 14x14 grid
-    assert np.load(baseline / record["files"]["npy"]).shape == (224, 224)
+    assert record["map_shape"] == [160, 160]  # the model's input size, not its 10x10 grid
+    assert np.load(baseline / record["files"]["npy"]).shape == (160, 160)
     again = invoke("compare", baseline, full_lrp(tmp_path / "rerun", weights))
     assert again.exit_code == 0 and "1 of 1 entries agree" in again.output, again.output
     changed = invoke("compare", baseline, full_lrp(tmp_path / "moved", moved), "--diff-dir", tmp_path / "diffs")

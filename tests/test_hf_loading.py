@@ -70,6 +70,12 @@ def offline(cache: Path) -> dict[str, str]:
     return {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
+# The console script's (or a fresh process's) float32 maps against this process's: the difference measured
+# here is 0, natively and with ATEN_CPU_CAPABILITY=default; 4e-7 of the map's maximum was measured on an
+# AMD EPYC (the CLIP's maps). 4e-6 of the maximum is 10x that.
+MAP_TOLERANCE = 4e-6
+
+
 def run(args, cache, **kwargs):
     return subprocess.run(args, capture_output=True, text=True, timeout=300, env=offline(cache), **kwargs)
 
@@ -85,7 +91,7 @@ def test_the_command_loads_a_repo_id_from_the_cache_offline(hub, tmp_path):
     expected = heatmap.explain(hub["vit"], [str(hub["image"])], "chefer-generic", target=3,
                                processor=hub["vit_processor"]).maps[0].numpy()
     assert saved.shape == (4, 4)
-    np.testing.assert_allclose(saved, expected, rtol=0, atol=1e-7 * np.abs(expected).max())  # measured 0
+    np.testing.assert_allclose(saved, expected, rtol=0, atol=MAP_TOLERANCE * np.abs(expected).max())
 
 
 def test_clip_by_repo_id_from_the_cache_offline(hub, tmp_path):
@@ -101,7 +107,7 @@ def test_clip_by_repo_id_from_the_cache_offline(hub, tmp_path):
     for t, entry in enumerate(entries):
         saved = np.load(out / entry["files"]["npy"])
         reference = expected.maps[0, t].numpy()
-        np.testing.assert_allclose(saved, reference, rtol=0, atol=1e-7 * np.abs(reference).max())
+        np.testing.assert_allclose(saved, reference, rtol=0, atol=MAP_TOLERANCE * np.abs(reference).max())
 
 
 def test_the_api_loads_a_repo_id_from_the_cache_offline(hub):
@@ -113,9 +119,10 @@ def test_the_api_loads_a_repo_id_from_the_cache_offline(hub):
     assert result.returncode == 0, result.stderr
     vit_map, clip_map = (torch.tensor(json.loads(line)) for line in result.stdout.splitlines()[-2:])
     expected = heatmap.explain(hub["vit"], [str(hub["image"])], "rollout", target=2, processor=hub["vit_processor"])
-    assert torch.allclose(vit_map, expected.maps[0], rtol=0, atol=1e-7)
+    assert torch.allclose(vit_map, expected.maps[0], rtol=0, atol=MAP_TOLERANCE * float(expected.maps[0].abs().max()))
     expected = heatmap.explain(hub["clip"], [str(hub["image"])], "rollout", texts=["cat"], processor=hub["tokenizer"])
-    assert torch.allclose(clip_map, expected.maps[0, 0], rtol=0, atol=1e-7)
+    assert torch.allclose(clip_map, expected.maps[0, 0], rtol=0,
+                          atol=MAP_TOLERANCE * float(expected.maps[0, 0].abs().max()))
 
 
 def test_a_model_neither_cached_nor_downloadable_gets_one_line_naming_the_fix(hub, tmp_path):
