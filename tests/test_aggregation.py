@@ -18,6 +18,8 @@ from heatmap.explainers.driver import read_grid
 from heatmap.explainers.registry import method
 from heatmap.models.protocols import Grid
 
+pytestmark = pytest.mark.numerics
+
 
 def test_rollout_of_one_block_normalises_rows_not_columns():
     fused = torch.tensor([[[0.0, 1.0], [3.0, 0.0]]])

@@ -36,22 +36,29 @@ CLASSIFIERS = ["vit", "deit", "deit-teacher"]
 LRP_METHODS = {"transformer-attribution", "partial-lrp", "full-lrp"}
 TARGETS = [1, 4, 2]
 
-# Largest relative error of a float64 transformers explanation against the
-# float64 reference, each map scaled by its largest value, over every case
-# here: 6.2e-16 (classifier maps), 2.1e-15 (CLIP maps) and 7.6e-15 (token
-# relevance); 1e-12 keeps over 100x.
+# Largest relative error of one image's float64 transformers explanation (CLIP:
+# one image and its texts) against the one-image float64 reference, each map
+# scaled by its largest value, over every case here. measured: 2.3e-16
+# (classifier maps) and 5.0e-15 (token relevance) native, 5.8e-16 and 5.4e-15
+# portable (ATEN_CPU_CAPABILITY=default); 1e-12 keeps over 100x.
 FLOAT64_TOLERANCE = 1e-12
+# The trained demo CLIP through transformers against open_clip, both float64,
+# the same batch: its token relevance measured 6.8e-14 native, 2.6e-13 portable
+# (the trained model's relevance is small, 5e-4, so round-off weighs more);
+# 1e-11 keeps over 30x.
+DEMO_TOLERANCE = 1e-11
 # transformers' CLIP selects the class token BEFORE post_layernorm (as OpenAI's
 # CLIP does), open_clip's twin after ln_post: the IndexSelect rule
 # x * safe_divide(R, x) then sees another x, and its +1e-9 stabiliser moves the
-# LRP methods' image maps by up to 2.6e-7 (relative, float64; selecting the
-# normed token instead gives 3.7e-16). 3e-6 keeps over 10x. Text towers pool
-# in the same order and stay within FLOAT64_TOLERANCE.
-CLIP_IMAGE_LRP_TOLERANCE = 3e-6
-# transformers against timm / open_clip, the same weights, both in float32:
-# measured at most 6.1e-8 (ViT) and 5.4e-7 (CLIP, its LRP image maps, for the
-# reason above): the probe computes attention in the same order as timm and
-# PyTorch. 1e-5 keeps over 18x.
+# LRP methods' image maps (relative, float64; selecting the normed token
+# instead gives 3.7e-16). measured: 3.8e-7 native, 3.8e-7 portable (one image
+# and its texts); 5e-6 keeps over 10x. Text towers pool in the same order and
+# stay within FLOAT64_TOLERANCE.
+CLIP_IMAGE_LRP_TOLERANCE = 5e-6
+# transformers against timm / open_clip, the same weights, both in float32.
+# measured: 6.1e-8 (ViT) and 5.4e-7 (CLIP, its LRP image maps, for the reason
+# above) native, 6.1e-8 and 7.5e-7 portable: the probe computes attention in the same
+# order as timm and PyTorch. 1e-5 keeps over 18x.
 PARITY_TOLERANCE = 1e-5
 
 
@@ -92,6 +99,7 @@ def classifier_reference(method, twin, images, targets):
     return legrad_reference.vit_reference(twin, images, targets, -2)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("kind", CLASSIFIERS)
 @pytest.mark.parametrize("method", METHODS)
 def test_classifier_maps_match_the_reference(kind, method):
@@ -101,9 +109,11 @@ def test_classifier_maps_match_the_reference(kind, method):
         with pytest.raises(heatmap.UnsupportedModelError, match="distillation head"):
             heatmap.explain(model, images, method, target=TARGETS)
         return
-    result = heatmap.explain(model, images, method, target=TARGETS)
-    assert result.maps.dtype == torch.float64
-    assert relative_error(result.maps, classifier_reference(method, twin, images, TARGETS)) < FLOAT64_TOLERANCE
+    for b in range(3):  # each image alone
+        result = heatmap.explain(model, images[b:b + 1], method, target=TARGETS[b:b + 1])
+        assert result.maps.dtype == torch.float64
+        expected = classifier_reference(method, twin, images[b:b + 1], TARGETS[b:b + 1])
+        assert relative_error(result.maps, expected) < FLOAT64_TOLERANCE
 
 
 @pytest.fixture(scope="module")
@@ -139,26 +149,28 @@ def clip_reference(method, twin, images, tokens):
     return maps, [[text_row for _, text_row in row] for row in pairs]
 
 
+@pytest.mark.numerics
 @needs_float64_clip
 @pytest.mark.parametrize("method", METHODS)
 def test_clip_maps_and_token_relevance_match_the_reference(method, tokenizer):
     twin, model = clip_pair(dtype=torch.float64)
     images = random_images(2, seed=5, dtype=torch.float64)
-    result = heatmap.explain(model, images, method, texts=TEXTS, processor=tokenizer)
-    expected_maps, expected_text = clip_reference(method, twin, images, tokens_of(TEXTS))
     tolerance = CLIP_IMAGE_LRP_TOLERANCE if method in LRP_METHODS else FLOAT64_TOLERANCE
-    assert relative_error(result.maps, expected_maps) < tolerance
-    if expected_text is None:
-        assert result.text_relevance is None
-        return
-    assert [pieces for pieces in result.word_pieces] == [text.split() for text in TEXTS]
-    for b in range(2):
+    for b in range(2):  # each image alone, with the three texts
+        result = heatmap.explain(model, images[b:b + 1], method, texts=TEXTS, processor=tokenizer)
+        expected_maps, expected_text = clip_reference(method, twin, images[b:b + 1], tokens_of(TEXTS))
+        assert relative_error(result.maps, expected_maps) < tolerance
+        if expected_text is None:
+            assert result.text_relevance is None
+            continue
+        assert [pieces for pieces in result.word_pieces] == [text.split() for text in TEXTS]
         for t in range(3):
-            assert relative_error(result.text_relevance[b][t], expected_text[b][t]) < FLOAT64_TOLERANCE
+            assert relative_error(result.text_relevance[0][t], expected_text[0][t]) < FLOAT64_TOLERANCE
 
 
 # -- parity with timm and open_clip, in float32 ---------------------------------------
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("method", METHODS)
 def test_timm_and_transformers_vit_give_the_same_maps(method):
     twin, model = vit_pair("vit")
@@ -169,6 +181,7 @@ def test_timm_and_transformers_vit_give_the_same_maps(method):
     assert relative_error(ours, theirs) < PARITY_TOLERANCE
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("method", METHODS)
 def test_open_clip_and_transformers_clip_give_the_same_maps(method, tokenizer):
     twin, model = clip_pair()
@@ -199,6 +212,7 @@ def demo_pair():
     return demo_clip_as_transformers(), [scene.image for scene in make_scenes(2, seed=5)]
 
 
+@pytest.mark.numerics
 @needs_float64_clip
 @pytest.mark.parametrize("method", METHODS)
 def test_the_trained_demo_clip_gives_the_same_maps_through_transformers(method, demo_pair):
@@ -213,10 +227,10 @@ def test_the_trained_demo_clip_gives_the_same_maps_through_transformers(method, 
     # head mean to show (3.7e-5 relative); float64 compares the conversion, not the round-off
     ours = heatmap.explain(model, scenes, method, texts=texts, processor=processor, precision="float64")
     theirs = heatmap.explain("demo", scenes, method, texts=texts, precision="float64")
-    tolerance = CLIP_IMAGE_LRP_TOLERANCE if method in LRP_METHODS else FLOAT64_TOLERANCE
+    tolerance = CLIP_IMAGE_LRP_TOLERANCE if method in LRP_METHODS else DEMO_TOLERANCE
     assert relative_error(ours.maps, theirs.maps) < tolerance
     if theirs.text_relevance is not None:
         assert ours.word_pieces == theirs.word_pieces
         for ours_row, theirs_row in zip(ours.text_relevance, theirs.text_relevance, strict=True):
             for mine, other in zip(ours_row, theirs_row, strict=True):
-                assert relative_error(mine, other) < FLOAT64_TOLERANCE
+                assert relative_error(mine, other) < DEMO_TOLERANCE

@@ -25,16 +25,25 @@ from helpers.models import TEXTS, random_images, tiny_clip, tiny_vit, tokens_of
 from helpers.partial_lrp_reference import clip_image_forward, clip_partial_lrp_pair, clip_text_forward, reference_map
 
 EPS = 1e-9
-# Largest relative error against the float64 references measured here: 1.5e-15
-# (a CLIP image map; text-token relevance 1.1e-15, the ViTs 3.1e-16, the
-# non-square ViT 1.7e-16); 1e-12 keeps a margin of over 600x.
+# Largest relative error of one image (CLIP: one image and its texts) against
+# the one-image float64 reference. measured: 1.5e-15 native (a CLIP image map;
+# text-token relevance 1.1e-15, the ViTs 1.2e-16), 2.7e-15 portable
+# (ATEN_CPU_CAPABILITY=default); 1e-12 keeps over 600x.
 FLOAT64_TOLERANCE = 1e-12
+# A batch against its images one at a time. measured: 3.1e-16 native, 5.3e-16
+# portable on this Xeon; an AMD EPYC (MKL) measured up to 3.1e-11 for batches
+# in float64 LRP (full-lrp). 1e-9 keeps over 30x above that.
+BATCH_TOLERANCE = 1e-9
+# The reference's towers against open_clip's, one item each. measured: 7.3e-16
+# native, 6.9e-16 portable; 1e-13 keeps over 100x.
+EMBEDDING_TOLERANCE = 1e-13
 
 
 def f64(*values):
     return torch.tensor(values, dtype=torch.float64)
 
 
+@pytest.mark.numerics
 def test_original_linear_normalises_each_sign_part_on_its_own():
     # x = [2, -1], W = [[1, 3], [-2, 1]], R = [1, 0.5]
     #   x+ = [2, 0], x- = [0, -1];  W+ = [[1, 3], [0, 1]], W- = [[0, 0], [-2, 0]]
@@ -48,9 +57,11 @@ def test_original_linear_normalises_each_sign_part_on_its_own():
     #   R_x = [1 * 1 / (1 + 1e-9), (-1) * (1 / (1 + 1e-9)) * (-1)]: the relevance doubled
     doubled = linear_relevance_original(f64(1.0, -1.0), f64([1.0, -1.0]), f64(1.0))
     assert torch.equal(doubled, f64(1.0 / (1.0 + EPS), 1.0 / (1.0 + EPS)))
-    assert abs(float(doubled.sum()) - 2.0) < 1e-8
+    # 2 / (1 + 1e-9): 2e-9 below 2, the stabiliser's share; 1e-7 keeps 50x and still tells 2 from 1
+    assert abs(float(doubled.sum()) - 2.0) < 1e-7
 
 
+@pytest.mark.numerics
 def test_original_residual_add_is_not_rescaled():
     a, b, R = f64(1.0, 3.0), f64(1.0, -1.0), f64(2.0, 4.0)
     rel_a, rel_b = residual_relevance_original(a, b, R)
@@ -59,8 +70,10 @@ def test_original_residual_add_is_not_rescaled():
     assert torch.equal(rel_b, f64(1.0 * (2.0 / (2.0 + EPS)), -1.0 * (4.0 / (2.0 + EPS))))
 
 
+@pytest.mark.numerics
 def test_the_references_agree_with_the_hand_worked_rules():
     x, weight, R = f64([1.0, -1.0]), f64([1.0, -1.0]), f64([1.0])
+    # measured: 0 difference native and portable (ATEN_CPU_CAPABILITY=default)
     assert torch.allclose(ref_linear_original(x, weight, R), linear_relevance_original(x, weight, R), rtol=1e-15)
     a, b = f64(1.0, 3.0), f64(1.0, -1.0)
     for ours, theirs in zip(residual_relevance_original(a, b, f64(2.0, 4.0)),
@@ -84,20 +97,24 @@ def images_for(model, count, seed):
     return torch.randn(count, 3, *model.patch_embed.img_size, dtype=torch.float64)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("model_name", MODELS)
 def test_partial_lrp_matches_the_reference(model_name):
     factory, query = MODELS[model_name]
     model = factory().double()
     images = images_for(model, 3, seed=123)
     targets = [1, 4, 2]
-    result = heatmap.explain(model, images, "partial-lrp", target=targets)
-    assert result.maps.shape == (3, *model.patch_embed.grid_size)
-    for b in range(3):
+    singles = []
+    for b in range(3):  # each image alone
+        result = heatmap.explain(model, images[b:b + 1], "partial-lrp", target=[targets[b]])
+        assert result.maps.shape == (1, *model.patch_embed.grid_size)
         expected = reference_map(model, images[b:b + 1], targets[b], query)
-        assert relative_error(result.maps[b], expected) < FLOAT64_TOLERANCE
-    singles = torch.cat([heatmap.explain(model, images[i:i + 1], "partial-lrp", target=[targets[i]]).maps
-                         for i in range(3)])
-    assert relative_error(result.maps, singles) < FLOAT64_TOLERANCE
+        assert relative_error(result.maps[0], expected) < FLOAT64_TOLERANCE
+        singles.append(result.maps)
+    # the batch equals its images one at a time
+    batch = heatmap.explain(model, images, "partial-lrp", target=targets)
+    for b in range(3):
+        assert relative_error(batch.maps[b], singles[b][0]) < BATCH_TOLERANCE
 
 
 def test_partial_lrp_explains_clip_images_and_texts():
@@ -128,6 +145,7 @@ CLIP_CASES = {
 }
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("case", CLIP_CASES)
 def test_partial_lrp_on_clip_matches_the_reference(case):
     """Image maps and text-token relevance of every (image, text) pair equal the float64 reference."""
@@ -135,19 +153,22 @@ def test_partial_lrp_on_clip_matches_the_reference(case):
     images, tokens = random_images(2, seed=5, dtype=torch.float64), tokens_of(TEXTS)
     # the reference's towers are the model's
     with torch.no_grad():
-        image_embeddings = torch.cat([clip_image_forward(model, images[b:b + 1])[3] for b in range(2)])
-        text_embeddings = torch.cat([clip_text_forward(model, tokens[t:t + 1])[3] for t in range(3)])
-        assert relative_error(image_embeddings, model.encode_image(images)) < 1e-13
-        assert relative_error(text_embeddings, model.encode_text(tokens)) < 1e-13
-    result = heatmap.explain(model, images, "partial-lrp", texts=TEXTS)
-    assert result.maps.shape == (2, 3, 4, 4)
-    for b in range(2):
+        for b in range(2):
+            image_embedding = clip_image_forward(model, images[b:b + 1])[3]
+            assert relative_error(image_embedding, model.encode_image(images[b:b + 1])) < EMBEDDING_TOLERANCE
+        for t in range(3):
+            text_embedding = clip_text_forward(model, tokens[t:t + 1])[3]
+            assert relative_error(text_embedding, model.encode_text(tokens[t:t + 1])) < EMBEDDING_TOLERANCE
+    for b in range(2):  # each image alone, with the three texts
+        result = heatmap.explain(model, images[b:b + 1], "partial-lrp", texts=TEXTS)
+        assert result.maps.shape == (1, 3, 4, 4)
         for t in range(3):
             image_map, token_relevance = clip_partial_lrp_pair(model, images[b:b + 1], tokens[t:t + 1])
-            assert relative_error(result.maps[b, t], image_map) < FLOAT64_TOLERANCE
-            assert relative_error(result.text_relevance[b][t], token_relevance) < FLOAT64_TOLERANCE
+            assert relative_error(result.maps[0, t], image_map) < FLOAT64_TOLERANCE
+            assert relative_error(result.text_relevance[0][t], token_relevance) < FLOAT64_TOLERANCE
 
 
+@pytest.mark.numerics
 def test_the_clip_reference_tells_the_rule_sets_apart():
     # transformer-attribution's rules (shared Z, rescaled adds) give other
     # numbers on this model, so the reference above pins the ORIGINAL rules

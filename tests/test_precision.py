@@ -20,6 +20,7 @@ from helpers.models import TEXTS, tiny_clip, tiny_vit
 METHODS = heatmap.methods()  # every registered method
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("method", METHODS)
 def test_bfloat16_classifier_is_explained_in_float32(method, images):
     model = tiny_vit().to(torch.bfloat16)
@@ -31,6 +32,7 @@ def test_bfloat16_classifier_is_explained_in_float32(method, images):
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())  # the caller's model untouched
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("method", METHODS)
 def test_bfloat16_clip_is_explained_in_float32(method):
     model = tiny_clip().to(torch.bfloat16)
@@ -49,6 +51,7 @@ def test_bfloat16_clip_is_explained_in_float32(method):
     assert next(model.parameters()).dtype == torch.bfloat16
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("method", METHODS)
 def test_precision_float64_explains_a_float64_copy(method, images):
     model = tiny_vit()

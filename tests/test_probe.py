@@ -23,6 +23,7 @@ def capture(model, name, track_from=None):
     return TimmTower(model, name).attention_capture(track_from)
 
 
+@pytest.mark.numerics
 def test_records_the_probabilities_that_multiply_v(images):
     model, images = tiny_vit().double(), images.double()
     with torch.no_grad():
@@ -32,11 +33,12 @@ def test_records_the_probabilities_that_multiply_v(images):
         recorded = probe.attention_probs
     assert len(recorded) == len(model.blocks)
     for probs, reference_probs in zip(recorded, expected, strict=False):
-        # float64; measured identical (0 difference): the probe records the very tensor
+        # float64; measured 0 difference, native and portable: the probe records the very tensor
         torch.testing.assert_close(probs, reference_probs, rtol=1e-12, atol=1e-15)
         torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1], dtype=torch.float64))
 
 
+@pytest.mark.numerics
 def test_logits_identical_with_and_without_probe(images):
     model = tiny_vit()
     for module in attention_modules(model):
@@ -48,6 +50,7 @@ def test_logits_identical_with_and_without_probe(images):
     assert torch.equal(plain, probed)
 
 
+@pytest.mark.numerics
 def test_fused_model_agrees_and_gets_its_setting_back(images):
     model = tiny_vit()
     for module in attention_modules(model):
@@ -57,7 +60,9 @@ def test_fused_model_agrees_and_gets_its_setting_back(images):
         with capture(model, "tiny"):
             assert not any(module.fused_attn for module in attention_modules(model))
             probed = model(images)
-    torch.testing.assert_close(probed, fused, rtol=1e-5, atol=1e-6)
+    # float32, relative to the largest logit; measured: 2.9e-7 native, 3.9e-7 portable
+    # (ATEN_CPU_CAPABILITY=default); 1e-5 keeps over 25x
+    assert (probed - fused).abs().max() < 1e-5 * fused.abs().max()
     assert all(module.fused_attn for module in attention_modules(model))
 
 
@@ -77,6 +82,7 @@ def test_model_restored_after_an_exception(images):
     assert all(not module.attn_drop._forward_hooks for module in attention_modules(model))
 
 
+@pytest.mark.numerics
 def test_gradients_only_for_attention_not_weights(images):
     model, images = tiny_vit().double(), images.double()
     with frozen_parameters(model), capture(model, "tiny", track_from=1) as probe:
@@ -89,7 +95,8 @@ def test_gradients_only_for_attention_not_weights(images):
     # the same gradients as a plain backward through the explicit forward
     _, _, expected = reference.gradients(model, images, torch.tensor([2, 2, 2]))
     for grad, reference_grad in zip(grads, expected[1:], strict=False):
-        # float64; measured identical (0 difference): the same backward through the same forward
+        # float64; measured 0 difference, native and portable: the same backward
+        # through the same forward
         torch.testing.assert_close(grad, reference_grad, rtol=1e-12, atol=1e-15)
 
 
