@@ -432,6 +432,7 @@ class Flatten(nn.Module):
 class StubAdapter:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
+        self.towers = [object()]  # one tower: a classifier (the scorer reads its logits only)
         self.device = torch.device("cpu")
         self.dtype = torch.float32
 
@@ -552,5 +553,27 @@ def test_probabilities_are_the_models_own_softmax_or_pairwise_sigmoid():
     logits = torch.tensor([[2.0, -1.0, 0.5]], dtype=torch.float64)
     plain = scorer(Flatten(), batch_size=1)
     assert torch.equal(plain.probabilities(logits), logits.softmax(dim=1))
-    plain.adapter.independent_texts = True  # SigLIP scores each image-text pair on its own
-    assert torch.equal(plain.probabilities(logits), logits.sigmoid())
+    # an image-text model scores candidate texts by a softmax over them (CLIP), or each image-text pair on
+    # its own (SigLIP)
+    texts = ["a", "b", "c"]
+    clip = PixelScorer(StubImageText(Flatten(), independent=False), (0, 0, 0), (1, 1, 1), texts=texts)
+    assert torch.equal(clip.probabilities(logits), logits.softmax(dim=1))
+    siglip = PixelScorer(StubImageText(Flatten(), independent=True), (0, 0, 0), (1, 1, 1), texts=texts)
+    assert torch.equal(siglip.probabilities(logits), logits.sigmoid())
+
+
+class StubImageText(StubAdapter):
+    """An image and a text tower; only what the scorer reads of texts (their count) is real."""
+
+    name = "stub image-text model"
+
+    def __init__(self, model: nn.Module, independent: bool) -> None:
+        super().__init__(model)
+        self.towers = [object(), object()]
+        self.independent_texts = independent
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return torch.zeros(len(texts), 1, dtype=torch.long)
+
+    def text_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.eye(len(tokens))

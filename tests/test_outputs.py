@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from heatmap.outputs import ResultWriter, default_writers, output_stems, slug, target_names
+from heatmap.outputs import (
+    OVERLAY_SIZE,
+    ResultWriter,
+    configuration_tag,
+    default_writers,
+    output_stems,
+    slug,
+    target_names,
+)
 from heatmap.pipeline import MapRecord
 from heatmap.render import COLORMAPS, text_strip
 
@@ -38,11 +46,13 @@ def test_writer_writes_files_then_one_manifest_line_each(tmp_path):
     entry = writer.write(Path("in/scene.png"), "scene", picture,
                          record(3, "star", 1.5, word_pieces=["a", "star"], token_relevance=np.ones(2, np.float32)),
                          method="rollout", target_name="star", common={"weights": None})
-    assert entry["files"] == {"npy": "scene.rollout.star.npy", "png": "scene.rollout.star.png",
+    # the overlay's name carries a tag of how it is drawn (colormap, alpha, size), recorded beside it
+    look = configuration_tag({"colormap": "viridis", "alpha": 0.4, "overlay_size": OVERLAY_SIZE})
+    assert entry["files"] == {"npy": "scene.rollout.star.npy", "png": f"scene.rollout.star.{look}.png",
                               "tokens": "scene.rollout.star.tokens.png"}
     saved = np.load(tmp_path / "out" / "scene.rollout.star.npy")
     assert saved.dtype == np.float32 and np.array_equal(saved, heatmap.astype(np.float32))
-    with Image.open(tmp_path / "out" / "scene.rollout.star.png") as png:
+    with Image.open(tmp_path / "out" / f"scene.rollout.star.{look}.png") as png:
         assert png.size == (40, 30)
     writer.write(Path("in/scene.png"), "scene", picture, record(0, "circle", 0.5), method="rollout",
                  target_name="circle", common={"weights": None})
