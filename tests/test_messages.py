@@ -13,13 +13,9 @@ import logging
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
-from unittest.mock import patch
 
-from typer.testing import CliRunner
-
-from heatmap.cli.app import main
+from helpers.console import console_script
 
 SCENE = Path(__file__).resolve().parents[1] / "sample_images" / "shapes_002_red-heart_pink-cross.png"
 
@@ -32,20 +28,7 @@ def heatmap_process(*args: object, cache: Path) -> subprocess.CompletedProcess:
 
 def heatmap(*args: object) -> subprocess.CompletedProcess:
     """The console script's entry point in this process: its exit code, stdout and stderr."""
-    argv = ["heatmap", *map(str, args)]
-    main_module = sys.modules["__main__"]
-    # a console script's __main__ is a plain script: click then names the program after argv[0]
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        with CliRunner().isolation() as (stdout, stderr, _), patch.object(sys, "argv", argv):
-            try:
-                main()
-                code = 0
-            except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
-            return subprocess.CompletedProcess(argv, code, stdout.getvalue().decode(), stderr.getvalue().decode())
-    finally:
-        sys.modules["__main__"] = main_module
+    return console_script(*args)
 
 
 def test_clip_offline_names_its_own_option(tmp_path):

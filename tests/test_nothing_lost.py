@@ -11,18 +11,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
-import types
 from pathlib import Path
-from unittest.mock import patch
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from heatmap.cli.app import main
 from heatmap.demo.shapes_world import make_scenes
 from heatmap.outputs import output_stems, slug, text_name
+from helpers.console import console_script
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_images"
 SCENE = SAMPLES / "shapes_002_red-heart_pink-cross.png"
@@ -30,20 +26,7 @@ SCENE = SAMPLES / "shapes_002_red-heart_pink-cross.png"
 
 def heatmap(*args: object, check: bool = True) -> subprocess.CompletedProcess:
     """The console script's entry point with ``--json``: its exit code, stdout and stderr."""
-    argv = ["heatmap", *map(str, args), "--json"]
-    main_module = sys.modules["__main__"]
-    # a console script's __main__ is a plain script: click then names the program after argv[0]
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        with CliRunner().isolation() as (stdout, stderr, _), patch.object(sys, "argv", argv):
-            try:
-                main()
-                code = 0
-            except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
-            result = subprocess.CompletedProcess(argv, code, stdout.getvalue().decode(), stderr.getvalue().decode())
-    finally:
-        sys.modules["__main__"] = main_module
+    result = console_script(*args, "--json")
     if check:
         assert result.returncode == 0, result.stderr
     return result

@@ -10,37 +10,20 @@ import json
 import re
 import shutil
 import subprocess
-import sys
-import types
 from pathlib import Path
-from unittest.mock import patch
 
 from PIL import Image
-from typer.testing import CliRunner
 
-from heatmap.cli.app import main
 from heatmap.outputs import MANIFEST, manifest_lines
+from helpers.console import console_script
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_images"
 SCENE = SAMPLES / "shapes_002_red-heart_pink-cross.png"
 
 
 def heatmap(*args: object) -> subprocess.CompletedProcess:
-    """The console script's entry point in this process: its exit code, stdout and stderr."""
-    argv = ["heatmap", *map(str, args)]
-    main_module = sys.modules["__main__"]
-    # a console script's __main__ is a plain script: click then names the program after argv[0]
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        with CliRunner().isolation(env={"COLUMNS": "200"}) as (stdout, stderr, _), patch.object(sys, "argv", argv):
-            try:
-                main()
-                code = 0
-            except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
-            return subprocess.CompletedProcess(argv, code, stdout.getvalue().decode(), stderr.getvalue().decode())
-    finally:
-        sys.modules["__main__"] = main_module
+    """The console script's entry point in this process (wide terminal): its exit code, stdout and stderr."""
+    return console_script(*args, env={"COLUMNS": "200"})
 
 
 def manifest(out: Path) -> list[dict]:
