@@ -10,12 +10,14 @@ target), which is how a resumed run knows what is done and how
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import io
 import json
 import os
 import re
+import secrets
 import socket
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -127,23 +129,46 @@ def target_names(labels: Sequence[str] | None) -> dict[int, str]:
 TEMPORARY_MARK = ".tmp-"
 
 
-def _temporary_suffix() -> str:
-    return f"{TEMPORARY_MARK}{socket.gethostname()}-{os.getpid()}"
+# New files are created, never opened: a name planted in a shared folder (a symbolic link
+# to a file elsewhere, say) makes the open fail instead of redirecting the write.
+CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def refuse_link(path: Path) -> None:
+    """Raise :class:`OSError` (``ELOOP``) when ``path`` is a symbolic link: nothing is written through one."""
+    if os.path.islink(path):
+        raise OSError(errno.ELOOP, f"{path} is a symbolic link; refusing to write through it (remove it)",
+                      str(path))
 
 
 def write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and a rename.
 
+    The temporary file is created new (``O_EXCL``, never following a link)
+    under an unpredictable name; ``path`` itself is refused when it is a
+    symbolic link (:class:`OSError`), so no write lands outside its folder.
     The temporary file is removed if anything (Ctrl-C included) interrupts
     the write; only a killed process leaves one, which
     :func:`remove_stale_temporaries` clears on the next run.
     """
-    temporary = path.with_name(f".{path.name}{_temporary_suffix()}")
+    path = Path(path)
+    refuse_link(path)
+    # the pid stays last: remove_stale_temporaries reads it there
+    prefix = f".{path.name}{TEMPORARY_MARK}{socket.gethostname()}-"
+    while True:
+        temporary = path.with_name(f"{prefix}{secrets.token_hex(4)}-{os.getpid()}")
+        try:
+            fd = os.open(temporary, CREATE_NEW, 0o666)
+        except FileExistsError:
+            continue
+        break
     try:
-        with open(temporary, "wb") as handle:
+        with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        refuse_link(path)
+        # rename replaces a directory entry and never follows a link at the destination
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -321,6 +346,34 @@ class ResultWriter:
         return entry
 
 
+def open_manifest(path: Path) -> int:
+    """A descriptor of the manifest ``path`` for reading and appending (created if needed), never through a link.
+
+    Raises:
+        HeatmapError: ``path`` is a symbolic link (in a shared folder, one planted to make the run
+            append to a file elsewhere).
+    """
+    try:
+        return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                       0o644)
+    except OSError as error:
+        if error.errno == errno.ELOOP or os.path.islink(path):
+            raise HeatmapError(_linked_manifest(path)) from None
+        raise
+
+
+def _linked_manifest(path: Path) -> str:
+    return (f"{path} is a symbolic link, not a manifest: remove it or choose another --out "
+            "(nothing is written through a link)")
+
+
+def check_manifest(folder: Path) -> None:
+    """Raise :class:`HeatmapError` when ``folder``'s manifest is a symbolic link (see :func:`open_manifest`)."""
+    path = Path(folder) / MANIFEST
+    if os.path.islink(path):
+        raise HeatmapError(_linked_manifest(path))
+
+
 @contextmanager
 def locked_manifest(path: Path) -> Iterator[int]:
     """An open, exclusively locked descriptor of the manifest ``path`` (created if needed).
@@ -330,10 +383,10 @@ def locked_manifest(path: Path) -> Iterator[int]:
     the new one.
     """
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = open_manifest(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+            if os.fstat(fd).st_ino == os.lstat(path).st_ino:
                 break
         except FileNotFoundError:
             pass
@@ -393,6 +446,7 @@ def repair_manifest(folder: Path) -> list[int]:
     not stay forever.
     """
     path = Path(folder) / MANIFEST
+    check_manifest(folder)
     if not path.exists():
         return []
     with locked_manifest(path):

@@ -56,7 +56,12 @@ def run_compare(request: CompareRequest) -> int:
         except OSError as error:
             raise HeatmapError(f"cannot write the report {request.report}: {error.strerror or error}; "
                                "choose another --report path") from None
-    pictures = write_difference_pictures(comparison, request.diff_dir) if request.diff_dir is not None else []
+    try:
+        pictures = (write_difference_pictures(comparison, request.diff_dir) if request.diff_dir is not None
+                    else [])
+    except OSError as error:  # a full disk, or a picture's name that is a symbolic link (never written through)
+        raise HeatmapError(f"cannot write the difference pictures in {request.diff_dir}: "
+                           f"{error.strerror or error}; choose another --diff-dir") from None
     if request.output == "json":
         console.say_json(json.dumps(_summary(comparison, pictures)))
     elif request.output == "normal":

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
 from rich.markup import escape
@@ -25,6 +27,8 @@ from heatmap.cli.console import Output
 from heatmap.errors import HeatmapError, UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from heatmap.evaluation.data import EvalImage
 
 RESULTS = ("eval.json", "eval.jsonl", "eval.png")
@@ -91,17 +95,92 @@ def run_eval(request: EvalRequest) -> int:
     if request.masks is not None and not request.masks.is_dir():
         raise UsageError(f"--masks {request.masks}: not a folder")
     out = Path(request.out)
-    taken = [name for name in RESULTS if (out / name).exists()]
+    # lexists: a link planted under a result's name (even one to nowhere) counts as taken
+    taken = [name for name in RESULTS if os.path.lexists(out / name)]
     if taken:
-        raise UsageError(f"{out} already holds an evaluation ({', '.join(taken)}); choose another --out "
-                         "so that no run overwrites another's results")
+        raise UsageError(_taken(out, taken))
     from heatmap.cli.runner import ensure_writable
 
     ensure_writable(out)
-    paths = _collect(request, out)
-    if clip and not request.texts and request.demo_world is None:
-        raise UsageError("a CLIP is evaluated against candidate texts: give --text (or --texts-file)")
-    return _evaluate(request, paths, protocols, clip, out)
+    reservation = Reservation(out)
+    try:
+        paths = _collect(request, out)
+        if clip and not request.texts and request.demo_world is None:
+            raise UsageError("a CLIP is evaluated against candidate texts: give --text (or --texts-file)")
+        return _evaluate(request, paths, protocols, clip, out, reservation)
+    except BaseException:
+        reservation.give_up()
+        raise
+    finally:
+        reservation.close()
+
+
+def _taken(out: Path, taken: list[str]) -> str:
+    """The refusal of a folder that holds ``taken`` results (only ``eval.jsonl``: a run going on or stopped)."""
+    held = ", ".join(taken) + (", of a run still going or one that was stopped" if taken == ["eval.jsonl"] else "")
+    return (f"{out} already holds an evaluation ({held}); choose another --out so that no run overwrites "
+            "another's results")
+
+
+class Reservation:
+    """``eval.jsonl``, created new before the model loads: while it exists the folder is this run's.
+
+    A second run into the folder (started while this one loads or evaluates)
+    finds it and is refused, so one folder never mixes two runs' lines. It is
+    created with ``O_EXCL`` and never through a link, and its lines are
+    written through the descriptor that created it.
+
+    Raises:
+        UsageError: ``eval.jsonl`` is there already.
+        HeatmapError: it cannot be created.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / "eval.jsonl"
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        try:
+            self.descriptor = os.open(self.path, flags, 0o666)
+        except FileExistsError:
+            raise UsageError(_taken(out, ["eval.jsonl"])) from None
+        except OSError as error:
+            raise HeatmapError(f"cannot create {self.path}: {error.strerror or error}; choose another --out"
+                               ) from None
+
+    def lines(self) -> TextIO:
+        """``eval.jsonl`` for appending lines; closing it leaves the reservation held."""
+        return os.fdopen(self.descriptor, "a", encoding="utf-8", closefd=False)
+
+    def give_up(self) -> None:
+        """After a failed start, free the folder again when no line was written (a rerun may use it)."""
+        try:
+            if os.fstat(self.descriptor).st_size == 0 and os.path.samestat(os.fstat(self.descriptor),
+                                                                          os.lstat(self.path)):
+                os.unlink(self.path)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        os.close(self.descriptor)
+
+
+def write_result(path: Path, data: bytes) -> None:
+    """Write one of the summary files (``eval.json``, ``eval.png``) whole, never through a link."""
+    from heatmap.outputs import write_atomically
+
+    try:
+        write_atomically(path, data)
+    except OSError as error:
+        raise HeatmapError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def plot_bytes(summary: dict[str, dict[str, Any]], title: str) -> bytes:
+    """``eval.png``'s bytes, drawn in a private temporary folder (no name in the output folder is followed)."""
+    from heatmap.evaluation.plot import plot_curves
+
+    with tempfile.TemporaryDirectory(prefix="heatmap-eval-") as folder:
+        path = Path(folder) / "eval.png"
+        plot_curves(summary, path, title=title)
+        return path.read_bytes()
 
 
 def _collect(request: EvalRequest, out: Path) -> list[Path]:
@@ -115,7 +194,8 @@ def _collect(request: EvalRequest, out: Path) -> list[Path]:
     return paths
 
 
-def _evaluate(request: EvalRequest, paths: list[Path], protocols: list[str], clip: bool, out: Path) -> int:
+def _evaluate(request: EvalRequest, paths: list[Path], protocols: list[str], clip: bool, out: Path,
+              reservation: Reservation) -> int:
     from heatmap.evaluation.data import EvalImage, read_labels, split_normalisation
     from heatmap.evaluation.demo_world import demo_world
     from heatmap.evaluation.evaluate import Evaluator, summarise
@@ -143,9 +223,9 @@ def _evaluate(request: EvalRequest, paths: list[Path], protocols: list[str], cli
                           tolerance=request.tolerance)
     label_table = read_labels(request.labels) if request.labels is not None else {}
 
-    # a demo world's images are made already; a file is read when its turn comes (and may fail alone)
-    items: list[tuple[str, EvalImage | Path]] = ([(image.name, image) for image in world.images] if world is not None
-                                                 else [(str(path), path) for path in paths])
+    # a demo world's scenes are drawn as their turn comes; a file is read then (and may fail alone)
+    items: Iterable[tuple[str, EvalImage | Path]] = (((image.name, image) for image in world.images)
+                                                     if world is not None else [(str(path), path) for path in paths])
 
     def load(item: EvalImage | Path) -> EvalImage:
         if isinstance(item, EvalImage):
@@ -153,11 +233,11 @@ def _evaluate(request: EvalRequest, paths: list[Path], protocols: list[str], cli
         return _load_image(item, pixel_transform, label_table, request.masks, texts)
 
     lines, failures = [], []
-    count = len(items)
+    count = len(world.images) if world is not None else len(paths)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console.stderr, disable=request.output != "normal", transient=True) as progress:
         task = progress.add_task("evaluating (images x methods)", total=count * len(chosen))
-        with (out / "eval.jsonl").open("a", encoding="utf-8") as sink:
+        with reservation.lines() as sink:
             for number, (name, item) in enumerate(items):
                 try:
                     image = load(item)
@@ -186,12 +266,10 @@ def _evaluate(request: EvalRequest, paths: list[Path], protocols: list[str], cli
                 "masks": str(request.masks) if request.masks else None}
     images_done = len({line.input for line in lines})
     report = {"settings": settings, "images": images_done, "failed": failures, "methods": summary}
-    (out / "eval.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    write_result(out / "eval.json", (json.dumps(report, indent=1) + "\n").encode("utf-8"))
     if lines and any(key in figures for figures in summary.values()
                      for key in ("perturbation_positive", "deletion")):
-        from heatmap.evaluation.plot import plot_curves
-
-        plot_curves(summary, out / "eval.png", title=f"{adapter.name}, {images_done} images")
+        write_result(out / "eval.png", plot_bytes(summary, title=f"{adapter.name}, {images_done} images"))
     if request.output == "json":
         console.say_json(json.dumps(report))
     elif request.output == "normal":

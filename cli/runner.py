@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -268,6 +269,9 @@ def _run(request: ClassifierRequest | ClipRequest, load: Callable[[], Any], what
     options = resolve_options(method, request.options, clip=clip)
     run = Run(request)
     ensure_writable(Path(request.out))
+    from heatmap.outputs import check_manifest
+
+    check_manifest(Path(request.out))
 
     from heatmap.explainers.driver import Driver
     from heatmap.models import weights_identity
@@ -364,11 +368,13 @@ def ensure_writable(folder: Path) -> None:
     Raises:
         HeatmapError: naming the folder and the file system's reason.
     """
-    probe = folder / f".heatmap-write-check-{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
+        # created new under an unpredictable name (O_EXCL, never through a link): a name
+        # planted in a shared folder can neither redirect nor block the probe
+        descriptor, probe = tempfile.mkstemp(prefix=f".heatmap-write-check-{os.getpid()}-", dir=folder)
+        os.close(descriptor)
+        os.unlink(probe)
     except OSError as error:
         raise HeatmapError(f"cannot write to the output folder {folder}: {error.strerror or error}; "
                            "choose another --out or make it writable") from None

@@ -239,10 +239,13 @@ class HeatmapSnapshot:
 
         from heatmap.outputs import npy_bytes, write_atomically
 
-        files.npy.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(files.npy, npy_bytes(np.ascontiguousarray(computed.stored, dtype=np.float32)))
         text = json.dumps(computed.record, indent=2, sort_keys=True) + "\n"
-        write_atomically(files.json, text.encode("utf-8"))
+        try:
+            files.npy.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(files.npy, npy_bytes(np.ascontiguousarray(computed.stored, dtype=np.float32)))
+            write_atomically(files.json, text.encode("utf-8"))
+        except OSError as error:  # a snapshot name that is a symbolic link is refused, never written through
+            fail(f"heatmap snapshot: cannot write {files.shown}: {error.strerror or error}")
         self.config.stash[_WRITTEN].append(files.shown)
 
 
