@@ -12,6 +12,7 @@ import pickle
 import re
 import socket
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -76,16 +77,22 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 def check_fits(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, architecture: str) -> None:
     """Raise an error naming the mismatched keys unless ``state`` fits ``model`` exactly."""
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    reshaped = sorted(f"{key} {tuple(state[key].shape)} vs {tuple(value.shape)}"
-                      for key, value in expected.items() if key in state and state[key].shape != value.shape)
-    problems = [f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
-                for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                   ("shape mismatches", reshaped)) if keys]
+    reshaped = [f"{key} {tuple(state[key].shape)} vs {tuple(value.shape)}"
+                for key, value in expected.items() if key in state and state[key].shape != value.shape]
+    problems = fit_problems(set(expected) - set(state), set(state) - set(expected), reshaped)
     if problems:
-        raise HeatmapError(f"{source} does not fit {architecture}: {'; '.join(problems)}; "
-                           "pass the --model it was trained with")
+        raise HeatmapError(f"{source} does not fit {architecture}: {problems}; pass the --model it was trained with")
+
+
+def fit_problems(missing: Iterable[str], unexpected: Iterable[str], reshaped: Iterable[str]) -> str:
+    """Weights that do not fit a model, in a few words: each kind's first keys (sorted), then its count; ""
+    when they fit."""
+    problems = []
+    for what, found in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", reshaped)):
+        keys = sorted(found)
+        if keys:
+            problems.append(f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)})")
+    return "; ".join(problems)
 
 
 def cached_hub_file(repo_id: str, filenames: tuple[str, ...]) -> str | None:

@@ -4,10 +4,17 @@ A repo id is looked up in the local cache first, with no network; only when
 it is not there, and the hub answers, is it downloaded. Offline
 (``HF_HUB_OFFLINE=1``, or no network) a model that is not cached gets a
 one-line error naming the fix.
+
+Nothing from a model's own files is ever run: every ``from_pretrained`` gets
+``trust_remote_code=False``, so a config, tokenizer or processor that names
+custom code (``auto_map``) is refused in one line instead of prompting. The
+weights must fit the class exactly: a missing, unexpected or reshaped tensor
+is an error naming it, never a randomly initialised part explained in silence.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +32,11 @@ SUPPORTED = {"ViTForImageClassification": "classifier", "DeiTForImageClassificat
 _BY_MODEL_TYPE = {"vit": "ViTForImageClassification", "deit": "DeiTForImageClassification", "clip": "CLIPModel",
                   "siglip": "SiglipModel"}
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-_PROCESSOR_FILE = "preprocessor_config.json"
+# where transformers reads an image processor's settings: nested under "image_processor" in the processor's file
+# (what transformers 5 saves), else the image processor's own file
+_PROCESSOR_FILE = "processor_config.json"
+_IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
+_IMAGE_SETTINGS_FILES = (_PROCESSOR_FILE, _IMAGE_PROCESSOR_FILE)
 
 
 def is_hf_name(name: str | None) -> bool:
@@ -64,49 +75,64 @@ def quiet_transformers() -> Iterator[None]:
             logging.enable_progress_bar()
 
 
-def _from_pretrained(loader: Any, name: str, what: str, usable: Callable[[Any], bool] = lambda _: True) -> Any:
-    """``loader.from_pretrained(name)``: the local cache first; the hub only when the cached copy is missing or
-    not ``usable`` (transformers builds an empty tokenizer from a config when the tokenizer's files are missing)."""
+def _from_pretrained(loader: Any, name: str, what: str, usable: Callable[[Any], bool] = lambda _: True,
+                     **options: Any) -> Any:
+    """``loader.from_pretrained(name, **options)``, never running code from the model's files: the local cache
+    first; the hub only when the cached copy is missing or not ``usable`` (transformers builds an empty tokenizer
+    from a config when the tokenizer's files are missing)."""
     with quiet_transformers():
-        return _cache_first(loader, name, what, usable)
+        return _cache_first(loader, name, what, usable, {**options, "trust_remote_code": False})
 
 
-def _cache_first(loader: Any, name: str, what: str, usable: Callable[[Any], bool]) -> Any:
+def _custom_code(error: Exception, name: str, what: str) -> UsageError | None:
+    """The refusal of a part that needs code from the model's own files (transformers' error says so), or None."""
+    if not isinstance(error, ValueError) or "trust_remote_code" not in str(error):
+        return None
+    return UsageError(f"{name}: {what} needs custom code from the model's own files (auto_map), which vit-heatmap "
+                      f"never runs; the transformers classes that are supported: {', '.join(SUPPORTED)}")
+
+
+def _cache_first(loader: Any, name: str, what: str, usable: Callable[[Any], bool], options: dict[str, Any]) -> Any:
     from heatmap.models.checkpoints import hub_reachable
 
     if Path(name).is_dir():
         try:
-            found = loader.from_pretrained(name)
+            found = loader.from_pretrained(name, **options)
         except ImportError as error:
             raise _missing_package(name, what, error) from None
         except Exception as error:  # unreadable files of every kind: the user's folder, not a bug here
-            raise HeatmapError(f"{name}: {what} could not be read from this folder ({_first_line(error)}); "
-                               "save the model there with save_pretrained") from None
+            raise _custom_code(error, name, what) or HeatmapError(
+                f"{name}: {what} could not be read from this folder ({_first_line(error)}); save the model there "
+                "with save_pretrained") from None
         if not usable(found):
             raise HeatmapError(f"{name}: this folder has no {what}; save it there with save_pretrained")
         return found
     reason = "offline"
     try:
-        found = loader.from_pretrained(name, local_files_only=True)
+        found = loader.from_pretrained(name, local_files_only=True, **options)
         if usable(found):
             return found
         reason = "the cached copy is incomplete"
     except ImportError as error:
         raise _missing_package(name, what, error) from None
     except ValueError as error:  # found, but not something transformers can read
-        raise HeatmapError(f"{name}: {what} could not be read ({_first_line(error)})") from None
+        raise _custom_code(error, name, what) or HeatmapError(
+            f"{name}: {what} could not be read ({_first_line(error)})") from None
     except OSError as cached_error:
         if "does not appear to have" in str(cached_error):
             reason = _first_line(cached_error)
     if hub_reachable():
         try:
-            found = loader.from_pretrained(name)
+            found = loader.from_pretrained(name, **options)
             if usable(found):
                 return found
             reason = "the hub's copy is incomplete"
         except ImportError as error:
             raise _missing_package(name, what, error) from None
         except (OSError, ValueError) as error:
+            refusal = _custom_code(error, name, what)
+            if refusal:
+                raise refusal from None
             reason = _first_line(error)
     raise HeatmapError(f"{what} of {name} is not in the local Hugging Face cache and could not be downloaded "
                        f"({reason}); download it once with network access (`hf download {name}`), or pass a local "
@@ -144,7 +170,11 @@ def load_hf(name: str, kind: Kind, device: Any) -> Any:
         command = "heatmap clip" if SUPPORTED[arch] == "image-text" else "a method command (heatmap rollout, ...)"
         raise UsageError(f"{name} is {'an image-text model' if kind == 'classifier' else 'a classifier'} "
                          f"({arch}); explain it with {command}")
-    model = _from_pretrained(getattr(transformers, arch), name, "the weights").to(device)
+    # mismatched shapes are reported with the missing and unexpected keys rather than raised on their own
+    model, loading_info = _from_pretrained(getattr(transformers, arch), name, "the weights",
+                                           output_loading_info=True, ignore_mismatched_sizes=True)
+    check_weights_fit(loading_info, name, arch)
+    model = model.to(device)
     transform = image_transform(model, name, saved_image_processor(name))
     if kind == "classifier":
         from heatmap.models.hf.classifier import HfClassifierAdapter
@@ -159,37 +189,111 @@ def load_hf(name: str, kind: Kind, device: Any) -> Any:
     return HfImageTextAdapter(model, name, tokenizer, transform)
 
 
+def check_weights_fit(loading_info: dict[str, Any], name: str, arch: str) -> None:
+    """Raise an error naming the keys unless the weights ``from_pretrained`` read fit the class exactly.
+
+    ``loading_info`` is transformers' ``output_loading_info`` report, which already leaves out what a class ties
+    or rebuilds itself (tied weights, and the keys each class declares it ignores).
+
+    Raises:
+        HeatmapError: a missing, unexpected or reshaped tensor.
+    """
+    from heatmap.models.checkpoints import fit_problems
+
+    def kept(keys: Any) -> list[str]:
+        # position_ids: a buffer rebuilt from the config, which older releases saved with the weights
+        return [str(key) for key in keys or () if not str(key).endswith("position_ids")]
+
+    reshaped = [f"{key} {tuple(saved)} vs {tuple(expected)}"
+                for key, saved, expected in (tuple(entry)[:3] for entry in loading_info.get("mismatched_keys") or ())]
+    problems = fit_problems(kept(loading_info.get("missing_keys")), kept(loading_info.get("unexpected_keys")),
+                            reshaped)
+    if problems:
+        fix = ("save the complete model there with save_pretrained" if Path(name).is_dir()
+               else f"download it again with network access (`hf download {name}`)")
+        raise HeatmapError(f"{name}: its weights do not fit {arch}: {problems}; {fix}")
+
+
 def saved_image_processor(name: str) -> Any:
     """The image processor saved with a repo or folder (cache first), or None when it has none.
 
     Raises:
         HeatmapError: offline, when the cache cannot say whether the repo has one.
     """
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
     from heatmap.models.checkpoints import hub_reachable
 
-    if Path(name).is_dir():
-        found = (Path(name) / _PROCESSOR_FILE).is_file()
-    else:
-        cached = try_to_load_from_cache(name, _PROCESSOR_FILE)
-        found = isinstance(cached, str)
-        if cached is None:  # the cache does not know: ask the hub, which knows
-            if not hub_reachable():
-                raise HeatmapError(f"the image processor of {name} is not in the local Hugging Face cache and could "
-                                   f"not be downloaded (offline); download the repo once with network access "
-                                   f"(`hf download {name}`), or pass a local directory saved with save_pretrained")
+    state = _image_settings(name)
+    if state == "unknown":  # the cache does not know: ask the hub, which knows
+        if not hub_reachable():
+            raise HeatmapError(f"the image processor of {name} is not in the local Hugging Face cache and could "
+                               f"not be downloaded (offline); download the repo once with network access "
+                               f"(`hf download {name}`), or pass a local directory saved with save_pretrained")
+        for filename in _IMAGE_SETTINGS_FILES:
             try:
-                hf_hub_download(name, _PROCESSOR_FILE)
-                found = True
-            except EntryNotFoundError:
-                found = False
-    if not found:
+                hf_hub_download(name, filename)
+            except EntryNotFoundError:  # recorded in the cache as absent
+                pass
+        state = _image_settings(name)
+    if state != "saved":
         return None
     import transformers
 
     return _from_pretrained(transformers.AutoImageProcessor, name, "the image processor")
+
+
+def _image_settings(name: str) -> Literal["saved", "absent", "unknown"]:
+    """Whether a folder or cached repo has image settings where transformers reads them: ``unknown`` when the
+    cache holds neither file and cannot say whether the repo has them.
+
+    A file the cache records as absent, or that the cached listing of the repo's files (written by
+    ``hf download``) does not name, is absent.
+    """
+    paths: list[str] = []
+    unknown = False
+    if Path(name).is_dir():
+        paths = [str(Path(name) / filename) for filename in _IMAGE_SETTINGS_FILES]
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        listed = _cached_file_list(name)
+        for filename in _IMAGE_SETTINGS_FILES:
+            cached = try_to_load_from_cache(name, filename)
+            if isinstance(cached, str):
+                paths.append(cached)
+            elif cached is None and (listed is None or filename in listed):
+                unknown = True
+    if any(_holds_image_settings(path) for path in paths):
+        return "saved"
+    return "unknown" if unknown else "absent"
+
+
+def _holds_image_settings(path: str) -> bool:
+    """Whether a file transformers reads image settings from holds them (a processor's file may hold none)."""
+    if not Path(path).is_file():
+        return False
+    if Path(path).name != _PROCESSOR_FILE:
+        return True
+    try:
+        saved = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True  # unreadable: transformers' own error says why
+    return not isinstance(saved, dict) or "image_processor" in saved
+
+
+def _cached_file_list(name: str) -> set[str] | None:
+    """The repo's files as the cache last listed them (``hf download`` keeps the listing), or None."""
+    import huggingface_hub
+
+    listing = getattr(huggingface_hub, "get_cached_repo_tree", None)  # recent huggingface_hub releases only
+    if listing is None:
+        return None
+    try:
+        return {entry.path for entry in listing(name)}
+    except Exception:  # no listing cached (its error class is as new as the function)
+        return None
 
 
 def image_transform(model: Any, name: str, processor: Any = None) -> Any:
@@ -248,7 +352,8 @@ def tokenizer_of(model: Any, name: str, processor: Any = None) -> Any:
         vocabulary = int(model.config.text_config.vocab_size)
         try:
             with quiet_transformers():
-                found = transformers.AutoTokenizer.from_pretrained(source, local_files_only=True)
+                found = transformers.AutoTokenizer.from_pretrained(source, local_files_only=True,
+                                                                   trust_remote_code=False)
             if 2 * len(found) >= vocabulary:  # not one built from the config alone
                 return found
         except (OSError, ValueError, ImportError):
