@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -174,13 +173,10 @@ def write_result(path: Path, data: bytes) -> None:
 
 
 def plot_bytes(summary: dict[str, dict[str, Any]], title: str) -> bytes:
-    """``eval.png``'s bytes, drawn in a private temporary folder (no name in the output folder is followed)."""
-    from heatmap.evaluation.plot import plot_curves
+    """``eval.png``'s bytes, drawn in memory (no name in the output folder is followed)."""
+    from heatmap.evaluation.plot import curves_png
 
-    with tempfile.TemporaryDirectory(prefix="heatmap-eval-") as folder:
-        path = Path(folder) / "eval.png"
-        plot_curves(summary, path, title=title)
-        return path.read_bytes()
+    return curves_png(summary, title)
 
 
 def _collect(request: EvalRequest, out: Path) -> list[Path]:

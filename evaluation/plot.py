@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 from typing import Any
 
 from heatmap.evaluation.measures import DELETION_STEPS, PERTURBATION_STEPS
@@ -15,10 +15,10 @@ PANELS = (
 )
 
 
-def plot_curves(summary: dict[str, dict[str, Any]], path: Path, title: str) -> None:
-    """Draw the mean curves of ``summary`` (from :func:`~heatmap.evaluation.evaluate.summarise`) into ``path``.
+def curves_png(summary: dict[str, dict[str, Any]], title: str) -> bytes:
+    """The mean curves of ``summary`` (from :func:`~heatmap.evaluation.evaluate.summarise`) as PNG bytes.
 
-    Written to a temporary name first, then renamed: the file is whole or absent.
+    Drawn in memory: the caller writes them (``heatmap.outputs.write_atomically``, never through a link).
     """
     import matplotlib
 
@@ -43,7 +43,7 @@ def plot_curves(summary: dict[str, dict[str, Any]], path: Path, title: str) -> N
         axis.legend(fontsize=7, title="method (AUC)", title_fontsize=7)
     figure.suptitle(title)
     figure.tight_layout()
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=110)
+    picture = io.BytesIO()
+    figure.savefig(picture, format="png", dpi=110)
     pyplot.close(figure)
-    temporary.replace(path)
+    return picture.getvalue()
