@@ -87,8 +87,7 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
         raise HeatmapError(f"{name}: permission denied; make the file readable") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise HeatmapError(
-            f"{name}: image too large ({_one_line(exc)}); downscale it, "
-            "or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
+            f"{name}: image too large to decode safely ({_one_line(exc)}); downscale it"
         ) from None
     except UnidentifiedImageError:
         raise HeatmapError(

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from heatmap.cli import console
 from heatmap.cli.console import Output
-from heatmap.compare.metrics import FolderComparison, Thresholds
+from heatmap.compare.metrics import EntryComparison, FolderComparison, Thresholds
 
 WORST_ROWS = 20
 
@@ -74,24 +74,56 @@ def run_compare(request: CompareRequest) -> int:
         console.say_error(f"{len(comparison.failed)} of {len(comparison.entries)} entries differ "
                           f"({missing} missing, {extra} extra) beyond max-diff {request.thresholds.max_diff:g}, "
                           f"min-corr {request.thresholds.min_corr:g}, min-top-iou {request.thresholds.min_top_iou:g}")
+        if comparison.by_configuration and any(entry.baseline is None or entry.candidate is None
+                                               for entry in comparison.entries):
+            console.say_error(_configurations_note(comparison))
         if comparison.nothing_paired:
             console.say_error("no entry of the baseline has a partner in the candidate: entries pair by input "
-                              "path as given, model, method, options and target; run both from the same folder "
-                              "with the same method and options")
+                              "path as given, model, method, options and target"
+                              + (", weights and precision" if comparison.by_configuration else "")
+                              + "; run both from the same folder with the same method and options")
     return 0 if comparison.passed else 1
 
 
+def _configurations_note(comparison: FolderComparison) -> str:
+    """Why entries went unpaired when a folder holds maps of several configurations."""
+    from heatmap.compare.metrics import CONFIGURATION_FIELDS, shown_value
+
+    def spelled(found: list[tuple[str, ...]]) -> str:
+        return "; ".join(", ".join(f"{name} {shown_value(name, value)}"
+                                   for name, value in zip(CONFIGURATION_FIELDS, one, strict=True)) for one in found)
+
+    return ("entries pair only with the same weights and precision when a folder holds runs of several: "
+            f"baseline: {spelled(comparison.configurations['baseline'])}; "
+            f"candidate: {spelled(comparison.configurations['candidate'])}")
+
+
 def _summary(comparison: FolderComparison, pictures: list[Path]) -> dict[str, Any]:
+    from heatmap.compare.metrics import CONFIGURATION_FIELDS
+
     entries = []
     for entry in comparison.worst_first():
         metrics = entry.metrics
         entries.append({"entry": entry.name, "passed": entry.passed, "problems": entry.problems,
                         "max_diff": metrics.max_diff if metrics else None, "corr": metrics.corr if metrics else None,
-                        "top_iou": metrics.top_iou if metrics else None, "score_change": entry.score_change})
+                        "top_iou": metrics.top_iou if metrics else None, "score_change": entry.score_change,
+                        **{name: entry.configuration_of(name) for name in CONFIGURATION_FIELDS}})
+    pairing = ["input", "model", "method", "options", "target"]
     return {"baseline": str(comparison.baseline_dir), "candidate": str(comparison.candidate_dir),
+            "pairing": pairing + (list(CONFIGURATION_FIELDS) if comparison.by_configuration else []),
             "entries": len(comparison.entries), "failed": len(comparison.failed), "passed": comparison.passed,
             "broken_manifest_lines": comparison.broken_lines, "nothing_paired": comparison.nothing_paired,
             "difference_pictures": [str(path) for path in pictures], "results": entries}
+
+
+def _configuration_cell(entry: EntryComparison, name: str) -> str:
+    """A configuration field of a row: the entry's value, or ``baseline -> candidate`` where they differ."""
+    from heatmap.compare.metrics import shown_value
+
+    sides = entry.configuration_of(name)
+    if entry.baseline is not None and entry.candidate is not None and sides["baseline"] != sides["candidate"]:
+        return f"{shown_value(name, sides['baseline'])} -> {shown_value(name, sides['candidate'])}"
+    return shown_value(name, sides["baseline"] if entry.baseline is not None else sides["candidate"])
 
 
 def _print_table(comparison: FolderComparison) -> None:
@@ -100,19 +132,21 @@ def _print_table(comparison: FolderComparison) -> None:
     worst = comparison.worst_first()
     table = Table(title=f"{len(comparison.entries) - len(comparison.failed)} of {len(comparison.entries)} "
                         f"entries agree", title_justify="left")
-    for column in ("input", "method", "target", "max-diff", "corr", "top-iou", "score change", "result"):
-        table.add_column(column, justify="left" if column in ("input", "method", "target", "result") else "right",
-                         overflow="fold")
+    # weights and precision are shown where they tell entries (or the two sides of a pair) apart
+    shown = comparison.differing_fields
+    for column in ("input", "method", "target", *shown, "max-diff", "corr", "top-iou", "score change", "result"):
+        table.add_column(column, justify="right" if column in ("max-diff", "corr", "top-iou", "score change")
+                         else "left", overflow="fold")
     for entry in worst[:WORST_ROWS]:
         metrics = entry.metrics
         cells = ([f"{metrics.max_diff:.2g}", f"{metrics.corr:.6f}", f"{metrics.top_iou:.2f}"] if metrics
                  else ["-", "-", "-"])
         change = f"{entry.score_change:+.3g}" if entry.score_change is not None else "-"
         result = "[green]ok[/]" if entry.passed else f"[red]{escape('; '.join(entry.problems))}[/]"
-        shown = entry.baseline or entry.candidate or {}
-        target = " ".join(str(part) for part in (entry_target(shown), shown.get("label")) if part is not None)
-        table.add_row(escape(str(shown.get("input"))), str(shown.get("method")), escape(target), *cells, change,
-                      result)
+        source = entry.baseline or entry.candidate or {}
+        target = " ".join(str(part) for part in (entry_target(source), source.get("label")) if part is not None)
+        table.add_row(escape(str(source.get("input"))), str(source.get("method")), escape(target),
+                      *(escape(_configuration_cell(entry, name)) for name in shown), *cells, change, result)
     if len(worst) > WORST_ROWS:
         table.caption = f"the {WORST_ROWS} worst of {len(worst)}"
     console.stdout.print(table)

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 # threshold defaults below for `heatmap compare --help`, which must stay quick.
 
 TOP_FRACTION = 0.1
+# What makes two maps of the same input, method, options and target differ besides the code: the manifest
+# fields of the model's configuration.
+CONFIGURATION_FIELDS = ("weights", "precision")
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,28 @@ def compare_maps(baseline: np.ndarray, candidate: np.ndarray) -> MapMetrics:
     return MapMetrics(max_diff, corr, len(top_a & top_b) / len(top_a | top_b))
 
 
+def configuration(entry: dict[str, Any]) -> tuple[str, ...]:
+    """An entry's weights and precision as its manifest records them ("" for a field it lacks)."""
+    return tuple(str(entry.get(name) or "") for name in CONFIGURATION_FIELDS)
+
+
+def pairing_key(entry: dict[str, Any]) -> tuple[str, ...]:
+    """``(input, model, method, options, target, weights, precision)``: the same map of the same configuration."""
+    from heatmap.outputs import entry_key
+
+    return (*entry_key(entry), *configuration(entry))
+
+
+def shown_value(field_name: str, value: Any) -> str:
+    """A configuration field as a table shows it: a weights hash cut to 12 digits."""
+    if value is None or value == "":
+        return "-"
+    text = str(value)
+    if field_name == "weights" and text.startswith("sha256:"):
+        return text[:len("sha256:") + 12]
+    return text
+
+
 def entry_score(entry: dict[str, Any]) -> float | None:
     """The target score a manifest entry records: the logit (CLIP) or the class score."""
     value = entry.get("logit", entry.get("score"))
@@ -111,11 +136,14 @@ class EntryComparison:
     """One entry of the baseline or the candidate, and how it compares.
 
     Attributes:
-        key: the entry's :func:`~heatmap.outputs.entry_key`.
+        key: the entry's :func:`~heatmap.outputs.entry_key`, or its :func:`pairing_key` when the
+            folders pair by configuration.
         baseline, candidate: the manifest entries (None where it is missing).
         metrics: the map metrics, when both maps could be read.
         score_change: candidate minus baseline target score.
         problems: why the entry fails; empty when it passes.
+        named_fields: the configuration fields (:data:`CONFIGURATION_FIELDS`) the entry's name shows,
+            those that tell apart entries that would otherwise share a name.
     """
 
     key: tuple[str, ...]
@@ -124,6 +152,7 @@ class EntryComparison:
     metrics: MapMetrics | None = None
     score_change: float | None = None
     problems: list[str] = field(default_factory=list)
+    named_fields: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -137,14 +166,22 @@ class EntryComparison:
             raise ValueError("an entry comparison has a baseline or a candidate entry, or both")
         return entry
 
+    def configuration_of(self, field_name: str) -> dict[str, Any]:
+        """``{"baseline": value, "candidate": value}`` of a configuration field (None for a side without the
+        entry, or an entry without the field)."""
+        return {"baseline": self.baseline.get(field_name) if self.baseline is not None else None,
+                "candidate": self.candidate.get(field_name) if self.candidate is not None else None}
+
     @property
     def name(self) -> str:
-        """``input [method, target]``, how a person names the entry."""
+        """``input [method, target]``, how a person names the entry; with its weights and precision where
+        the folders hold entries of several."""
         from heatmap.outputs import entry_target
 
         entry = self.source
         target = " ".join(str(part) for part in (entry_target(entry), entry.get("label")) if part is not None)
-        return f"{entry['input']} [{entry['method']}, {target}]"
+        named = "".join(f", {name} {shown_value(name, entry.get(name))}" for name in self.named_fields)
+        return f"{entry['input']} [{entry['method']}, {target}{named}]"
 
 
 @dataclass
@@ -154,6 +191,10 @@ class FolderComparison:
     Attributes:
         broken_lines: per side (``baseline``, ``candidate``), the numbers of
             manifest lines that are not entries (left out).
+        configurations: per side, its configurations (weights, precision; see :func:`configuration`).
+        by_configuration: whether entries pair only with the same weights and precision (a folder
+            holds several configurations), else across them (one each: the CI case of a changed model).
+        differing_fields: the configuration fields whose values differ between the entries.
     """
 
     baseline_dir: Path
@@ -161,6 +202,9 @@ class FolderComparison:
     thresholds: Thresholds
     entries: list[EntryComparison]
     broken_lines: dict[str, list[int]] = field(default_factory=dict)
+    configurations: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
+    by_configuration: bool = False
+    differing_fields: tuple[str, ...] = ()
 
     @property
     def nothing_paired(self) -> bool:
@@ -190,35 +234,49 @@ def compare_folders(baseline_dir: Path, candidate_dir: Path, thresholds: Thresho
                     ) -> FolderComparison:
     """Pair the entries of two result folders by (input, model, method, options, target) and compare each.
 
+    When each folder holds maps of one configuration (weights, precision), entries pair across them: the
+    current model against the baseline's. When a folder holds several, entries pair only with the same
+    weights and precision too, so that no configuration hides another whatever the order of the runs.
     An entry of the baseline with no partner in the candidate is "missing",
     one of the candidate with none in the baseline "extra"; both fail.
 
     Raises:
         FileNotFoundError: when a folder has no manifest.
     """
-    from heatmap.outputs import latest_entries, manifest_lines
+    from heatmap.outputs import entry_key, manifest_lines
 
     baseline_dir, candidate_dir = Path(baseline_dir), Path(candidate_dir)
-    sides, broken = {}, {}
+    read, broken = {}, {}
     for label, folder in (("baseline", baseline_dir), ("candidate", candidate_dir)):
         entries, broken[label] = manifest_lines(folder)
         if not entries:
             raise FileNotFoundError(f"{label} {folder} has no manifest.jsonl with entries; "
                                     "give a folder a heatmap run wrote")
-        sides[label] = latest_entries(entries)
-    baseline, candidate = sides["baseline"], sides["candidate"]
+        read[label] = entries
+    configurations = {label: sorted({configuration(entry) for entry in entries}) for label, entries in read.items()}
+    by_configuration = any(len(found) > 1 for found in configurations.values())
+    key_of = pairing_key if by_configuration else entry_key
+    # a map written again (a rerun into the same folder) counts once, the last
+    baseline = {key_of(entry): entry for entry in read["baseline"]}
+    candidate = {key_of(entry): entry for entry in read["candidate"]}
     results = []
     for key in [*baseline, *(key for key in candidate if key not in baseline)]:
         results.append(_compare_entry(key, baseline.get(key), candidate.get(key), baseline_dir, candidate_dir,
                                       thresholds))
-    return FolderComparison(baseline_dir, candidate_dir, thresholds, _changed_targets(results), broken)
+    differing = tuple(name for name in CONFIGURATION_FIELDS
+                      if len({entry.get(name) for side in (baseline, candidate) for entry in side.values()}) > 1)
+    if by_configuration:
+        for result in results:
+            result.named_fields = differing
+    return FolderComparison(baseline_dir, candidate_dir, thresholds, _changed_targets(results, by_configuration),
+                            broken, configurations, by_configuration, differing)
 
 
-def _changed_targets(results: list[EntryComparison]) -> list[EntryComparison]:
+def _changed_targets(results: list[EntryComparison], by_configuration: bool = False) -> list[EntryComparison]:
     """A top-k class that changed (missing as one class, extra as another, same rank) as ONE changed entry."""
     def slot(entry: dict[str, Any]) -> tuple[Any, ...]:
         return (entry["input"], entry["model"], entry["method"], json.dumps(entry.get("options", {}), sort_keys=True),
-                entry.get("top_k"), entry.get("rank"))
+                entry.get("top_k"), entry.get("rank"), configuration(entry) if by_configuration else None)
 
     extra = {slot(result.candidate): result for result in results
              if result.baseline is None and result.candidate is not None and result.candidate.get("rank") is not None}
@@ -233,7 +291,7 @@ def _changed_targets(results: list[EntryComparison]) -> list[EntryComparison]:
         was, now = result.baseline, partner.candidate
         assert was is not None and now is not None
         rank = int(was["rank"]) + 1
-        changed = EntryComparison(result.key, was, now, score_change=None, problems=[
+        changed = EntryComparison(result.key, was, now, score_change=None, named_fields=result.named_fields, problems=[
             f"top-{rank} class changed: was {was['target']} {was.get('label') or ''}".rstrip()
             + f", is {now['target']} {now.get('label') or ''}".rstrip()])
         merged.append(changed)
@@ -270,4 +328,5 @@ def _compare_entry(key: tuple[str, ...], baseline: dict[str, Any] | None, candid
     return result
 
 
-__all__ = ["EntryComparison", "FolderComparison", "MapMetrics", "Thresholds", "compare_folders", "compare_maps"]
+__all__ = ["CONFIGURATION_FIELDS", "EntryComparison", "FolderComparison", "MapMetrics", "Thresholds",
+           "compare_folders", "compare_maps", "configuration", "pairing_key"]

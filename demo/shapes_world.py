@@ -16,6 +16,7 @@ Pure numpy and PIL; deterministic for a given seed or generator state.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ __all__ = [
     "Scene",
     "SceneObject",
     "make_scene",
+    "iter_scenes",
     "make_scenes",
     "write_samples",
 ]
@@ -298,8 +300,19 @@ def make_scenes(
     Returns:
         The scenes, in order.
     """
+    return list(iter_scenes(count, seed, size=size, num_objects=num_objects))
+
+
+def iter_scenes(
+    count: int,
+    seed: int,
+    size: int = 96,
+    num_objects: int | tuple[int, int] = (1, 3),
+) -> Iterator[Scene]:
+    """The scenes of ``make_scenes``, drawn one at a time as they are asked for (memory flat in ``count``)."""
     rng = np.random.default_rng(seed)
-    return [make_scene(rng, size=size, num_objects=num_objects) for _ in range(count)]
+    for _ in range(count):
+        yield make_scene(rng, size=size, num_objects=num_objects)
 
 
 def write_samples(

@@ -11,6 +11,7 @@ pixel for pixel.
 from __future__ import annotations
 
 import csv
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +19,10 @@ from typing import Any, Union
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torchvision import transforms as T
 
-from heatmap.errors import UsageError
+from heatmap.errors import HeatmapError, UsageError
 from heatmap.models.geometry import crop_box
 
 MaskLike = Union[np.ndarray, Image.Image, str, Path]
@@ -82,8 +83,7 @@ def to_input_geometry(mask: MaskLike, picture_size: tuple[int, int], box: tuple[
                       input_size: tuple[int, int]) -> np.ndarray:
     """One mask (nonzero = object) -> ``[H, W]`` bool at the input size, through the image's crop box."""
     if isinstance(mask, (str, Path)):
-        with Image.open(mask) as opened:
-            mask = np.asarray(opened.convert("L")) > 0
+        mask = read_mask(Path(mask))
     elif isinstance(mask, Image.Image):
         mask = np.asarray(mask.convert("L")) > 0
     array: np.ndarray = np.asarray(mask) != 0
@@ -96,6 +96,28 @@ def to_input_geometry(mask: MaskLike, picture_size: tuple[int, int], box: tuple[
     left, top, right, bottom = (round(v) for v in box)
     cropped = Image.fromarray(array.astype(np.uint8) * 255).crop((left, top, right, bottom))
     return np.asarray(cropped.resize((width, height), Image.Resampling.NEAREST)) > 0
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A mask file -> ``[H, W]`` bool (nonzero = object).
+
+    Raises:
+        HeatmapError: naming the file, when it cannot be read, is not an image, or is a picture too large to
+            decode safely (over PIL's ``Image.MAX_IMAGE_PIXELS``, refused as ``load_image`` refuses images).
+    """
+    try:
+        with warnings.catch_warnings():
+            # above the limit PIL only warns (it refuses at twice the limit); refuse both, as for images
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                return np.asarray(opened.convert("L")) > 0
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise HeatmapError(f"mask {path}: too large to decode safely ({' '.join(str(error).split())}); "
+                           "downscale it to its image's size") from None
+    except UnidentifiedImageError:
+        raise HeatmapError(f"mask {path}: not an image PIL can read; save the mask as a PNG") from None
+    except OSError as error:
+        raise HeatmapError(f"mask {path}: cannot read it ({error}); write the mask again") from None
 
 
 def read_labels(path: Path) -> dict[str, list[str]]:
