@@ -222,6 +222,8 @@ class Driver:
         self.method = method if isinstance(method, Method) else find_method(method)
         self.clip = is_image_text(adapter)
         self.options = resolve_options(self.method, options, clip=self.clip)
+        # Whether the text tower's start was given, or follows the start layer (named in its errors).
+        self.text_start_given = options.get("text_start_layer") is not None
         supported_towers(self.method, adapter, self.clip)
         self.adapter = adapter.converted(compute_dtype(adapter.dtype, precision))
         self.batched_backward = batched_backward
@@ -280,7 +282,10 @@ class Driver:
             if not self.clip:
                 raise
             tower = self.adapter.towers[tower_index].kind
-            option = "--text-start-layer" if tower_index == 1 else "--start-layer"
+            if tower_index == 1 and not self.text_start_given:
+                option = "--start-layer, which also sets the text tower's start unless --text-start-layer is given"
+            else:
+                option = "--text-start-layer" if tower_index == 1 else "--start-layer"
             raise UsageError(f"{tower} tower ({option}): {error}") from None
 
     def _run(self, images: torch.Tensor,

@@ -427,7 +427,7 @@ def check_snapshot(files: SnapshotFiles, computed: Computed, thresholds: Thresho
         differences.append(f"map shape: snapshot {list(maps.shape)}, now {list(computed.stored.shape)}")
     if differences:
         fail(f"heatmap snapshot {files.shown} was made differently from what the test now computes: "
-             f"{'; '.join(differences)}. If the test's new arguments are intended, run "
+             f"{'; '.join(differences)}. If the change is intended, run "
              f"`pytest {UPDATE_OPTION}` to rewrite the snapshot, then review and commit it.")
     baseline = maps if computed.clip else maps[None]
     lines, failed = compare_each(baseline, computed, stored, thresholds)
@@ -442,11 +442,14 @@ def read_snapshot(files: SnapshotFiles) -> tuple[dict[str, Any], np.ndarray]:
     """The record and maps of a snapshot; fails with the file's name when either is unreadable."""
     import numpy as np
 
+    problem = None
     try:
         record = json.loads(files.json.read_text(encoding="utf-8"))
         maps = np.load(files.npy, allow_pickle=False)
-    except (OSError, ValueError) as error:  # JSONDecodeError is a ValueError
-        fail(f"heatmap snapshot {files.shown} is unreadable ({error}); "
+    except (OSError, ValueError, EOFError) as error:  # JSONDecodeError is a ValueError; an empty .npy, EOFError
+        problem = str(error) or type(error).__name__
+    if problem is not None:  # failed outside the handler: the message alone, without the reader's traceback
+        fail(f"heatmap snapshot {files.shown} is unreadable ({problem}); "
              f"run `pytest {UPDATE_OPTION}` to write it anew")
     if not isinstance(record, dict):
         fail(f"heatmap snapshot {files.shown}: its .json is not a JSON object; "
@@ -472,7 +475,8 @@ def record_differences(stored: dict[str, Any], record: dict[str, Any]) -> list[s
         was_target = target_name(stored.get("target"), stored.get("label"))
         now_target = target_name(record["target"], record["label"])
         if record["requested_target"] is None:  # the top-1 class moved: the maps explain different classes
-            differences.append(f"the top-1 class changed: snapshot {was_target}, now {now_target}")
+            differences.append(f"the model's top-1 class changed from {was_target} to {now_target} "
+                               "(the weights or the model changed, or the test's arguments did)")
         else:
             differences.append(f"target: snapshot {was_target}, now {now_target}")
     return differences

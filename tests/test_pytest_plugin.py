@@ -272,7 +272,7 @@ def test_the_top_1_class_is_recorded_and_checked(pytester):
     record_file.write_text(json.dumps({**record, "target": (top1 + 1) % 5}))
     moved = run(pytester)
     moved.assert_outcomes(failed=1)
-    assert f"the top-1 class changed: snapshot target {(top1 + 1) % 5}, now target {top1}" in moved.stdout.str()
+    assert f"the model's top-1 class changed from target {(top1 + 1) % 5} to target {top1}" in moved.stdout.str()
 
 
 def build_tiny_logits(weights: Path) -> torch.Tensor:
