@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 SUMMARY_ROWS = 40
 CLIP_TABLE_ROWS = 20  # texts shown per image; the manifest has them all
+LISTED_LABELS = 20  # a model with up to this many classes has them listed when a target is unknown
+SHOWN_TEXT = 60  # characters of a text shown in tables and notes; the manifest keeps it whole
 
 
 @dataclass
@@ -220,6 +222,10 @@ class Run:
         if summary.interrupted:
             console.say_error(f"interrupted after {summary.explained} of {len(self.jobs)} input(s); files "
                               "already written are complete: rerun with --skip-existing to finish")
+        elif summary.failures and not summary.explained:
+            skipped = f" ({summary.skipped} already done, skipped)" if summary.skipped else ""
+            console.stderr.print(f"[red]{len(summary.failures)} input(s) failed[/]; no input was explained"
+                                 f"{escape(skipped)}.")
         elif summary.failures:
             console.stderr.print(f"[red]{len(summary.failures)} input(s) failed[/]; the others were written.")
         return summary
@@ -272,6 +278,12 @@ def _run(request: ClassifierRequest | ClipRequest, load: Callable[[], Any], what
     from heatmap.outputs import check_manifest
 
     check_manifest(Path(request.out))
+    if request.shard and not run.jobs:
+        # a job array with more shards than inputs: nothing to load, nothing to write
+        shard = request.shard
+        run.note(f"shard {shard.index}/{shard.count} has no inputs ({run.summary.total} input(s) over all "
+                 f"{shard.count} shards); nothing to do")
+        return run.finish()
 
     from heatmap.explainers.driver import Driver
     from heatmap.models import weights_identity
@@ -291,10 +303,12 @@ def _run(request: ClassifierRequest | ClipRequest, load: Callable[[], Any], what
     if isinstance(request, ClipRequest):
         pipeline = Pipeline(driver, texts=request.texts)
         for text in pipeline.truncated_texts():
-            run.note(f"text {text!r} is longer than the model's context: only its beginning is explained "
-                     "(manifest: truncated)")
+            run.note(f"text {shown_text(text, quoted=True)} is longer than the model's context: only its beginning "
+                     "is explained (manifest: truncated)")
         several = len(request.texts) > 1
     else:
+        # checked once the model is loaded (its classes are known) and before any image is read
+        check_targets(driver.adapter, request.targets)
         pipeline = Pipeline(driver, targets=request.targets, top_k=request.top_k)
         several = len(pipeline.targets or []) > 1 or request.top_k > 1
     if method.class_agnostic and several:
@@ -362,6 +376,30 @@ def _done_test(request: ClassifierRequest | ClipRequest, done: DoneMaps,
     return lambda job: done.has_top_k(job.path, top_k)
 
 
+def check_targets(adapter: Any, targets: list[str]) -> None:
+    """Check every target names a class of ``adapter``; an unknown name lists a small model's classes.
+
+    Raises:
+        UsageError: the adapter's message, with the class names when there are at most ``LISTED_LABELS``.
+    """
+    for target in targets:
+        try:
+            adapter.class_index(str(target))
+        except UsageError as error:
+            labels = adapter.labels
+            if str(target).lstrip("-").isdigit() or not labels or len(labels) > LISTED_LABELS:
+                raise
+            raise UsageError(f"{error} (its classes: {', '.join(labels)})") from None
+
+
+def shown_text(text: str, quoted: bool = False) -> str:
+    """``text`` as tables and notes show it: whole when short, else its beginning, "…" and its length."""
+    if len(text) <= SHOWN_TEXT:
+        return repr(text) if quoted else text
+    beginning = repr(text[:SHOWN_TEXT]) if quoted else text[:SHOWN_TEXT]
+    return f"{beginning}… ({len(text)} characters)"
+
+
 def ensure_writable(folder: Path) -> None:
     """Create ``folder`` if needed and check a file can be written there, or say what to do.
 
@@ -406,9 +444,11 @@ def _print_clip_table(path: Path, records: list[MapRecord]) -> None:
     best = max(range(len(records)), key=lambda t: records[t].score)
     for t, record in enumerate(records[:CLIP_TABLE_ROWS]):
         style = "bold green" if t == best else None
-        table.add_row(record.label, f"{record.score:.2f}", f"{record.fields['probability']:.1%}", style=style)
+        table.add_row(escape(shown_text(record.label or "")), f"{record.score:.2f}",
+                      f"{record.fields['probability']:.1%}", style=style)
     if len(records) > CLIP_TABLE_ROWS:
         best_record = records[best]
+        best_text = escape(shown_text(best_record.label or "", quoted=True))
         table.caption = (f"... and {len(records) - CLIP_TABLE_ROWS} more texts in manifest.jsonl; the best: "
-                         f"{best_record.label!r} ({best_record.fields['probability']:.1%})")
+                         f"{best_text} ({best_record.fields['probability']:.1%})")
     console.stdout.print(table)
