@@ -446,3 +446,36 @@ def test_readme_example_runs(pytester):
     assert list((pytester.path / "test_readme_example").glob("*.npy"))
     second = run(pytester)
     assert second.ret == 0, second.stdout.str()
+
+
+@pytest.mark.parametrize("keep", [0, 60, -8])  # empty, in the header, in the data
+def test_a_truncated_snapshot_fails_in_one_message(pytester, keep):
+    vit_suite(pytester, TEST_VIT)
+    run(pytester)
+    npy = pytester.path / "test_model" / "test_vit.npy"
+    npy.write_bytes(npy.read_bytes()[:keep])
+    result = run(pytester)
+    result.assert_outcomes(failed=1)
+    output = result.stdout.str()
+    assert "heatmap snapshot test_model/test_vit.npy is unreadable" in output
+    assert "pytest --heatmap-update" in output
+    assert "During handling of the above exception" not in output and "Traceback" not in output
+
+
+def test_a_changed_top_1_class_blames_the_model_or_the_arguments(pytester):
+    vit_suite(pytester, '''
+        def test_top1(heatmap_snapshot, image):
+            heatmap_snapshot(build_vit(), image.unsqueeze(0), method="rollout")
+    ''')
+    run(pytester)
+    record_file = pytester.path / "test_model" / "test_top1.json"
+    record = json.loads(record_file.read_text())
+    top1 = record["target"]
+    record_file.write_text(json.dumps({**record, "target": (top1 + 1) % 5}))
+    result = run(pytester)
+    result.assert_outcomes(failed=1)
+    output = " ".join(result.stdout.str().split())
+    assert f"the model's top-1 class changed from target {(top1 + 1) % 5} to target {top1}" in output
+    assert "weights or the model changed, or the test's arguments did" in output
+    assert "pytest --heatmap-update" in output
+    assert "If the test's new arguments are intended" not in output
