@@ -14,17 +14,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from heatmap.cli.app import app
 from heatmap.compare.metrics import Thresholds, compare_maps
-from heatmap.demo.shapes_world import make_scenes
 from heatmap.outputs import MANIFEST
+from helpers.demo_runs import perturbed_demo_weights, scene_folder
 
 runner = CliRunner()
 README = Path(__file__).parents[1] / "README.md"
-DEMO_WEIGHTS = Path(__file__).parents[1] / "demo" / "classifier.safetensors"
 
 
 def invoke(*args):
@@ -78,22 +77,12 @@ def test_degenerate_maps():
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    for i, scene in enumerate(make_scenes(6, seed=77, num_objects=(2, 3))):
-        scene.image.save(folder / f"scene{i}.png")
-    return folder
+    return scene_folder(tmp_path_factory.mktemp("images"), 6)
 
 
 @pytest.fixture(scope="module")
 def perturbed_weights(tmp_path_factory):
-    """The demo classifier with one weight tensor moved by 5% of its spread (seeded noise)."""
-    weights = load_file(DEMO_WEIGHTS)
-    tensor = weights["blocks.2.attn.qkv.weight"]
-    noise = torch.randn(tensor.shape, generator=torch.Generator().manual_seed(0))
-    weights["blocks.2.attn.qkv.weight"] = tensor + 0.05 * tensor.std() * noise
-    path = tmp_path_factory.mktemp("weights") / "perturbed.safetensors"
-    save_file(weights, path)
-    return path
+    return perturbed_demo_weights(tmp_path_factory.mktemp("weights") / "perturbed.safetensors")
 
 
 def run(images: Path, out: Path, *extra) -> Path:

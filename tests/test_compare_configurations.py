@@ -7,15 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from heatmap.cli.app import app
-from heatmap.demo.shapes_world import make_scenes
+from helpers.demo_runs import perturbed_demo_weights, scene_folder
 
 runner = CliRunner()
-DEMO_WEIGHTS = Path(__file__).parents[1] / "demo" / "classifier.safetensors"
 
 
 def invoke(*args):
@@ -32,22 +29,12 @@ def wide_table(monkeypatch):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    for i, scene in enumerate(make_scenes(2, seed=77, num_objects=(2, 3))):
-        scene.image.save(folder / f"scene{i}.png")
-    return folder
+    return scene_folder(tmp_path_factory.mktemp("images"), 2)
 
 
 @pytest.fixture(scope="module")
 def perturbed_weights(tmp_path_factory):
-    """The demo classifier with one weight tensor moved by 5% of its spread (seeded noise)."""
-    weights = load_file(DEMO_WEIGHTS)
-    tensor = weights["blocks.2.attn.qkv.weight"]
-    noise = torch.randn(tensor.shape, generator=torch.Generator().manual_seed(0))
-    weights["blocks.2.attn.qkv.weight"] = tensor + 0.05 * tensor.std() * noise
-    path = tmp_path_factory.mktemp("weights") / "perturbed.safetensors"
-    save_file(weights, path)
-    return path
+    return perturbed_demo_weights(tmp_path_factory.mktemp("weights") / "perturbed.safetensors")
 
 
 def run(images: Path, out: Path, *extra) -> Path:
