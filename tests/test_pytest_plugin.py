@@ -272,7 +272,11 @@ def test_the_top_1_class_is_recorded_and_checked(pytester):
     record_file.write_text(json.dumps({**record, "target": (top1 + 1) % 5}))
     moved = run(pytester)
     moved.assert_outcomes(failed=1)
-    assert f"the model's top-1 class changed from target {(top1 + 1) % 5} to target {top1}" in moved.stdout.str()
+    output = " ".join(moved.stdout.str().split())
+    assert f"the model's top-1 class changed from target {(top1 + 1) % 5} to target {top1}" in output
+    # the model or its weights may have moved as well as the test's arguments; the fix is named
+    assert "weights or the model changed, or the test's arguments did" in output
+    assert "pytest --heatmap-update" in output
 
 
 def build_tiny_logits(weights: Path) -> torch.Tensor:
@@ -460,22 +464,3 @@ def test_a_truncated_snapshot_fails_in_one_message(pytester, keep):
     assert "heatmap snapshot test_model/test_vit.npy is unreadable" in output
     assert "pytest --heatmap-update" in output
     assert "During handling of the above exception" not in output and "Traceback" not in output
-
-
-def test_a_changed_top_1_class_blames_the_model_or_the_arguments(pytester):
-    vit_suite(pytester, '''
-        def test_top1(heatmap_snapshot, image):
-            heatmap_snapshot(build_vit(), image.unsqueeze(0), method="rollout")
-    ''')
-    run(pytester)
-    record_file = pytester.path / "test_model" / "test_top1.json"
-    record = json.loads(record_file.read_text())
-    top1 = record["target"]
-    record_file.write_text(json.dumps({**record, "target": (top1 + 1) % 5}))
-    result = run(pytester)
-    result.assert_outcomes(failed=1)
-    output = " ".join(result.stdout.str().split())
-    assert f"the model's top-1 class changed from target {(top1 + 1) % 5} to target {top1}" in output
-    assert "weights or the model changed, or the test's arguments did" in output
-    assert "pytest --heatmap-update" in output
-    assert "If the test's new arguments are intended" not in output
