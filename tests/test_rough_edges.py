@@ -90,21 +90,19 @@ def test_word_pieces_are_text_in_every_script(tmp_path):
 
 
 def test_many_texts_are_capped_in_the_table(tmp_path):
+    # 21 captions of what the scene does not hold, then its own: the demo CLIP scores "a red heart" far above
+    # the rest (logit 9.1 against at most 2.2), so no tie decides which text the note names
+    absent = [f"a {colour} {shape}" for shape in ("circle", "square", "star")
+              for colour in ("blue", "green", "orange", "purple", "yellow", "cyan", "white")]
     texts = tmp_path / "texts.txt"
-    texts.write_text("\n".join(f"shape number {i}" for i in range(22)))
+    texts.write_text("\n".join([*absent, "a red heart"]))
     out = tmp_path / "out"
     result = heatmap("clip", SCENE, "-m", "demo", "--texts-file", texts, "-o", out)
     assert result.returncode == 0 and "... and 2 more texts in manifest.jsonl" in result.stdout
-    shown = re.findall(r"│ (shape number \d+) +│", result.stdout)
-    entries = manifest(out)
-    assert len(shown) == len(set(shown)) == 20 and len(entries) == 22  # capped in the table, all in the manifest
-    hidden = {entry["text"]: entry["probability"] for entry in entries if entry["text"] not in shown}
-    assert len(hidden) == 2
-    # the note names the best of the texts left out; the demo CLIP scores these captions alike (they tie
-    # to 5e-7 relative), so any of the tied best may be named: 1e-5 relative is 20x that
-    best = re.search(r"the best: '(shape number \d+)'", result.stdout)
-    assert best is not None and best.group(1) in hidden
-    assert hidden[best.group(1)] >= max(hidden.values()) * (1 - 1e-5)
+    shown = re.findall(r"│ (a \w+ \w+) +│", result.stdout)
+    assert shown == absent[:20]  # the first 20 texts, in the order given
+    assert len(manifest(out)) == 22  # all of them in the manifest
+    assert "the best: 'a red heart'" in result.stdout  # the best text is named although the table leaves it out
 
 
 def test_rollout_with_several_targets_says_it_is_class_agnostic(tmp_path):
