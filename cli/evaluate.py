@@ -136,9 +136,10 @@ class Reservation:
 
     def __init__(self, out: Path) -> None:
         self.path = out / "eval.jsonl"
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        from heatmap.outputs import CREATE_NEW
+
         try:
-            self.descriptor = os.open(self.path, flags, 0o666)
+            self.descriptor = os.open(self.path, CREATE_NEW | os.O_APPEND, 0o666)
         except FileExistsError:
             raise UsageError(_taken(out, ["eval.jsonl"])) from None
         except OSError as error:
