@@ -374,10 +374,15 @@ class Driver:
         if side.readout_weights is None:
             raise UnsupportedModelError(f"{side.tower.name}: its {side.tower.kind} tower has no block read-out, "
                                         f"so it is not supported for {self.method.name}")
+        outputs = capture.block_outputs
+        if not outputs:
+            raise UsageError(f"{side.tower.name}: the start layer is the attention-pool head alone, which is not one "
+                             f"of {self.method.name}'s layers (its read-out runs through the head); start at -2 or "
+                             "lower")
         with torch.enable_grad():
-            readouts = [side.tower.block_readout(tokens) for tokens in capture.block_outputs]
+            readouts = [side.tower.block_readout(tokens) for tokens in outputs]
             return [[torch.autograd.grad((readout * weights.to(readout)).sum(), probs, retain_graph=True)[0]
-                     for readout, probs in zip(readouts, capture.tracked(), strict=True)]
+                     for readout, probs in zip(readouts, capture.tracked_blocks(), strict=True)]
                     for weights in side.readout_weights]
 
 

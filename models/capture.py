@@ -74,6 +74,10 @@ class AttentionRecorder:
             raise RuntimeError("the capture was opened without track_from; no gradients were tracked")
         return self.attention_probs[self.track_from:]
 
+    def tracked_blocks(self) -> list[torch.Tensor]:
+        """The tracked probabilities of the blocks that have output tokens (:attr:`block_outputs`), in order."""
+        return self.tracked()
+
 
 Slot = dict[str, torch.Tensor]
 

@@ -48,6 +48,11 @@ class AttentionCapture(Protocol):
         """The probabilities of the blocks from ``track_from`` on, as leaves of the graph to differentiate."""
         ...
 
+    def tracked_blocks(self) -> list[torch.Tensor]:
+        """Those of :meth:`tracked` that belong to :attr:`block_outputs`, in order (an attention-pool head, the
+        last layer, has no output tokens of its own)."""
+        ...
+
 
 @runtime_checkable
 class Tower(Protocol):

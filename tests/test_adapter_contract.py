@@ -319,8 +319,12 @@ def check_tower_side(side: TowerScores, tower: Tower, items: int, objectives: in
     tokens = probs[0].shape[-1]
     for block in probs:
         assert block.dim() == 4 and block.shape[0] == items and block.shape[-2:] == (tokens, tokens)
-        torch.testing.assert_close(block.detach().sum(dim=-1).double(),
-                                   torch.ones(block.shape[:-1], dtype=torch.float64), rtol=0, atol=ROW_SUM)
+        # each row is a distribution, or all zero: the probe's row of a block, the head's other rows (an
+        # attention-pool head's layout, docs/METHODS.md "Modern ViT parts")
+        sums = block.detach().sum(dim=-1).double()
+        padding = block.detach().abs().sum(dim=-1) == 0
+        torch.testing.assert_close(sums, (~padding).double(), rtol=0, atol=ROW_SUM)
+        assert (~padding).any(dim=-1).all()  # every layer of every item attends somewhere
     tracked = capture.tracked()
     assert len(tracked) == tower.num_blocks and tracked[0].requires_grad
     assert side.query.shape == (items, tokens)

@@ -92,7 +92,7 @@ def test_an_unsupported_architecture_is_refused_before_any_download(tmp_path):
     result = heatmap_process("rollout", SCENE, "-m", "resnet18", "-o", tmp_path / "out",
                              cache=tmp_path / "empty-cache")
     assert result.returncode == 1
-    assert "ResNet is not a timm VisionTransformer" in result.stderr
+    assert "ResNet is not a timm ViT" in result.stderr
     assert "download" not in result.stderr
 
 

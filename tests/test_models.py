@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,15 +94,32 @@ def test_unknown_model_suggests_close_names():
 def test_non_vit_model_is_refused(tmp_path):
     state = timm.create_model("resnet18", pretrained=False).state_dict()
     save_file(state, tmp_path / "r.safetensors")
-    with pytest.raises(HeatmapError, match="not a timm VisionTransformer"):
+    with pytest.raises(HeatmapError, match="ResNet is not a timm ViT"):
         load("resnet18", checkpoint=tmp_path / "r.safetensors", device="cpu")
 
 
-def test_attention_pool_head_is_refused(tmp_path):
-    model = timm.create_model(TINY, pretrained=False, global_pool="map")
+@pytest.mark.parametrize("architecture,reason", [
+    ("swin_tiny_patch4_window7_224", "window attention (Swin) is not covered by any rule"),
+    ("beit_base_patch16_224", "relative-position bias (BEiT) is not covered by any rule"),
+    ("vit_small_patch16_18x2_224", "block 0 is a ParallelThingsBlock: attention in parallel branches of one block"),
+    ("vit_base_patch16_xp_224", "block 0 is a ParallelScalingBlock: attention in parallel branches of one block"),
+])
+def test_architectures_no_rule_covers_are_refused_naming_the_part(architecture, reason):
     from heatmap.models import adapter_for
-    with pytest.raises(HeatmapError, match="attention-pool head"):
-        adapter_for(model)
+    with torch.device("meta"):  # the refusal reads the structure only: no memory, no weights
+        model = timm.create_model(architecture, pretrained=False)
+    with pytest.raises(HeatmapError, match=re.escape(f"{architecture}: {reason}")):
+        adapter_for(model, name=architecture)
+
+
+def test_a_naflex_patch_dictionary_is_refused():
+    from heatmap.models import adapter_for
+    tower = adapter_for(timm.create_model("naflexvit_base_patch16_gap", pretrained=False, depth=1,
+                                          embed_dim=32, num_heads=2)).tower
+    patches = {"patches": torch.zeros(1, 4, 768), "patch_coord": torch.zeros(1, 4, 2, dtype=torch.long),
+               "patch_valid": torch.tensor([[True, True, True, False]])}
+    with tower.attention_capture(None), pytest.raises(HeatmapError, match="variable patch counts"):
+        tower.model(patches)
 
 
 def test_cuda_without_cuda_is_a_usage_error():

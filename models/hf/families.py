@@ -9,7 +9,7 @@
   norm, projection.
 - :class:`SiglipVisionTower`: SigLIP's image tower, pooled by an attention
   head whose learned probe attends to every token. That head is explained as
-  one more attention layer (see the class).
+  one more attention layer (docs/METHODS.md, "Modern ViT parts").
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heatmap.errors import UnsupportedModelError
+from heatmap.models.attention_pool import PooledRecorder
 from heatmap.models.capture import AttentionRecorder
 from heatmap.models.hf.lrp import patch_convolution_problem
 from heatmap.models.hf.tower import HfTower
@@ -232,31 +233,24 @@ class TextTower(HfTower):
 
 
 class SiglipVisionTower(ImageTower):
-    """SigLIP's image tower, whose attention-pooling head is explained as one more attention layer.
+    """SigLIP's image tower, whose attention-pooling head is one more attention layer (docs/METHODS.md, "Modern
+    ViT parts"; the rule itself is :mod:`heatmap.models.attention_pool`, shared with timm and open_clip).
 
-    NOT COVERED BY docs/METHODS.md. The head's learned probe attends to every
-    token and its output, through the head's MLP, is the image embedding:
-    the probe plays the class token's part. So the explanation runs over
-    ``N + 1`` tokens: the probe first (the one prefix token, the query row),
-    then the patches. Every block's ``[N, N]`` probabilities are padded with
-    the probe attending to itself only; the head's probabilities ``[1, N]``
-    become the probe's row of an ``(L+1)``-th layer whose other rows are the
-    identity (the patches pass the head unmixed). Methods read these like any
-    layers; gradients flow through the padding to the model's own tensors.
-    The LRP rules do not cover the head, and LeGrad's read-out through it is
-    not defined, so those methods are refused.
+    The LRP rules do not cover the head, so those methods are refused.
     """
 
     def __init__(self, model: Any, name: str) -> None:
         module = model.vision_model
         super().__init__(model, module, "image", name)
         self.embeddings = module.embeddings
+        self.post_norm = module.post_layernorm
         head = getattr(module, "head", None) if getattr(module, "use_head", True) else None
         pool = getattr(head, "attention", None)
         if not isinstance(pool, nn.MultiheadAttention):
             raise UnsupportedModelError(f"{name}: a SigLIP image tower without its attention-pooling head "
                                         "(nn.MultiheadAttention) is not supported")
         check_plain_multihead_attention(pool, f"{name}: the attention-pooling head")
+        self.head = head
         self.pool_attention = pool
 
     @property
@@ -271,33 +265,26 @@ class SiglipVisionTower(ImageTower):
     def class_token(self) -> int | None:
         return 0
 
-    def record(self, recorder: AttentionRecorder, index: int, probs: torch.Tensor) -> torch.Tensor:
-        """A block's ``[B, H, N, N]`` with the probe in front, attending to itself only."""
-        padded = F.pad(probs, (1, 0, 1, 0))
-        probe_self = torch.zeros_like(padded)
-        probe_self[..., 0, 0] = 1.0
-        kept = recorder.record(index, padded + probe_self)
-        return kept[..., 1:, 1:]
-
-    def record_pool(self, recorder: AttentionRecorder, probs: torch.Tensor) -> torch.Tensor:
-        """The head's ``[B, H, 1, N]`` as the probe's row of a layer whose other rows are the identity."""
-        batch, heads, _, tokens = probs.shape
-        probe_row = F.pad(probs, (1, 0))
-        identity = F.pad(torch.eye(tokens, dtype=probs.dtype, device=probs.device), (1, 0))
-        layer = torch.cat([probe_row, identity.expand(batch, heads, tokens, tokens + 1)], dim=2)
-        kept = recorder.record(len(self.layers), layer)
-        return kept[..., :1, 1:]
+    def new_recorder(self, track_from: int | None) -> AttentionRecorder:
+        return PooledRecorder(len(self.layers), track_from, self.name)
 
     @contextmanager
     def attention_capture(self, track_from: int | None) -> Iterator[AttentionRecorder]:
         with super().attention_capture(track_from) as recorder:
+            assert isinstance(recorder, PooledRecorder)
             # PyTorch's module never forms per-head probabilities in the graph: for the duration of the
             # capture it is computed explicitly with its own weights, then the module is restored
-            with explicit_attention(self.pool_attention, lambda probs: self.record_pool(recorder, probs)):
+            with explicit_attention(self.pool_attention, recorder.record_head):
                 yield recorder
 
+    def block_readout(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The unit image embedding of a block's output through the whole read-out: ``post_layernorm``, then
+        the attention-pooling head with its MLP (docs/METHODS.md, "Modern ViT parts", legrad)."""
+        head: Any = self.head
+        return F.normalize(head(self.post_norm(tokens)), dim=-1)
+
     def block_readout_problem(self) -> str | None:
-        return "a read-out through the attention-pooling head (docs/METHODS.md defines none)"
+        return None
 
     def lrp_problem(self) -> str | None:
         return f"the attention-pooling head {type(self.pool_attention).__name__} of SigLIP's image tower"

@@ -103,6 +103,10 @@ class HfTower:
         """``[B, N]``: one-hot at the class token, or uniform over the patches (docs/METHODS.md, query row)."""
         return query_weights(batch, num_tokens, self.class_token, self.num_prefix_tokens)
 
+    def new_recorder(self, track_from: int | None) -> AttentionRecorder:
+        """Where a capture puts the layers' probabilities."""
+        return AttentionRecorder(self.num_blocks, track_from, self.name)
+
     def record(self, recorder: AttentionRecorder, index: int, probs: torch.Tensor) -> torch.Tensor:
         """Keep a layer's probabilities; return what the forward pass goes on with."""
         return recorder.record(index, probs)
@@ -110,7 +114,7 @@ class HfTower:
     @contextmanager
     def attention_capture(self, track_from: int | None) -> Iterator[AttentionRecorder]:
         """Each layer's probabilities through the attention probe and, when tracked, its output tokens."""
-        recorder = AttentionRecorder(self.num_blocks, track_from, self.name)
+        recorder = self.new_recorder(track_from)
         called: set[int] = set()
 
         def route(index: int, probs: torch.Tensor) -> torch.Tensor:

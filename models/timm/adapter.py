@@ -1,4 +1,4 @@
-"""The adapter for timm Vision Transformers (``timm.models.VisionTransformer``).
+"""The adapter for timm Vision Transformers (``VisionTransformer``, ``Eva``, ``NaFlexVit``).
 
 Everything timm-specific lives here: the model's own preprocessing, its
 blocks and how their attention is exposed (timm's fused-attention switch),
@@ -9,52 +9,68 @@ knows which method runs.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
 from timm.data import create_transform, resolve_data_config
+from timm.models.eva import Eva
+from timm.models.naflexvit import NaFlexVit
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from heatmap.errors import UnsupportedModelError
+from heatmap.models.attention_pool import PooledRecorder
 from heatmap.models.base import query_weights
 from heatmap.models.capture import AttentionRecorder
 from heatmap.models.classifier import ClassifierBase
 from heatmap.models.protocols import LrpView, TowerKind
+from heatmap.models.timm.pool_head import pool_head_problem, recorded_pool_head
 
-# Pooling a query row can be read for (docs/METHODS.md "query row").
-SUPPORTED_POOLS = ("token", "avg")
+# Pooling a query row can be read for (docs/METHODS.md "query row"; "map": the attention-pool head's probe).
+SUPPORTED_POOLS = ("token", "avg", "map")
 
 
 class TimmTower:
-    """The one (image) tower of a timm ViT."""
+    """The (image) tower of a timm ViT: ``VisionTransformer``, ``Eva`` (EVA02, DINOv3, Perception Encoder, rope
+    ViTs) or ``NaFlexVit``, with class-token, mean or attention-pool ("map") pooling.
+
+    With an attention-pool head the probe is token 0 and the head the layer
+    ``L`` (docs/METHODS.md, "Modern ViT parts"; :mod:`heatmap.models.attention_pool`).
+    """
 
     kind: TowerKind = "image"
 
     def __init__(self, model: Any, name: str) -> None:
         self.model = model
         self.name = name
+        self.pool_head = getattr(model, "attn_pool", None)
 
     @property
     def num_blocks(self) -> int:
-        return len(self.model.blocks)
+        """The layers the methods read: the blocks, and the attention-pool head when there is one."""
+        return len(self.model.blocks) + (self.pool_head is not None)
 
     @property
     def num_prefix_tokens(self) -> int:
-        return int(self.model.num_prefix_tokens)
+        """The model's class and register tokens, after the probe of an attention-pool head."""
+        return int(self.model.num_prefix_tokens) + (self.pool_head is not None)
 
     @property
     def class_token(self) -> int | None:
-        return 0 if self.model.global_pool == "token" else None
+        return 0 if self.pool_head is not None or self.model.global_pool == "token" else None
 
     def query(self, batch: int, num_tokens: int) -> torch.Tensor:
-        """``[B, N]``: one-hot at the class token; for mean pooling, uniform over the averaged tokens."""
+        """``[B, N]``: one-hot at the class token (or the probe); for mean pooling, uniform over the averaged tokens."""
         first = 0 if getattr(self.model, "pool_include_prefix", False) else self.num_prefix_tokens
         return query_weights(batch, num_tokens, self.class_token, first)
 
     def grid(self, images: torch.Tensor) -> tuple[int, int]:
         """``(gh, gw)``, read from the model and the input size, never assumed."""
+        embeds = getattr(self.model, "embeds", None)
+        if embeds is not None:  # NaFlexVit: any input size, its own patch size
+            patch_h, patch_w = embeds.patch_size
+            return images.shape[-2] // patch_h, images.shape[-1] // patch_w
         patch_embed = self.model.patch_embed
         if getattr(self.model, "dynamic_img_size", False):
             height, width = patch_embed.dynamic_feat_size(tuple(images.shape[-2:]))
@@ -69,17 +85,15 @@ class TimmTower:
         The fused kernel never forms the attention matrix, so each module is
         switched to its explicit path (softmax -> attn_drop -> @ v; the output
         of attn_drop, the identity in eval mode, is exactly the matrix that
-        multiplies V) and switched back on exit, also on error.
+        multiplies V) and switched back on exit, also on error. An
+        attention-pool head computes explicitly too (:mod:`heatmap.models.timm.pool_head`).
         """
-        recorder = AttentionRecorder(self.num_blocks, track_from, self.name)
+        blocks = len(self.model.blocks)
+        recorder = (PooledRecorder(blocks, track_from, self.name) if self.pool_head is not None
+                    else AttentionRecorder(blocks, track_from, self.name))
         modules = [block.attn for block in self.model.blocks]
-        for index, module in enumerate(modules):
-            if not (hasattr(module, "fused_attn") and isinstance(getattr(module, "attn_drop", None), nn.Module)):
-                raise UnsupportedModelError(
-                    f"{self.name}: block {index} uses {type(module).__name__}, an attention implementation "
-                    "vit-heatmap does not know; no attention map can be made")
         was_fused = [module.fused_attn for module in modules]
-        handles = []
+        handles = [self.model.register_forward_pre_hook(_refuse_patch_dictionaries)]
         try:
             for index, module in enumerate(modules):
                 module.fused_attn = False
@@ -88,7 +102,10 @@ class TimmTower:
             for index, block in enumerate(self.model.blocks):
                 handles.append(block.register_forward_hook(
                     lambda _module, _inputs, output, index=index: recorder.record_output(index, output)))
-            yield recorder
+            with ExitStack() as stack:
+                if isinstance(recorder, PooledRecorder):
+                    stack.enter_context(recorded_pool_head(self.pool_head, recorder.record_head))
+                yield recorder
         finally:
             for handle in handles:
                 handle.remove()
@@ -96,7 +113,8 @@ class TimmTower:
                 module.fused_attn = fused
 
     def block_readout(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The logits ``head(fc_norm(pool(norm(x))))`` of a block's output tokens (docs/METHODS.md, legrad)."""
+        """The logits ``head(fc_norm(pool(norm(x))))`` of a block's output tokens, through the model's whole
+        read-out, an attention-pool head included (docs/METHODS.md, legrad)."""
         logits: torch.Tensor = self.model.forward_head(self.model.norm(tokens))
         return logits
 
@@ -109,32 +127,75 @@ class TimmTower:
         return timm_lrp_view(self.model, self.name)
 
 
+def _refuse_patch_dictionaries(_model: nn.Module, args: tuple[Any, ...]) -> None:
+    """NaFlex's patch dictionaries pad each image's patches to one count; vit-heatmap explains image tensors."""
+    if args and isinstance(args[0], dict):
+        raise UnsupportedModelError("variable patch counts (a NaFlex patch dictionary with padded patches) are not "
+                                    "supported; pass images as a [B, 3, H, W] tensor")
+
+
 def check_architecture(model: Any, name: str) -> None:
-    """Refuse a timm model vit-heatmap cannot explain, naming why (also for a model built on the meta device).
+    """Refuse a timm model vit-heatmap cannot explain, naming the part (also for a model built on the meta device).
 
     Raises:
-        UnsupportedModelError: not a ``VisionTransformer``, or a pooling with no query row.
+        UnsupportedModelError: for a model class, block, attention or pooling no rule covers.
     """
-    if not isinstance(model, VisionTransformer):
-        raise UnsupportedModelError(f"{name}: {type(model).__name__} is not a timm VisionTransformer; "
-                                    "vit-heatmap explains ViT-style models (vit_*, deit_*, ...)")
-    if getattr(model, "attn_pool", None) is not None or model.global_pool not in SUPPORTED_POOLS:
-        raise UnsupportedModelError(f"{name}: pooling {model.global_pool!r} (attention-pool head) is not "
-                                    f"supported; models that pool by {' or '.join(SUPPORTED_POOLS)} are")
-    if model.global_pool == "token" and not model.has_class_token:
-        raise UnsupportedModelError(f"{name}: token pooling without a class token is not supported")
+    problem = architecture_problem(model)
+    if problem:
+        raise UnsupportedModelError(f"{name}: {problem}")
+
+
+def architecture_problem(model: Any) -> str | None:
+    """What no rule of docs/METHODS.md covers in ``model`` (its class, blocks, attention, pooling), or None."""
+    kind = type(model).__name__
+    if kind in _NOT_COVERED:
+        return _NOT_COVERED[kind]
+    if not isinstance(model, (VisionTransformer, Eva, NaFlexVit)):
+        return (f"{kind} is not a timm ViT (VisionTransformer, Eva or NaFlexVit); vit-heatmap explains ViT-style "
+                "models (vit_*, deit_*, eva02_*, ...)")
+    for index, block in enumerate(model.blocks):
+        attention = getattr(block, "attn", None)
+        if attention is None:
+            return (f"block {index} is a {type(block).__name__}: attention in parallel branches of one block "
+                    "(timm's parallel blocks) is not covered by any rule")
+        if type(attention).__name__ in _NOT_COVERED:
+            return _NOT_COVERED[type(attention).__name__]
+        if not (hasattr(attention, "fused_attn") and isinstance(getattr(attention, "attn_drop", None), nn.Module)):
+            return (f"block {index} uses {type(attention).__name__}, an attention implementation vit-heatmap does "
+                    "not know; no attention map can be made")
+    pool = model.global_pool
+    if pool not in SUPPORTED_POOLS or (pool == "map") != (getattr(model, "attn_pool", None) is not None):
+        return (f"pooling {pool!r} has no query row; models that pool by class token, by mean or with an "
+                "attention-pool head are explained")
+    if pool == "token" and getattr(model, "cls_token", None) is None:
+        return "token pooling without a class token is not supported"
+    if pool == "map":
+        problem = pool_head_problem(model.attn_pool)
+        if problem:
+            return problem
+    return None
+
+
+# Parts no rule of docs/METHODS.md covers ("Modern ViT parts", last item), by class name.
+_NOT_COVERED = {
+    "Beit": "relative-position bias (BEiT) is not covered by any rule",
+    "SwinTransformer": "window attention (Swin) is not covered by any rule",
+    "SwinTransformerV2": "window attention (Swin) is not covered by any rule",
+    "SwinTransformerV2Cr": "window attention (Swin) is not covered by any rule",
+    "DiffAttention": "differential attention is not covered by any rule",
+}
 
 
 class TimmAdapter(ClassifierBase):
     """A timm ViT classifier seen through the seams the driver uses.
 
     Args:
-        model: a ``VisionTransformer`` (or subclass), put in eval mode here.
+        model: a ``VisionTransformer``, ``Eva`` or ``NaFlexVit`` (or subclass), put in eval mode here.
         name: how the user named it (for messages and the manifest).
         labels: class names by index, or None.
 
     Raises:
-        UnsupportedModelError: for a model whose pooling has no query row.
+        UnsupportedModelError: for a model with a part no rule covers (its pooling, blocks, attention).
     """
 
     def __init__(self, model: Any, name: str, labels: Sequence[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""The LRP view of a timm ``VisionTransformer`` classifier (see :class:`heatmap.models.protocols.LrpView`).
+"""The LRP view of a timm ViT classifier (see :class:`heatmap.models.protocols.LrpView`).
 
 Only the structure the rules of docs/METHODS.md were written for is accepted
 (timm's plain ``Block``, ``Attention`` and ``Mlp``, class-token or mean
@@ -35,16 +35,25 @@ DROPOUTS = (nn.Dropout, nn.Identity)
 DROP_PATHS = (DropPath, nn.Identity)
 LAYER_SCALES = (LayerScale, nn.Identity)
 POOLS = ("token", "avg")
+# timm's MLPs that multiply two branches (SwiGLU, GeGLU): the LRP rules do not cover the product
+GATED_MLPS = ("SwiGLU", "SwiGLUPacked", "GluMlp")
 
 
 def unsupported_operation(model: Any) -> str | None:
     """The first operation of ``model`` that the LRP rules of METHODS.md do not cover, or None."""
+    # the parts docs/METHODS.md ("Modern ViT parts") names as not covered by the LRP rules, named first
+    if getattr(model, "attn_pool", None) is not None:
+        return f"the attention-pool head attn_pool ({type(model.attn_pool).__name__})"
+    if getattr(model, "rope", None) is not None:
+        return f"RoPE, the rotary position embedding on q and k ({type(model.rope).__name__})"
+    gated = next((type(block.mlp).__name__ for block in model.blocks
+                  if type(getattr(block, "mlp", None)).__name__ in GATED_MLPS), None)
+    if gated:
+        return f"the gated MLP {gated} (a product of two branches)"
     if type(model) is not VisionTransformer:
         if isinstance(model, VisionTransformer) and hasattr(model, "head_dist"):
             return f"the distillation head of {type(model).__name__} (logits averaged over two heads)"
         return f"the model class {type(model).__name__} (only timm's VisionTransformer is)"
-    if getattr(model, "attn_pool", None) is not None:
-        return f"the attention-pool head attn_pool ({type(model.attn_pool).__name__})"
     if model.global_pool not in POOLS:
         return f"global pooling {model.global_pool!r}"
     if model.global_pool == "token" and not model.has_class_token:
