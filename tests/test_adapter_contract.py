@@ -337,11 +337,12 @@ def check_tower_side(side: TowerScores, tower: Tower, items: int, objectives: in
     if side.readout_weights is not None:
         assert len(side.readout_weights) == objectives
     if side.readout_weights is not None and tower.block_readout_problem() is None:
-        # the block outputs are kept for the read-out (SigLIP's image tower, which has none, keeps none of
-        # its pooling head)
+        # the blocks' outputs are kept for the read-out; an attention-pool head, the last layer, has none, and
+        # its probe is not among the model's own tokens
         outputs = capture.block_outputs
-        assert len(outputs) == tower.num_blocks
-        assert all(output.shape[:2] == (items, tokens) for output in outputs)
+        pooled = tower.num_blocks - len(outputs)
+        assert len(capture.tracked_blocks()) == len(outputs) and pooled in (0, 1)
+        assert all(output.shape[:2] == (items, tokens - pooled) for output in outputs)
         readout = tower.block_readout(outputs[-1])
         assert readout.dim() == 2 and readout.shape[0] == items
         assert side.readout_weights[0].shape == readout.shape
