@@ -160,7 +160,8 @@ def adapter_for(model: Any, name: str | None = None, processor: Any = None
         model: the model object.
         name: how to call it in messages and manifests (default: its own name).
         processor: transformers models: its processor, image processor or
-            tokenizer, when the model's ``name_or_path`` cannot find them.
+            tokenizer, when the model's ``name_or_path`` cannot find them;
+            open_clip models: its tokenizer (default: CLIP's byte-pair one).
     """
     if is_transformers(model):
         from heatmap.models.hf.loading import image_transform, tokenizer_of
@@ -203,7 +204,8 @@ def resolve_adapter(model: str | torch.nn.Module | Adapter, clip: bool, processo
         model: a name (:func:`load`, or :func:`load_clip` when ``clip``), a model
             object (:func:`adapter_for`), or an adapter (returned as it is).
         clip: a name is a CLIP's (texts were given).
-        processor: a transformers model object's processor, image processor or tokenizer.
+        processor: a transformers model object's processor, image processor or tokenizer; an open_clip
+            model object's tokenizer.
         device: where a model loaded by name goes.
 
     Raises:
@@ -212,7 +214,8 @@ def resolve_adapter(model: str | torch.nn.Module | Adapter, clip: bool, processo
     import torch
 
     if processor is not None and not isinstance(model, torch.nn.Module):
-        raise UsageError("processor= is for a transformers model object; a name or an adapter brings its own")
+        raise UsageError("processor= is for a transformers model object (or an open_clip one's tokenizer); a name "
+                         "or an adapter brings its own")
     if isinstance(model, str):
         return load_clip(model, device=device) if clip else load(model, device=device)
     if isinstance(model, torch.nn.Module):

@@ -8,8 +8,12 @@ method runs unchanged on either.
 Supported: open_clip ``CLIP`` / ``CustomTextCLIP`` whose towers are open_clip's
 ``VisionTransformer`` and ``TextTransformer`` built from the default residual
 blocks (``nn.MultiheadAttention``), class-token or mean pooling in the image
-tower, end-of-text (argmax) pooling in the text tower, CLIP's byte-pair
-tokenizer. Anything else is refused with the reason.
+tower. The text tower may pool at the largest token id (``argmax``, CLIP), the
+first end-of-text token (``eos``, MetaCLIP 2), the last position (``last``,
+SigLIP) or the first (``first``); its tokenizer is CLIP's byte-pair one or
+open_clip's ``HFTokenizer`` (a transformers tokenizer). The query row and the
+word pieces follow one rule (:mod:`heatmap.models.open_clip.text`). Anything
+else (an appended class token, pooling ``none``) is refused with the reason.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from heatmap.errors import UnsupportedModelError
 from heatmap.models.base import query_weights
 from heatmap.models.capture import AttentionRecorder
 from heatmap.models.image_text import ImageTextBase
+from heatmap.models.open_clip import text as text_rule
 from heatmap.models.open_clip.attention import multihead_attention_capture, token_layout
-from heatmap.models.open_clip.text import decoded_pieces, end_of_text
 from heatmap.models.protocols import LrpView, TowerKind
 
 
@@ -127,6 +131,7 @@ class ClipAdapter(ImageTextBase):
         self._check_supported(model.visual, text_holder)
         self.vision = ClipTower(model.visual, "image", name)
         self.text = ClipTower(text_holder, "text", name)
+        self.pooling = text_rule.text_pooling(text_holder)
 
     def _check_supported(self, visual: nn.Module, text: nn.Module) -> None:
         problems = []
@@ -138,8 +143,10 @@ class ClipAdapter(ImageTextBase):
             problems.append(f"image pooling {visual.pool_type!r}")
         if not hasattr(text, "transformer") or not hasattr(text.transformer, "resblocks"):
             problems.append(f"text tower {type(text).__name__} (only open_clip's own text transformer)")
-        elif _text_pool_type(self.model, text) != "argmax":
-            problems.append("text pooling other than the end-of-text token")
+        elif pooling := text_rule.pooling_problem(text):
+            problems.append(pooling)
+        if tokenizer := text_rule.tokenizer_problem(self.tokenizer):
+            problems.append(tokenizer)
         for tower_name, blocks in (("image", getattr(getattr(visual, "transformer", None), "resblocks", [])),
                                    ("text", getattr(getattr(text, "transformer", None), "resblocks", []))):
             for block in blocks:
@@ -165,35 +172,21 @@ class ClipAdapter(ImageTextBase):
         return embedding
 
     def text_pool_positions(self, tokens: torch.Tensor) -> torch.Tensor:
-        return end_of_text(tokens)
+        return self.pooling.positions(tokens)
 
     def text_spans(self, tokens: torch.Tensor) -> list[tuple[int, int]]:
-        """From after the start token to the end-of-text token."""
-        return [(1, int(end)) for end in end_of_text(tokens).tolist()]
+        """From after the start token (if any) to the first end-of-text or padding token."""
+        return text_rule.word_spans(self.tokenizer, tokens)
 
     def word_pieces(self, tokens: torch.Tensor) -> list[list[str]]:
-        return [decoded_pieces(self.tokenizer, row[start:stop])
+        return [text_rule.word_pieces(self.tokenizer, row[start:stop])
                 for row, (start, stop) in zip(tokens.tolist(), self.text_spans(tokens), strict=True)]
 
     def truncated(self, texts: Sequence[str]) -> list[bool]:
-        encode = getattr(self.tokenizer, "encode", None)
-        context = getattr(self.tokenizer, "context_length", None)
-        if encode is None or context is None:
-            return [False] * len(texts)
-        return [len(encode(text)) + 2 > context for text in texts]  # + start and end-of-text
+        return text_rule.truncated(self.tokenizer, texts)
 
     def grid(self, images: torch.Tensor) -> tuple[int, int]:
         # The tower's own patch size, not conv1's kernel: the demo CLIP embeds
         # its patches with a convolutional stem in conv1's place.
         patch = self.model.visual.patch_size
         return images.shape[-2] // patch[0], images.shape[-1] // patch[1]
-
-
-
-def _text_pool_type(model: Any, text: Any) -> str:
-    # CLIP keeps it as text_pool_type; CustomTextCLIP's TextTransformer as pool_type.
-    if hasattr(text, "text_pool_type"):
-        return str(text.text_pool_type)
-    if text is not model and hasattr(text, "pool_type"):
-        return str(text.pool_type)
-    return str(getattr(model, "text_pool_type", "argmax"))

@@ -11,6 +11,7 @@ from typing import Any
 
 from heatmap.errors import HeatmapError, UsageError
 from heatmap.models.checkpoints import cached_hub_file, check_fits, download_hub_file, read_state_dict
+from heatmap.models.open_clip.text import tokenizer_problem
 
 DEFAULT_CLIP = ("ViT-B-32", "openai")
 _HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -43,9 +44,9 @@ def create_clip(name: str, pretrained: str | Path | None) -> tuple[Any, Any, Any
         hint = f"; did you mean {', '.join(close)}?" if close else "; `open_clip.list_models()` lists them"
         raise UsageError(f"unknown CLIP model {name!r}{hint}")
     tokenizer = open_clip.get_tokenizer(name)
-    if not hasattr(tokenizer, "decoder"):
-        raise HeatmapError(f"{name}: its tokenizer ({type(tokenizer).__name__}) is not CLIP's byte-pair "
-                           "tokenizer; only CLIP-tokenizer models are supported")
+    problem = tokenizer_problem(tokenizer)
+    if problem:
+        raise HeatmapError(f"{name}: {problem}; only those two are supported")
     if pretrained is not None and Path(pretrained).is_file():
         with quiet_open_clip():  # "no pretrained weights loaded": the local file's are, just below
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)

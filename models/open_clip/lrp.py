@@ -3,9 +3,10 @@
 Both towers are stacks of open_clip's ``ResidualAttentionBlock`` (pre-norm,
 ``nn.MultiheadAttention``, an MLP ``c_fc -> GELU -> c_proj``, optional layer
 scale). The image tower pools the class token (or averages the patches), the
-text tower the end-of-text token; each then projects (``proj`` /
-``text_projection``) to the embedding ``e`` whose cosine with the other
-tower's embedding, times the logit scale, is the score. The pass starts there
+text tower the token :class:`~heatmap.models.open_clip.text.TextPooling` finds;
+each then projects (``proj`` / ``text_projection``) to the embedding ``e``
+whose cosine with the other tower's embedding, times the logit scale, is the
+score. The pass starts there
 (docs/METHODS.md: ``R_e = e * (s / ||e||) * t_hat``).
 
 ``nn.MultiheadAttention`` keeps its input projection as a bare parameter, so
@@ -25,7 +26,7 @@ from torch import nn
 from heatmap.errors import UnsupportedModelError
 from heatmap.models.capture import ActivationCapture, Slot
 from heatmap.models.open_clip.attention import token_layout
-from heatmap.models.open_clip.text import end_of_text
+from heatmap.models.open_clip.text import pooling_problem, text_pooling
 from heatmap.models.protocols import (
     BlockActivations,
     BlockWeights,
@@ -67,8 +68,9 @@ def unsupported_operation(tower: Any, kind: str) -> str | None:
             return f"image pooling {tower.pool_type!r}"
         final_norm, projection = tower.ln_post, tower.proj
     else:
-        if getattr(tower, "cls_emb", None) is not None:
-            return "the appended text class token (CoCa)"
+        problem = pooling_problem(tower)
+        if problem:
+            return problem
         final_norm, projection = tower.ln_final, tower.text_projection
     if not isinstance(final_norm, NORMS):
         return f"the {kind} tower's final norm {type(final_norm).__name__}"
@@ -182,7 +184,7 @@ class ClipTowerCapture(ActivationCapture):
         normed = slot["normed"]
         batch = len(normed)
         if self.kind == "text":
-            token_index = end_of_text(slot["text"].long()).cpu()
+            token_index = text_pooling(self.tower).positions(slot["text"].long()).cpu()
             pooled = normed[torch.arange(batch), token_index.to(normed.device)]
             return HeadActivations(pooled, self._project(pooled), token_index=token_index, selected=pooled)
         if self.tower.pool_type == "tok":
