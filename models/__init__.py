@@ -184,7 +184,8 @@ def adapter_for(model: Any, name: str | None = None, processor: Any = None
         size = visual.image_size
         preprocess = open_clip.image_transform(size, is_train=False, mean=getattr(visual, "image_mean", None),
                                                std=getattr(visual, "image_std", None))
-        tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=model.context_length)
+        tokenizer = (processor if processor is not None
+                     else open_clip.get_tokenizer("ViT-B-32", context_length=model.context_length))
         return ClipAdapter(model, name or type(model).__name__, tokenizer, preprocess)
     from timm.models.vision_transformer import VisionTransformer
 
