@@ -187,13 +187,16 @@ def adapter_for(model: Any, name: str | None = None, processor: Any = None
         tokenizer = (processor if processor is not None
                      else open_clip.get_tokenizer("ViT-B-32", context_length=model.context_length))
         return ClipAdapter(model, name or type(model).__name__, tokenizer, preprocess)
+    from timm.models.eva import Eva
+    from timm.models.naflexvit import NaFlexVit
     from timm.models.vision_transformer import VisionTransformer
 
     from heatmap.models.timm.adapter import TimmAdapter  # refuses anything but a timm ViT, naming it
     from heatmap.models.timm.loading import imagenet_labels
 
     name = name or getattr(model, "default_cfg", {}).get("architecture") or type(model).__name__
-    return TimmAdapter(model, name, imagenet_labels(model) if isinstance(model, VisionTransformer) else None)
+    timm_vit = isinstance(model, (VisionTransformer, Eva, NaFlexVit))
+    return TimmAdapter(model, name, imagenet_labels(model) if timm_vit else None)
 
 
 def resolve_adapter(model: str | torch.nn.Module | Adapter, clip: bool, processor: Any = None,
