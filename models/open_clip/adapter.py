@@ -5,10 +5,12 @@ cos(image_emb_i, text_emb_t)`` (docs/METHODS.md). Both towers are seen
 through the driver's :class:`~heatmap.models.protocols.Tower`, so every
 method runs unchanged on either.
 
-Supported: open_clip ``CLIP`` / ``CustomTextCLIP`` whose towers are open_clip's
-``VisionTransformer`` and ``TextTransformer`` built from the default residual
-blocks (``nn.MultiheadAttention``), class-token or mean pooling in the image
-tower. The text tower may pool at the largest token id (``argmax``, CLIP), the
+Supported: open_clip ``CLIP`` / ``CustomTextCLIP`` whose image tower is
+open_clip's ``VisionTransformer`` (class-token or mean pooling) or a timm ViT
+trunk (``TimmModel``: SigLIP, EVA02-CLIP, PE-Core, ...; see
+:mod:`heatmap.models.open_clip.timm_tower`) and whose text tower is open_clip's
+``TextTransformer``, blocks built from the default residual blocks
+(``nn.MultiheadAttention``). The text tower may pool at the largest token id (``argmax``, CLIP), the
 first end-of-text token (``eos``, MetaCLIP 2), the last position (``last``,
 SigLIP) or the first (``first``); its tokenizer is CLIP's byte-pair one or
 open_clip's ``HFTokenizer`` (a transformers tokenizer). The query row and the
@@ -32,6 +34,7 @@ from heatmap.models.capture import AttentionRecorder
 from heatmap.models.image_text import ImageTextBase
 from heatmap.models.open_clip import text as text_rule
 from heatmap.models.open_clip.attention import multihead_attention_capture, token_layout
+from heatmap.models.open_clip.timm_tower import TimmTrunkTower, timm_tower_problem
 from heatmap.models.protocols import LrpView, TowerKind
 
 
@@ -129,13 +132,19 @@ class ClipAdapter(ImageTextBase):
         self.transform = preprocess
         text_holder = model.text if hasattr(model, "text") else model
         self._check_supported(model.visual, text_holder)
-        self.vision = ClipTower(model.visual, "image", name)
+        self.vision: ClipTower | TimmTrunkTower = (TimmTrunkTower(model.visual, name) if _is_timm_tower(model.visual)
+                                                   else ClipTower(model.visual, "image", name))
         self.text = ClipTower(text_holder, "text", name)
         self.pooling = text_rule.text_pooling(text_holder)
+        # SigLIP-style models (a logit bias) score each pair with its own sigmoid, not a softmax over the texts
+        self.independent_texts = getattr(model, "logit_bias", None) is not None
 
     def _check_supported(self, visual: nn.Module, text: nn.Module) -> None:
         problems = []
-        if type(visual).__name__ != "VisionTransformer" or not hasattr(visual, "transformer"):
+        if _is_timm_tower(visual):
+            if problem := timm_tower_problem(visual):
+                problems.append(problem)
+        elif type(visual).__name__ != "VisionTransformer" or not hasattr(visual, "transformer"):
             problems.append(f"image tower {type(visual).__name__} (only ViT image towers have attention maps)")
         elif getattr(visual, "attn_pool", None) is not None:
             problems.append("an attention-pool image head")
@@ -186,7 +195,14 @@ class ClipAdapter(ImageTextBase):
         return text_rule.truncated(self.tokenizer, texts)
 
     def grid(self, images: torch.Tensor) -> tuple[int, int]:
+        if isinstance(self.vision, TimmTrunkTower):
+            return self.vision.grid(images)
         # The tower's own patch size, not conv1's kernel: the demo CLIP embeds
         # its patches with a convolutional stem in conv1's place.
         patch = self.model.visual.patch_size
         return images.shape[-2] // patch[0], images.shape[-1] // patch[1]
+
+
+def _is_timm_tower(visual: Any) -> bool:
+    """open_clip's ``TimmModel``: a timm trunk and open_clip's projection head."""
+    return type(visual).__name__ == "TimmModel" and hasattr(visual, "trunk")
