@@ -82,6 +82,34 @@ def build_transformers_siglip(_folder):
     return adapter_for(tiny_siglip(), processor=siglip_tokenizer())
 
 
+def build_timm_eva(_folder):
+    # EVA02's parts: RoPE, SwiGLU, registers, mean pooling
+    from timm.models.eva import Eva
+
+    torch.manual_seed(0)
+    return adapter_for(Eva(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=5,
+                           num_reg_tokens=2, global_pool="avg", use_rot_pos_emb=True, swiglu_mlp=True))
+
+
+def build_timm_siglip(_folder):
+    # SigLIP's structure in timm: no class token, an attention-pool head
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    return adapter_for(VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4,
+                                         num_classes=5, class_token=False, global_pool="map"))
+
+
+def build_open_clip_siglip(folder):
+    pytest.importorskip("transformers")
+    import open_clip
+
+    from helpers.open_clip_siglip import MODEL, random_siglip, register
+
+    register(folder)
+    return adapter_for(random_siglip(), processor=open_clip.get_tokenizer(MODEL))
+
+
 def build_demo_classifier(_folder):
     return heatmap.load("demo", device="cpu")
 
@@ -93,9 +121,10 @@ def build_demo_clip(_folder):
 BUILDERS: dict[str, Callable[..., Adapter]] = {
     "timm": build_timm, "open_clip": build_open_clip, "transformers-vit": build_transformers_vit,
     "transformers-clip": build_transformers_clip, "transformers-siglip": build_transformers_siglip,
-    "demo": build_demo_classifier, "demo-clip": build_demo_clip,
+    "demo": build_demo_classifier, "demo-clip": build_demo_clip, "timm-eva": build_timm_eva,
+    "timm-siglip": build_timm_siglip, "open_clip-siglip": build_open_clip_siglip,
 }
-IMAGE_TEXT = ["open_clip", "transformers-clip", "transformers-siglip", "demo-clip"]
+IMAGE_TEXT = ["open_clip", "transformers-clip", "transformers-siglip", "demo-clip", "open_clip-siglip"]
 CLASSIFIERS = [name for name in BUILDERS if name not in IMAGE_TEXT]
 
 
@@ -270,7 +299,7 @@ def test_classifier_members(adapter, images):
 @pytest.mark.parametrize("adapter", IMAGE_TEXT, indirect=True)
 def test_image_text_members(adapter, images):
     assert isinstance(adapter.independent_texts, bool)
-    assert adapter.independent_texts is ("siglip" in type(adapter.model).__name__.lower())
+    assert adapter.independent_texts is (getattr(adapter.model, "logit_bias", None) is not None)  # a SigLIP
 
     tokens = adapter.tokenize(TEXTS)
     assert tokens.dtype == torch.long and tokens.dim() == 2 and tokens.shape[0] == len(TEXTS)
