@@ -26,13 +26,13 @@ import torch.nn.functional as F
 pytest.importorskip("transformers")
 
 # the hand-written SigLIP of the float64 reference tests, reused to read the layers grad-rollout discards in
-from test_hf_siglip import pair_reference  # noqa: E402
 
 import heatmap  # noqa: E402
 from heatmap.models import adapter_for  # noqa: E402
 from helpers.hf_models import siglip_tokenizer  # noqa: E402
 from helpers.models import random_images  # noqa: E402
 from helpers.siglip_converters import open_clip_siglip, save_tokenizer, siglip_model, timm_classifier  # noqa: E402
+from helpers.siglip_reference import pair_reference  # noqa: E402
 
 TEXTS = ["a red circle", "two blue stars on grass", "photo of a cat"]  # each more than one piece
 WORKING = ["rollout", "grad-rollout", "chefer-generic", "raw-attention", "attention-gradcam", "legrad"]
@@ -161,8 +161,8 @@ def test_no_near_tie_decides_grad_rollouts_discard(libraries, images):
     float32 fused matrix's own error, so round-off cannot move an entry across the cut in one library and not in
     the other: the libraries are compared at the default discard, not only at 0.
 
-    The layers are read by ``test_hf_siglip``'s hand-written SigLIP (explicit attention, the head laid out as one
-    more layer), in float64 and in float32, from the same seeded weights."""
+    The layers are read by ``helpers.siglip_reference``'s hand-written SigLIP (explicit attention, the head laid
+    out as one more layer), in float64 and in float32, from the same seeded weights."""
     tokens = libraries[3].tokenize(TEXTS)
     exact, rounded = siglip_model().double(), siglip_model()
     assert torch.equal(exact.vision_model.head.probe.float(), libraries[0].vision_model.head.probe)
