@@ -166,3 +166,13 @@ def test_default_model_missing_from_cache_says_how_to_get_it(tmp_path):
     assert len(lines) == 1
     assert "vit_base_patch16_224 are not in the local cache" in lines[0]
     assert "--model demo" in lines[0]
+
+
+def test_a_model_without_a_classifier_head_is_refused_before_any_download(tmp_path, monkeypatch):
+    # DINOv3's published weights are features only: refused from the skeleton, never downloaded
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(HeatmapError, match=r"has no classifier head \(num_classes=0\)"):
+        load("vit_small_patch16_dinov3", device="cpu")
+    from heatmap.models import adapter_for
+    with pytest.raises(HeatmapError, match="its outputs are features, not class scores"):
+        adapter_for(timm.create_model("vit_small_patch16_dinov3", pretrained=False, depth=1))

@@ -145,6 +145,18 @@ def check_architecture(model: Any, name: str) -> None:
         raise UnsupportedModelError(f"{name}: {problem}")
 
 
+def check_has_head(model: Any, name: str) -> None:
+    """Refuse a timm model without a classifier head: its outputs are features, with no class score to explain.
+
+    Raises:
+        UnsupportedModelError: for ``num_classes == 0`` (timm's feature models: DINOv2/v3, SigLIP, EVA02 bases).
+    """
+    if int(getattr(model, "num_classes", 0)) == 0:
+        raise UnsupportedModelError(f"{name} has no classifier head (num_classes=0): its outputs are features, not "
+                                    "class scores; pass --checkpoint FILE with a head, or use an image-text model "
+                                    "with `heatmap clip`")
+
+
 def architecture_problem(model: Any) -> str | None:
     """What no rule of docs/METHODS.md covers in ``model`` (its class, blocks, attention, pooling), or None."""
     kind = type(model).__name__
@@ -200,6 +212,7 @@ class TimmAdapter(ClassifierBase):
 
     def __init__(self, model: Any, name: str, labels: Sequence[str] | None = None) -> None:
         check_architecture(model, name)
+        check_has_head(model, name)
         self.model = model.eval()
         self.name = name
         self.labels = list(labels) if labels is not None else None

@@ -10,7 +10,7 @@ import torch
 
 from heatmap.errors import HeatmapError, UsageError
 from heatmap.models.checkpoints import cached_hub_file, check_fits, download_hub_file, read_state_dict
-from heatmap.models.timm.adapter import check_architecture
+from heatmap.models.timm.adapter import check_architecture, check_has_head
 
 _HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -46,7 +46,10 @@ def create_timm(name: str, checkpoint: str | Path | None = None) -> Any:
     # refuse an architecture vit-heatmap cannot explain before any download: built on the
     # meta device, the model costs no memory and no weights
     with torch.device("meta"):
-        check_architecture(timm.create_model(architecture, pretrained=False), name)
+        skeleton = timm.create_model(name, pretrained=False)  # with its tag: a tag's weights may have no head
+    check_architecture(skeleton, name)
+    if checkpoint is None:
+        check_has_head(skeleton, name)  # before any download: the published weights have no head either
     if checkpoint is not None:
         state = read_state_dict(checkpoint)
         head = state.get("head.weight")
