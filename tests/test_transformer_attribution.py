@@ -225,7 +225,7 @@ def distilled_vit():
 @pytest.mark.parametrize("factory,operation", [
     (lambda: tiny_vit(qk_norm=True), "q_norm"),
     (distilled_vit, "distillation head"),
-    (lambda: tiny_vit(mlp_layer=SwiGLU), "MLP type SwiGLU"),
+    (lambda: tiny_vit(mlp_layer=SwiGLU), "gated MLP SwiGLU"),
 ])
 def test_unsupported_structure_is_refused_before_any_work(factory, operation, images):
     model = factory()

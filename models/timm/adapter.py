@@ -91,6 +91,10 @@ class TimmTower:
         blocks = len(self.model.blocks)
         recorder = (PooledRecorder(blocks, track_from, self.name) if self.pool_head is not None
                     else AttentionRecorder(blocks, track_from, self.name))
+        for index, block in enumerate(self.model.blocks):  # the model may have changed since the adapter was made
+            problem = block_problem(index, block)
+            if problem:
+                raise UnsupportedModelError(f"{self.name}: {problem}")
         modules = [block.attn for block in self.model.blocks]
         was_fused = [module.fused_attn for module in modules]
         handles = [self.model.register_forward_pre_hook(_refuse_patch_dictionaries)]
@@ -165,16 +169,9 @@ def architecture_problem(model: Any) -> str | None:
     if not isinstance(model, (VisionTransformer, Eva, NaFlexVit)):
         return (f"{kind} is not a timm ViT (VisionTransformer, Eva or NaFlexVit); vit-heatmap explains ViT-style "
                 "models (vit_*, deit_*, eva02_*, ...)")
-    for index, block in enumerate(model.blocks):
-        attention = getattr(block, "attn", None)
-        if attention is None:
-            return (f"block {index} is a {type(block).__name__}: attention in parallel branches of one block "
-                    "(timm's parallel blocks) is not covered by any rule")
-        if type(attention).__name__ in _NOT_COVERED:
-            return _NOT_COVERED[type(attention).__name__]
-        if not (hasattr(attention, "fused_attn") and isinstance(getattr(attention, "attn_drop", None), nn.Module)):
-            return (f"block {index} uses {type(attention).__name__}, an attention implementation vit-heatmap does "
-                    "not know; no attention map can be made")
+    problem = next(filter(None, (block_problem(index, block) for index, block in enumerate(model.blocks))), None)
+    if problem:
+        return problem
     pool = model.global_pool
     if pool not in SUPPORTED_POOLS or (pool == "map") != (getattr(model, "attn_pool", None) is not None):
         return (f"pooling {pool!r} has no query row; models that pool by class token, by mean or with an "
@@ -185,6 +182,20 @@ def architecture_problem(model: Any) -> str | None:
         problem = pool_head_problem(model.attn_pool)
         if problem:
             return problem
+    return None
+
+
+def block_problem(index: int, block: Any) -> str | None:
+    """What no rule covers in block ``index``, or an attention whose probabilities cannot be recorded; or None."""
+    attention = getattr(block, "attn", None)
+    if attention is None:
+        return (f"block {index} is a {type(block).__name__}: attention in parallel branches of one block "
+                "(timm's parallel blocks) is not covered by any rule")
+    if type(attention).__name__ in _NOT_COVERED:
+        return _NOT_COVERED[type(attention).__name__]
+    if not (hasattr(attention, "fused_attn") and isinstance(getattr(attention, "attn_drop", None), nn.Module)):
+        return (f"block {index} uses {type(attention).__name__}, an attention implementation vit-heatmap does not "
+                "know; no attention map can be made")
     return None
 
 
