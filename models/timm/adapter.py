@@ -107,7 +107,7 @@ class TimmTower:
                 handles.append(block.register_forward_hook(
                     lambda _module, _inputs, output, index=index: recorder.record_output(index, output)))
             with ExitStack() as stack:
-                if isinstance(recorder, PooledRecorder):
+                if isinstance(recorder, PooledRecorder) and self.pool_head is not None:
                     stack.enter_context(recorded_pool_head(self.pool_head, recorder.record_head))
                 yield recorder
         finally:
