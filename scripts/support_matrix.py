@@ -5,16 +5,17 @@
 Every architecture registered in timm's ``vision_transformer``, ``deit``,
 ``eva`` and ``naflexvit`` modules and every open_clip config whose image tower
 is a transformer (open_clip's own VisionTransformer, or a timm trunk from one
-of those four modules) is built with random weights (nothing is downloaded)
-and two blocks per tower (full width, the model's own image size), then every
+of those four modules) is built with seeded random weights (nothing is
+downloaded; a 10-class head on every timm model) and two blocks per tower
+(full width; at most 8x8 patches, see ``GRID``), then every
 method of ``heatmap.methods()`` explains one fixed random image (seed 0) of
-the model's preprocessing size: a classifier for its top-1 class, a CLIP
-against two texts. Each cell is one of:
+the model's preprocessing size: a classifier for each of its 10 classes, a
+CLIP against four texts. Each cell is one of:
 
 - ``✔``: a finite map of the right shape (``[1, K, gh, gw]``, or
-  ``[1, K, H, W]`` for a pixel-level method), none of its K maps constant;
+  ``[1, K, H, W]`` for a pixel-level method), not all of its K maps constant;
 - ``✘ n``: refused with ``heatmap.errors.HeatmapError`` (reason n in the footnotes);
-- ``💥 n``: anything else: another exception, a NaN or constant map, a wrong shape.
+- ``💥 n``: anything else: another exception, a NaN, every map constant, a wrong shape.
 
 ``--only`` keeps the models whose name contains any of the substrings (a
 partial run: the totals then cover those models only). ``--json FILE`` also
@@ -34,6 +35,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,11 +46,13 @@ import torch
 TIMM_MODULES = ("vision_transformer", "deit", "eva", "naflexvit")
 OPEN_CLIP = "open_clip"
 DEPTH = 2
+CLASSES = 10  # a classifier head for every timm model: many are published as feature models (num_classes=0)
+TOP_K = CLASSES  # a classifier's targets: every class (one class's map may be constant by a method's own math)
 # A wider grid is built at GRID x GRID patches (img_size = GRID * patch): the cost grows with the token count
 # squared, and what a method supports depends on the model's modules, not on its input size.
 GRID = 8
 DEFAULT_DEPTH_PARAMETERS = 300_000_000
-TEXTS = ["a photo of a cat", "a dog"]
+TEXTS = ["a photo of a cat", "a dog", "a red circle on grass", "two people"]
 # The methods that read only attention and its gradients: no LRP rules, so they are the ones a modern
 # ViT part (RoPE, attention-pool head, gated MLP) should not stop.
 ATTENTION_METHODS = ("rollout", "grad-rollout", "chefer-generic", "raw-attention", "attention-gradcam", "legrad")
@@ -122,7 +126,7 @@ def build_timm(name: str) -> tuple[Any, str]:
     for depth in (DEPTH, 3, 4):
         for kwargs in ([size_kwargs(size), {}] if size else [{}]):
             try:
-                model = timm.create_model(name, pretrained=False, depth=depth, **kwargs)
+                model = timm.create_model(name, pretrained=False, depth=depth, num_classes=CLASSES, **kwargs)
             except Exception as error:  # noqa: BLE001 - timm's own refusals differ per architecture
                 errors.append(f"depth={depth}: {type(error).__name__}: {error}")
                 continue
@@ -137,7 +141,7 @@ def build_timm(name: str) -> tuple[Any, str]:
     if count > DEFAULT_DEPTH_PARAMETERS:
         raise RuntimeError(f"not built: timm refused depth {DEPTH} to 4, and its default depth has "
                            f"{count / 1e6:.0f}M parameters ({errors[0][len(f'depth={DEPTH}: '):]})")
-    model = timm.create_model(name, pretrained=False, **size_kwargs(size))
+    model = timm.create_model(name, pretrained=False, num_classes=CLASSES, **size_kwargs(size))
     return model, f"default depth: depth={DEPTH} refused ({errors[0][len(f'depth={DEPTH}: '):][:REASON_CHARS]})"
 
 
@@ -195,9 +199,55 @@ def build_open_clip(name: str) -> tuple[Any, str]:
 def build(module: str, name: str) -> tuple[Any, str]:
     torch.manual_seed(0)
     if module == OPEN_CLIP:
-        return build_open_clip(name)
-    model, note = build_timm(name)
+        model, note = build_open_clip(name)
+    else:
+        model, note = build_timm(name)
+    redraw(model)
     return model.eval(), note
+
+
+def redraw(model: Any) -> None:
+    """Every weight drawn from one seeded normal scaled by its fan-in, every vector (biases, norm weights, layer
+    scales, tokens) around its own kind of value.
+
+    A model's own initialisation is for training: zero heads, layer scales of
+    1e-5, zero biases make the gradients of a random copy vanish, and a map of
+    exact zeros says nothing about whether a method supports the model.
+    """
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() == 0:  # logit scale and bias: the model's own
+                continue
+            noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float32).to(parameter.dtype)
+            if parameter.dim() >= 2 and not name.endswith(("token", "pos_embed", "latent", "embedding")):
+                parameter.copy_(noise / parameter.shape[-1] ** 0.5)
+            elif name.endswith(("weight", "gamma", "gamma_1", "gamma_2", "scale")) and parameter.dim() == 1:
+                parameter.copy_(1 + 0.1 * noise)  # norms and layer scales stay near the identity
+            else:
+                parameter.copy_(0.1 * noise if parameter.dim() == 1 else noise)
+
+
+def tokenizer(name: str, model: Any, folder: Path) -> Any:
+    """open_clip's tokenizer of ``name``; for a tokenizer on the Hugging Face Hub (not reachable here), a stand-in
+    with the same special-token layout written to ``folder``, its ids within the model's vocabulary."""
+    import open_clip
+
+    text = open_clip.get_model_config(name).get("text_cfg", {})
+    if "hf_tokenizer_name" not in text:
+        return open_clip.get_tokenizer(name)
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({word for sentence in TEXTS for word in sentence.split()})
+    specials = ["<pad>", "</s>", "<unk>"]
+    vocabulary = {piece: index for index, piece in enumerate(specials + words)}
+    stand_in = Tokenizer(models.WordLevel(vocabulary, unk_token="<unk>"))
+    stand_in.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    stand_in.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=stand_in, eos_token="</s>", pad_token="<pad>",
+                            unk_token="<unk>").save_pretrained(folder)
+    return open_clip.tokenizer.HFTokenizer(str(folder), context_length=model.context_length)
 
 
 def patch_size(model: Any) -> tuple[int, int]:
@@ -245,8 +295,10 @@ def check_map(maps: torch.Tensor, shape: tuple[int, ...]) -> str | None:
         return "map not finite"
     flat = maps.flatten(2)
     constant = flat.amax(-1) == flat.amin(-1)
-    if constant.any():
-        return f"constant map (every value {flat[constant][0, 0].item():.3g})"
+    # One target's map may be constant by the method's own math (attention-gradcam's clamp empties a map whose
+    # weighted attention is negative everywhere); every target's constant is what a broken capture looks like.
+    if constant.all():
+        return f"constant maps (every value {flat[0, 0, 0].item():.3g}) for all {flat.shape[1]} targets"
     return None
 
 
@@ -258,7 +310,7 @@ def explain_cell(adapter: Any, method: str, images: torch.Tensor, shapes: dict[s
 
     try:
         driver = Driver(adapter, method)
-        result = driver.explain_texts(images, TEXTS) if clip else driver.explain(images, top_k=1)
+        result = driver.explain_texts(images, TEXTS) if clip else driver.explain(images, top_k=TOP_K)
         problem = check_map(result.maps, shapes[methods()[method].resolution])
     except HeatmapError as error:
         return {"status": "refused", "reason": refusal_reason(str(error), name, method),
@@ -292,7 +344,11 @@ def run_model(module: str, name: str, methods: list[str] | None = None) -> dict[
         row["built"] = True
         clip = module == OPEN_CLIP
         try:
-            adapter = adapter_for(model, name)
+            if clip:
+                with tempfile.TemporaryDirectory() as folder:
+                    adapter = adapter_for(model, name, processor=tokenizer(name, model, Path(folder)))
+            else:
+                adapter = adapter_for(model, name)
             height, width = input_size(adapter)
         except HeatmapError as error:
             cell = {"status": "refused", "reason": refusal_reason(str(error), name, ""), "error": type(error).__name__}
@@ -302,7 +358,7 @@ def run_model(module: str, name: str, methods: list[str] | None = None) -> dict[
             row["cells"] = {method: {"status": "crash", "reason": crash_reason(error)} for method in methods}
             return row
         rows, cols = patch_size(model)
-        targets = len(TEXTS) if clip else 1
+        targets = len(TEXTS) if clip else TOP_K
         row["size"] = f"{height}x{width} px"
         shapes = {"tokens": (1, targets, height // rows, width // cols), "pixels": (1, targets, height, width)}
         images = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0))
@@ -396,13 +452,20 @@ def render(rows: list[dict[str, Any]], methods: list[str], skipped: list[tuple[s
         "# Support matrix: which method explains which architecture",
         "",
         f"Generated by `{command}` ({versions()}, {datetime.date.today().isoformat()}, "
-        f"{seconds / 60:.1f} min on {torch.get_num_threads()} CPU thread(s)). Every model is built with random weights "
-        f"and {DEPTH} blocks per tower (full width) at its own image size or, where that is more than {GRID} "
+        f"{seconds / 60:.1f} min on {torch.get_num_threads()} CPU thread(s)). Every model is built with seeded "
+        f"random weights (each weight matrix normal / sqrt(fan-in), norms and layer scales near 1: a training "
+        f"initialisation's zero heads and tiny layer scales would make gradients vanish), a {CLASSES}-class head "
+        f"for the timm models, and {DEPTH} blocks per tower (full width) at its own image size or, where that is "
+        f"more than {GRID} "
         f"patches wide, at {GRID} patches ({GRID} x the patch size, to keep the run short: what a method supports "
         "depends on the model's modules, not on its input size); each method explains one random image "
-        f"(seed 0): a classifier for its top-1 class, a CLIP against {len(TEXTS)} texts. "
-        "✔ = a finite map of the right shape, none of its maps constant; ✘ n = refused (reason n below); "
-        "💥 n = crash (another exception, a NaN or constant map, a wrong shape).",
+        f"(seed 0): a classifier for each of its {TOP_K} classes, a CLIP against {len(TEXTS)} texts (a CLIP whose "
+        "tokenizer is on the Hugging Face Hub, out of reach here, reads them through a stand-in tokenizer with its "
+        "special tokens' layout). "
+        "✔ = finite maps of the right shape, not all of them constant (one target's map can be constant by the "
+        "method's own math: attention-gradcam's clamp empties a map whose weighted attention is negative "
+        "everywhere); ✘ n = refused (reason n below); "
+        "💥 n = crash (another exception, a NaN, every map constant, a wrong shape).",
         "",
         "## Totals",
         "",
