@@ -185,3 +185,16 @@ def test_image_maps_match_the_float64_reference(method, float64_model):
             expected = reference_map(model, images[b:b + 1], t, method)
             assert expected.abs().max() > 0 and expected.std() > 0  # the test can fail
             assert relative_error(result.maps[0, t].flatten(), expected) < FLOAT64_TOLERANCE
+
+
+def test_a_tokenizer_out_of_reach_on_the_hub_says_how_to_get_it(monkeypatch, tmp_path):
+    import open_clip
+
+    def offline(name, *args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(open_clip, "get_tokenizer", offline)
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    with pytest.raises(heatmap.HeatmapError, match=r"ViT-B-16-SigLIP: its tokenizer timm/ViT-B-16-SigLIP is neither "
+                       r"in the Hugging Face cache nor downloadable .*`hf download timm/ViT-B-16-SigLIP`"):
+        load_clip("ViT-B-16-SigLIP", pretrained=tmp_path / "weights.safetensors", device="cpu")

@@ -43,7 +43,7 @@ def create_clip(name: str, pretrained: str | Path | None) -> tuple[Any, Any, Any
         close = difflib.get_close_matches(name, open_clip.list_models(), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; `open_clip.list_models()` lists them"
         raise UsageError(f"unknown CLIP model {name!r}{hint}")
-    tokenizer = open_clip.get_tokenizer(name)
+    tokenizer = _tokenizer(open_clip, name)
     problem = tokenizer_problem(tokenizer)
     if problem:
         raise HeatmapError(f"{name}: {problem}; only those two are supported")
@@ -69,3 +69,16 @@ def create_clip(name: str, pretrained: str | Path | None) -> tuple[Any, Any, Any
     model, _, preprocess = open_clip.create_model_and_transforms(
         name, pretrained=weights, image_mean=config.get("mean"), image_std=config.get("std"))
     return model, tokenizer, preprocess
+
+
+def _tokenizer(open_clip: Any, name: str) -> Any:
+    """open_clip's tokenizer of ``name``; one on the Hugging Face Hub is read from the cache first."""
+    hub_name = (open_clip.get_model_config(name) or {}).get("text_cfg", {}).get("hf_tokenizer_name")
+    try:
+        return open_clip.get_tokenizer(name)
+    except OSError as error:  # transformers could neither find the tokenizer in the cache nor download it
+        if not hub_name:
+            raise
+        raise HeatmapError(f"{name}: its tokenizer {hub_name} is neither in the Hugging Face cache nor downloadable "
+                           f"({type(error).__name__}); download it once with network access "
+                           f"(`hf download {hub_name}`), then HF_HUB_OFFLINE=1 runs without") from error
