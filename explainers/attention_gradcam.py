@@ -18,6 +18,11 @@ if TYPE_CHECKING:
 
 
 def relevance(evidence: Evidence, options: Mapping[str, Any]) -> torch.Tensor:
+    return weighted_attention(evidence).clamp(min=0)
+
+
+def weighted_attention(evidence: Evidence) -> torch.Tensor:
+    """``mean_h(w_h * A_{L-1}[h, q, :])`` before the clamp, ``[B, N]``."""
     import torch
 
     assert evidence.attention_grads is not None
@@ -27,7 +32,7 @@ def relevance(evidence: Evidence, options: Mapping[str, Any]) -> torch.Tensor:
     grads_row = torch.einsum("bn,bhnm->bhm", query, grads)
     # w_h: the mean of the gradient's query row over the patch columns (a text: its tokens)
     weights = (grads_row * columns).sum(dim=-1, keepdim=True) / columns.sum(dim=-1, keepdim=True)
-    return (weights * probs_row).mean(dim=1).clamp(min=0)
+    return (weights * probs_row).mean(dim=1)
 
 
 METHOD = register(Method(

@@ -1,6 +1,7 @@
 """Which method explains which architecture: docs/SUPPORT.md, measured, not written by hand.
 
     python scripts/support_matrix.py [--output docs/SUPPORT.md] [--only SUBSTRING ...] [--json FILE]
+                                     [--update JSON]
 
 Every architecture registered in timm's ``vision_transformer``, ``deit``,
 ``eva`` and ``naflexvit`` modules and every open_clip config whose image tower
@@ -19,7 +20,8 @@ CLIP against four texts. Each cell is one of:
 
 ``--only`` keeps the models whose name contains any of the substrings (a
 partial run: the totals then cover those models only). ``--json FILE`` also
-writes every cell. Progress, one line per model, goes to stderr.
+writes every cell; ``--update JSON`` reruns the ``--only`` models of an
+earlier run's JSON and keeps its other rows (the header says so). Progress, one line per model, goes to stderr.
 ``tests/test_support_matrix.py`` reruns a few rows against the committed file.
 """
 
@@ -123,8 +125,10 @@ def build_timm(name: str) -> tuple[Any, str]:
     own = int(max(get_pretrained_cfg(name).input_size[1:]))
     size = capped_size(own, name_patch(name))
     errors = []
+    per_block = per_block_kwargs(name)
     for depth in (DEPTH, 3, 4):
         for kwargs in ([size_kwargs(size), {}] if size else [{}]):
+            kwargs = {**kwargs, **{key: value[:depth] for key, value in per_block.items()}}
             try:
                 model = timm.create_model(name, pretrained=False, depth=depth, num_classes=CLASSES, **kwargs)
             except Exception as error:  # noqa: BLE001 - timm's own refusals differ per architecture
@@ -143,6 +147,20 @@ def build_timm(name: str) -> tuple[Any, str]:
                            f"{count / 1e6:.0f}M parameters ({errors[0][len(f'depth={DEPTH}: '):]})")
     model = timm.create_model(name, pretrained=False, num_classes=CLASSES, **size_kwargs(size))
     return model, f"default depth: depth={DEPTH} refused ({errors[0][len(f'depth={DEPTH}: '):][:REASON_CHARS]})"
+
+
+def per_block_kwargs(name: str) -> dict[str, tuple[Any, ...]]:
+    """Settings a model gives per block (Sapiens2's ``num_kv_heads``: full attention first and last, grouped-query
+    attention between), as a few blocks with both kinds: the first block's, then the middle one's."""
+    import timm
+
+    with torch.device("meta"):
+        blocks = getattr(timm.create_model(name, pretrained=False), "blocks", [])
+    kv_heads = [getattr(getattr(block, "attn", None), "num_kv_heads", None) for block in blocks]
+    if len(set(kv_heads)) <= 1 or None in kv_heads:
+        return {}
+    middle = kv_heads[len(kv_heads) // 2]
+    return {"num_kv_heads": (kv_heads[0], middle, *[middle] * 2)}
 
 
 @contextlib.contextmanager
@@ -308,16 +326,46 @@ def explain_cell(adapter: Any, method: str, images: torch.Tensor, shapes: dict[s
     from heatmap.explainers.driver import Driver
     from heatmap.explainers.registry import methods
 
+    def run(driver: Any) -> Any:
+        return driver.explain_texts(images, TEXTS) if clip else driver.explain(images, top_k=TOP_K)
+
     try:
-        driver = Driver(adapter, method)
-        result = driver.explain_texts(images, TEXTS) if clip else driver.explain(images, top_k=TOP_K)
+        result = run(Driver(adapter, method))
         problem = check_map(result.maps, shapes[methods()[method].resolution])
+        if problem and problem.startswith("constant"):
+            return constant_cell(adapter, method, run, shapes[methods()[method].resolution], problem)
     except HeatmapError as error:
         return {"status": "refused", "reason": refusal_reason(str(error), name, method),
                 "error": type(error).__name__}
     except Exception as error:  # noqa: BLE001 - every other exception is a crash cell, never the end of the run
         return {"status": "crash", "reason": crash_reason(error)}
     return {"status": "crash", "reason": problem} if problem else {"status": "ok"}
+
+
+def constant_cell(adapter: Any, method: str, run: Any, shape: tuple[int, ...], problem: str) -> dict[str, str]:
+    """Every map constant in float32: why, from two more runs, or a crash when neither explains it.
+
+    - in float64 they are not constant: what the method adds to the
+      identity is below float32's resolution on this random copy (✔, marked);
+    - attention-gradcam's weighted attention before its clamp is <= 0
+      everywhere, for every target: the clamp empties the maps by the
+      method's own math (○: ran, nothing to show).
+    """
+    from dataclasses import replace
+
+    from heatmap.explainers import attention_gradcam
+    from heatmap.explainers.driver import Driver
+
+    wide = run(Driver(adapter, method, precision="float64"))
+    if check_map(wide.maps, shape) is None:
+        return {"status": "ok", "note": "float64"}
+    if method == "attention-gradcam":
+        unclamped = replace(attention_gradcam.METHOD,
+                            relevance=lambda evidence, _options: attention_gradcam.weighted_attention(evidence))
+        if float(run(Driver(adapter, unclamped)).maps.max()) <= 0:
+            return {"status": "empty", "reason": "every target's weighted attention <= 0 everywhere: the method's "
+                                                   "clamp empties its maps"}
+    return {"status": "crash", "reason": problem}
 
 
 def run_model(module: str, name: str, methods: list[str] | None = None) -> dict[str, Any]:
@@ -424,9 +472,11 @@ def module_table(rows: list[dict[str, Any]], methods: list[str], refusals: Footn
         for method in methods:
             cell = row["cells"][method]
             if cell["status"] == "ok":
-                cells.append("✔")
+                cells.append("✔ f64" if cell.get("note") == "float64" else "✔")
             elif cell["status"] == "refused":
                 cells.append(f"✘ {refusals.number(cell['reason'])}")
+            elif cell["status"] == "empty":
+                cells.append(f"○ {refusals.number(cell['reason'])}")
             else:
                 cells.append(f"💥 {crashes.number(cell['reason'])}")
         name = f"`{row['name']}`" + (f" ({row['note']})" if row["note"] else "")
@@ -464,8 +514,11 @@ def render(rows: list[dict[str, Any]], methods: list[str], skipped: list[tuple[s
         "special tokens' layout). "
         "✔ = finite maps of the right shape, not all of them constant (one target's map can be constant by the "
         "method's own math: attention-gradcam's clamp empties a map whose weighted attention is negative "
-        "everywhere); ✘ n = refused (reason n below); "
-        "💥 n = crash (another exception, a NaN, every map constant, a wrong shape).",
+        "everywhere); ✔ f64 = every float32 map constant, the float64 maps not (what the method adds to the "
+        "identity is below float32's resolution on this random copy); ○ n = ran, every map empty by the "
+        "method's own math (reason n, checked on the unclamped values; not counted as explained); ✘ n = refused "
+        "(reason n below); 💥 n = crash (another exception, a NaN, every map constant for no reason found, a wrong "
+        "shape).",
         "",
         "## Totals",
         "",
@@ -484,7 +537,8 @@ def render(rows: list[dict[str, Any]], methods: list[str], skipped: list[tuple[s
         lines += [f"## {title} ({len(members)})", ""]
         if members:
             lines += module_table(members, methods, refusals, crashes) + [""]
-    lines += ["## Refusals (✘)", "", *refusals.lines(), "", "## Crashes (💥)", "", *(crashes.lines() or ["none"]), ""]
+    lines += ["## Refusals (✘) and empty maps (○)", "", *refusals.lines(), "",
+              "## Crashes (💥)", "", *(crashes.lines() or ["none"]), ""]
     failed = [row for row in rows if not row["built"]]
     lines += [f"## Could not be built ({len(failed)})", "",
               *([f"- `{row['name']}` ({row['module']}): {row['build_error']}" for row in failed] or ["none"]), ""]
@@ -523,9 +577,16 @@ def documented_versions(text: str) -> str | None:
 
 
 def write_json(path: Path, rows: list[dict[str, Any]], methods: list[str], skipped: list[tuple[str, str]],
-               seconds: float) -> None:
+               seconds: float, reruns: list[str] | None = None) -> None:
     path.write_text(json.dumps({"versions": versions(), "seconds": round(seconds, 1), "methods": methods,
-                                "rows": rows, "skipped": skipped}, indent=1, ensure_ascii=False), encoding="utf-8")
+                                "rows": rows, "skipped": skipped, "reruns": reruns or []}, indent=1,
+                               ensure_ascii=False), encoding="utf-8")
+
+
+def merged(earlier: list[dict[str, Any]], rerun: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The earlier rows in their order, each rerun one in its place (a new one at the end)."""
+    fresh = {(row["module"], row["name"]): row for row in rerun}  # a timm name may also be an open_clip one
+    return [fresh.pop((row["module"], row["name"]), row) for row in earlier] + list(fresh.values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -533,7 +594,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("docs/SUPPORT.md"))
     parser.add_argument("--only", nargs="+", default=None, metavar="SUBSTRING")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE")
+    parser.add_argument("--update", type=Path, default=None, metavar="JSON",
+                        help="an earlier run's --json: rerun only the --only models, keep every other row")
     args = parser.parse_args(argv)
+    if args.update and not args.only:
+        parser.error("--update reruns the models --only names")
     # Random weights only: a config the Hub would have to send fails at once instead of after retries.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.getLogger().setLevel(logging.ERROR)  # open_clip warns once per model that no weights were loaded
@@ -545,22 +610,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         targets = [target for target in targets if any(part in target[1] for part in args.only)]
         skipped = [entry for entry in skipped if any(part in entry[0] for part in args.only)]
+    # read before the run: --json may name the same file, rewritten after every model
+    earlier = json.loads(args.update.read_text(encoding="utf-8")) if args.update else None
     started = time.perf_counter()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for index, (module, name) in enumerate(targets, 1):
         row = run_model(module, name, methods)
         rows.append(row)
         summary = (f"build failed: {row['build_error']}" if not row["built"] else
                    " ".join(f"{cell['status']}" for cell in row["cells"].values()))
         if args.json:  # after every model, so a run stopped halfway still leaves its rows
-            write_json(args.json, rows, methods, skipped, time.perf_counter() - started)
+            write_json(args.json, merged(earlier["rows"], rows) if earlier else rows, methods,
+                       [(name, tower) for name, tower in earlier["skipped"]] if earlier else skipped,
+                       time.perf_counter() - started + (earlier["seconds"] if earlier else 0),
+                       earlier.get("reruns") if earlier else None)
         print(f"[{index}/{len(targets)}] {module} {name} {row['seconds']:.1f}s {summary}", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - started
     command = "python scripts/support_matrix.py" + (" --only " + " ".join(args.only) if args.only else "")
+    if earlier:  # the earlier run's rows, those rerun now in their place; its time plus this run's
+        order = {target: index for index, target in enumerate(timm_targets() + clip_targets)}
+        rows = sorted(merged(earlier["rows"], rows), key=lambda row: order.get((row["module"], row["name"]), -1))
+        skipped = [(name, tower) for name, tower in earlier["skipped"]]
+        seconds += earlier["seconds"]
+        reruns = [*earlier.get("reruns", []), f"{len(targets)} rows rerun by `{command} --update"]
+        command = "python scripts/support_matrix.py`, then " + "`, then ".join(reruns)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(render(rows, methods, skipped, command, seconds), encoding="utf-8")
     if args.json:
-        write_json(args.json, rows, methods, skipped, seconds)
+        write_json(args.json, rows, methods, skipped, seconds, reruns if earlier else None)
     print(f"{len(rows)} models in {seconds / 60:.1f} min; wrote {args.output}", file=sys.stderr)
     return 0
 

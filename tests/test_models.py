@@ -176,3 +176,13 @@ def test_a_model_without_a_classifier_head_is_refused_before_any_download(tmp_pa
     from heatmap.models import adapter_for
     with pytest.raises(HeatmapError, match="its outputs are features, not class scores"):
         adapter_for(timm.create_model("vit_small_patch16_dinov3", pretrained=False, depth=1))
+
+
+def test_a_naflexvit_class_token_is_its_query_row():
+    # RADIO's NaFlexVit keeps its class token in its embeddings (embeds.cls_token), then 7 registers
+    from heatmap.models import adapter_for
+    model = timm.create_model("naflexvit_base_patch16_radio_v3", pretrained=False, depth=1, embed_dim=32, num_heads=2,
+                              num_classes=3, img_size=64)
+    tower = adapter_for(model).tower
+    assert (tower.class_token, tower.num_prefix_tokens) == (0, 8)
+    assert tower.query(1, 8 + 16)[0].tolist() == [1.0] + [0.0] * 23

@@ -176,8 +176,8 @@ def architecture_problem(model: Any) -> str | None:
     if pool not in SUPPORTED_POOLS or (pool == "map") != (getattr(model, "attn_pool", None) is not None):
         return (f"pooling {pool!r} has no query row; models that pool by class token, by mean or with an "
                 "attention-pool head are explained")
-    if pool == "token" and getattr(model, "cls_token", None) is None:
-        return "token pooling without a class token is not supported"
+    if pool == "token" and int(model.num_prefix_tokens) == 0:
+        return "token pooling without a prefix token (it would pool a patch) is not supported"
     if pool == "map":
         problem = pool_head_problem(model.attn_pool)
         if problem:
