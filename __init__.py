@@ -13,7 +13,9 @@ Heavy libraries (torch, timm, open_clip) are imported on first use, not on impor
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, Union, overload
 
 from heatmap.errors import HeatmapError, UnsupportedModelError, UsageError
@@ -28,12 +30,13 @@ if TYPE_CHECKING:
     from heatmap.models.protocols import Adapter
 
     ImageInput = Union[str, os.PathLike[str], Image.Image]
-    Images = Union[torch.Tensor, Sequence[ImageInput]]
+    Images = Union[torch.Tensor, ImageInput, Sequence[ImageInput]]
+    Target = Union[int, str]
 
 __version__ = "0.1.0"
 
 __all__ = ["HeatmapError", "UnsupportedModelError", "UsageError", "__version__", "evaluate", "explain", "load",
-           "methods"]
+           "load_clip", "methods"]
 
 Precision = Literal["auto", "float32", "float64"]
 
@@ -46,6 +49,15 @@ def load(name: str | None = None, checkpoint: str | None = None, device: str = "
     return load_model(name, checkpoint=checkpoint, device=device)
 
 
+def load_clip(name: str | None = None, pretrained: str | None = None, device: str = "auto") -> Adapter:
+    """Load an image-text model by name (``"demo"``, an open_clip name with a pretrained tag or a local file, a
+    Hugging Face transformers CLIP/SigLIP repo id or folder) and return its adapter
+    (:func:`heatmap.models.load_clip`)."""
+    from heatmap.models import load_clip as load_image_text
+
+    return load_image_text(name, pretrained=pretrained, device=device)
+
+
 def methods() -> list[str]:
     """The names of the methods, as the CLI spells them (no torch is imported)."""
     from heatmap.explainers.registry import methods as registered
@@ -54,8 +66,9 @@ def methods() -> list[str]:
 
 
 @overload
-def explain(model: Any, images: Images, method: str = ..., target: int | Sequence[int] | None = ...,
-            texts: None = ..., precision: Precision = ..., processor: Any = ..., **options: Any) -> Explanation: ...
+def explain(model: Any, images: Images, method: str = ..., target: Target | Sequence[Target] | None = ...,
+            texts: None = ..., precision: Precision = ..., processor: Any = ..., *,
+            targets: Sequence[Target] | None = ..., top_k: int = ..., **options: Any) -> Explanation: ...
 
 
 @overload
@@ -64,9 +77,10 @@ def explain(model: Any, images: Images, method: str = ..., target: None = ...,
             **options: Any) -> ClipExplanation: ...
 
 
-def explain(model: Any, images: Images, method: str = "chefer-generic", target: int | Sequence[int] | None = None,
-            texts: Sequence[str] | None = None, precision: Precision = "auto", processor: Any = None,
-            **options: Any) -> Explanation | ClipExplanation:
+def explain(model: Any, images: Images, method: str = "chefer-generic",
+            target: Target | Sequence[Target] | None = None, texts: Sequence[str] | None = None,
+            precision: Precision = "auto", processor: Any = None, *, targets: Sequence[Target] | None = None,
+            top_k: int = 1, **options: Any) -> Explanation | ClipExplanation:
     """Explain what ``model`` looked at in each image.
 
     Args:
@@ -74,11 +88,13 @@ def explain(model: Any, images: Images, method: str = "chefer-generic", target: 
             object (ViT, DeiT, CLIP, SigLIP), a model name (``"demo"``, a timm
             name, a Hugging Face repo id or ``save_pretrained`` directory, or
             with ``texts`` an open_clip name) or an adapter from :func:`load`.
-        images: a preprocessed float tensor ``[B, 3, H, W]``, or a list of PIL
-            images or paths (preprocessed with the model's own transform).
+        images: one path or PIL image, a list of them (preprocessed with the
+            model's own transform; the result keeps the pictures and their
+            crop boxes, for :meth:`~heatmap.explainers.driver.Explanation.overlay`),
+            or a preprocessed float tensor ``[B, 3, H, W]``.
         method: one of :func:`methods` (docs/METHODS.md has the math).
-        target: classifiers: None (top-1 class), a class index for every
-            image, or a list with one index per image.
+        target: classifiers: ONE class per image: None (the top-1 class), a
+            class index or name for every image, or a list with one per image.
         texts: CLIP: the texts to explain each image against.
         precision: ``auto`` (the wider of float32 and the model's dtype: a
             bfloat16 model is explained in float32, a float64 model in
@@ -87,35 +103,71 @@ def explain(model: Any, images: Images, method: str = "chefer-generic", target: 
         processor: a transformers model object's processor (or image processor,
             or for CLIP/SigLIP its tokenizer), when the model's ``name_or_path``
             does not find them in the Hugging Face cache.
+        targets: classifiers: SEVERAL classes (indices or names), each explained
+            for every image, as the CLI's repeated ``--target``: maps ``[B, K, gh, gw]``.
+        top_k: classifiers: explain each image's ``top_k`` highest classes
+            (maps ``[B, K, gh, gw]`` when above 1), as the CLI's ``--top-k``.
         **options: the method's options (``head_fusion``, ``discard_ratio``,
             ``start_layer``; for CLIP also ``text_start_layer``).
 
     Returns:
         classifiers: an :class:`~heatmap.explainers.driver.Explanation` with
-        ``.maps`` ``[B, gh, gw]`` (in the explanation's dtype), ``.targets``
-        ``[B]``, ``.scores`` ``[B]``, ``.labels``.
+        ``.maps`` ``[B, gh, gw]`` (in the explanation's dtype; ``[B, K, gh, gw]``
+        with ``targets`` or ``top_k``), ``.targets``, ``.scores``, ``.labels``.
         CLIP: a :class:`~heatmap.explainers.driver.ClipExplanation` with
         ``.maps`` ``[B, T, gh, gw]``, ``.logits`` ``[B, T]``,
         ``.text_relevance`` (per image, per text, per word piece) and ``.word_pieces``.
     """
-    import torch
-
     from heatmap.explainers.driver import Driver
     from heatmap.models import resolve_adapter
 
     adapter = resolve_adapter(model, clip=texts is not None, processor=processor)
     driver = Driver(adapter, method, precision=precision, **options)
-    tensor = _as_tensor(driver.adapter, images)
+    tensor, pictures, boxes = _prepared(driver.adapter, images)
     if driver.clip:
         if texts is None:
             raise UsageError("a CLIP model explains images against texts: pass texts=[...]")
-        return driver.explain_texts(tensor, list(texts))
+        if target is not None or targets is not None or top_k != 1:
+            raise UsageError("target=, targets= and top_k= are for classifiers; a CLIP is explained per text")
+        return replace(driver.explain_texts(tensor, list(texts)), pictures=pictures, boxes=boxes)
     if texts is not None:
         raise UsageError(f"{adapter.name} is a classifier; texts= is for CLIP models (use target=)")
-    if isinstance(target, int):
-        target = [target] * tensor.shape[0]
-    targets = None if target is None else torch.as_tensor(list(target), dtype=torch.long)
-    return driver.explain(tensor, targets).squeeze()
+    wanted = _class_targets(driver.adapter, tensor.shape[0], target, targets, top_k)
+    explanation = replace(driver.explain(tensor, wanted, top_k=top_k), pictures=pictures, boxes=boxes)
+    return explanation if targets is not None or top_k != 1 else explanation.squeeze()
+
+
+def _class_targets(adapter: Any, count: int, target: Any, targets: Sequence[Any] | None,
+                   top_k: int) -> torch.Tensor | None:
+    """``[B, K]`` class indices from ``target`` (one per image) or ``targets`` (the same for every image); None
+    for the top ``top_k``. Names are looked up in the model's class names."""
+    import torch
+
+    if target is not None and targets is not None:
+        raise UsageError("give target= (one class per image) or targets= (several classes for every image), not both")
+    if (target is not None or targets is not None) and top_k != 1:
+        raise UsageError("top_k= picks the classes itself; leave it out when giving target= or targets=")
+    if targets is not None:
+        if isinstance(targets, (str, int)) or not len(targets):
+            raise UsageError("targets= takes a non-empty list of classes (indices or names)")
+        row = [_class_index(adapter, item) for item in targets]
+        return torch.tensor([row] * count, dtype=torch.long)
+    if target is None:
+        return None
+    per_image = [target] * count if isinstance(target, (str, int)) else list(target)
+    if len(per_image) != count:
+        raise UsageError(f"target= has {len(per_image)} classes for {count} images: give one per image, or one "
+                         "for all (targets= explains several classes for every image)")
+    return torch.tensor([[_class_index(adapter, item)] for item in per_image], dtype=torch.long)
+
+
+def _class_index(adapter: Any, target: Any) -> int:
+    """A class name, or anything integer-like (an int, a numpy or 0-d torch integer) -> the class index."""
+    if isinstance(target, str):
+        return int(adapter.class_index(target))
+    if isinstance(target, bool) or not hasattr(target, "__index__"):
+        raise UsageError(f"a target is a class index or name, got {target!r}")
+    return int(adapter.class_index(str(operator.index(target))))
 
 
 def evaluate(model: Any, images: Any, method: Union[str, Sequence[str]],
@@ -160,7 +212,10 @@ def evaluate(model: Any, images: Any, method: Union[str, Sequence[str]],
                processor)
 
 
-def _as_tensor(adapter: Adapter, images: Images) -> torch.Tensor:
+def _prepared(adapter: Adapter, images: Images) -> tuple[torch.Tensor, list[Any] | None, list[Any] | None]:
+    """``images`` as the model's input tensor, and (for pictures) the pictures and the crop box of each."""
+    import os
+
     import torch
 
     from heatmap.inputs import load_image
@@ -168,6 +223,11 @@ def _as_tensor(adapter: Adapter, images: Images) -> torch.Tensor:
     if isinstance(images, torch.Tensor):
         if images.dim() != 4 or images.shape[1] != 3:
             raise UsageError(f"images must be a [B, 3, H, W] tensor, got {tuple(images.shape)}")
-        return images
-    pictures = [image if hasattr(image, "convert") else load_image(image) for image in images]
-    return adapter.preprocess([picture.convert("RGB") for picture in pictures])[0]
+        return images, None, None
+    # one picture (a path is not a sequence of characters) or several
+    items: Sequence[Any] = [images] if isinstance(images, (str, os.PathLike)) or hasattr(images, "convert") else images
+    pictures = [(image if hasattr(image, "convert") else load_image(image)).convert("RGB") for image in items]
+    if not pictures:
+        raise UsageError("give at least one image")
+    tensor, boxes = adapter.preprocess(pictures)
+    return tensor, pictures, list(boxes)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+from PIL import Image
 
 from heatmap.errors import UnsupportedModelError, UsageError
 from heatmap.explainers.aggregation import resolve_start_layer
@@ -33,6 +34,7 @@ from heatmap.models.protocols import (
     ActivationRecorder,
     Adapter,
     AttentionCapture,
+    Box,
     Grid,
     LrpView,
     Scored,
@@ -42,6 +44,7 @@ from heatmap.models.protocols import (
     is_classifier,
     is_image_text,
 )
+from heatmap.outputs import OVERLAY_SIZE, scaled_down
 
 
 @dataclass
@@ -67,6 +70,21 @@ class Explanation:
     labels: list[Any]
     method: str
     options: dict[str, Any] = field(default_factory=dict)
+    pictures: list[Any] | None = field(default=None, repr=False)
+    boxes: list[Box] | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        return (f"Explanation(method={self.method!r}, maps={list(self.maps.shape)} {str(self.maps.dtype)[6:]}, "
+                f"targets={self.targets.tolist()!r:.60}, labels={self.labels!r:.80})")
+
+    def overlay(self, i: int = 0, k: int = 0, colormap: str = "jet", alpha: float = 0.5,
+                max_side: int = OVERLAY_SIZE) -> Image.Image:
+        """Image ``i``'s map (its ``k``-th target) over the picture, placed as the CLI places it (the crop box).
+
+        Only for pictures given as paths or PIL images (a tensor has no picture).
+        """
+        maps = self.maps if self.maps.dim() == 4 else self.maps[:, None]
+        return overlay_picture(self.pictures, self.boxes, maps, i, k, colormap, alpha, max_side)
 
     def squeeze(self) -> Explanation:
         """Drop the target dimension when there is one target per image."""
@@ -103,12 +121,36 @@ class ClipExplanation:
     method: str
     options: dict[str, Any] = field(default_factory=dict)
     independent_texts: bool = False
+    pictures: list[Any] | None = field(default=None, repr=False)
+    boxes: list[Box] | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        return (f"ClipExplanation(method={self.method!r}, maps={list(self.maps.shape)} {str(self.maps.dtype)[6:]}, "
+                f"texts={self.texts!r:.80})")
+
+    def overlay(self, i: int = 0, t: int = 0, colormap: str = "jet", alpha: float = 0.5,
+                max_side: int = OVERLAY_SIZE) -> Image.Image:
+        """Image ``i``'s map for text ``t`` over the picture, placed as the CLI places it (the crop box)."""
+        return overlay_picture(self.pictures, self.boxes, self.maps, i, t, colormap, alpha, max_side)
 
     @property
     def probabilities(self) -> torch.Tensor:
         """``[B, T]``, as the model reads its logits: a softmax over the given texts (CLIP), or each pair's
         sigmoid (SigLIP)."""
         return self.logits.sigmoid() if self.independent_texts else self.logits.softmax(dim=1)
+
+
+def overlay_picture(pictures: list[Any] | None, boxes: list[Box] | None, maps: torch.Tensor, i: int, k: int,
+                    colormap: str, alpha: float, max_side: int) -> Image.Image:
+    """The overlay the CLI writes for map ``maps[i, k]`` (``heatmap.outputs.OverlayWriter``'s steps)."""
+    from heatmap.render import overlay
+
+    if pictures is None or boxes is None:
+        raise UsageError("an overlay needs the pictures: explain paths or PIL images, not a tensor")
+    if not (0 <= i < maps.shape[0] and 0 <= k < maps.shape[1]):
+        raise UsageError(f"no map ({i}, {k}): there are {maps.shape[0]} images with {maps.shape[1]} maps each")
+    picture, box = scaled_down(pictures[i], boxes[i], max_side)
+    return overlay(picture, maps[i, k].float().numpy(), box, colormap, alpha)
 
 
 PRECISIONS = ("auto", "float32", "float64")
