@@ -271,12 +271,13 @@ def compare(
     candidate: Annotated[Path, typer.Argument(
         exists=True, file_okay=False, help="Output folder of the run to check.", show_default=False)],
     max_diff: Annotated[float, typer.Option(
-        min=0.0, help="Largest allowed |difference| of the two maps, each scaled to max |value| = 1.")
+        min=0.0, metavar="X", help="Largest allowed |difference| of the two maps, each scaled to max |value| = 1.")
     ] = _thresholds.max_diff,
     min_corr: Annotated[float, typer.Option(
-        min=-1.0, max=1.0, help="Smallest allowed Pearson correlation of the two maps.")] = _thresholds.min_corr,
+        min=-1.0, max=1.0, metavar="R", help="Smallest allowed Pearson correlation of the two maps.")
+    ] = _thresholds.min_corr,
     min_top_iou: Annotated[float, typer.Option(
-        min=0.0, max=1.0, help="Smallest allowed overlap (IoU) of the cells holding each map's top 10%.")
+        min=0.0, max=1.0, metavar="IOU", help="Smallest allowed overlap (IoU) of the cells holding each map's top 10%.")
     ] = _thresholds.min_top_iou,
     report: Annotated[Optional[Path], typer.Option(
         dir_okay=False, help="Write a JUnit XML report here: one test case per entry.", show_default=False)] = None,
@@ -307,20 +308,23 @@ def evaluate(
     inputs: Annotated[Optional[list[str]], typer.Argument(
         help="Image files, folders and glob patterns (or none, with --demo-world).", show_default=False)] = None,
     model: Annotated[Optional[str], typer.Option(
-        "--model", "-m", help="demo, a timm name or a Hugging Face transformers repo id or folder; with "
+        "--model", "-m", metavar="NAME",
+        help="demo, a timm name or a Hugging Face transformers repo id or folder; with "
         "--clip/--text an open_clip name or a transformers CLIP/SigLIP.",
         show_default="vit_base_patch16_224; demo with --demo-world")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(
         exists=True, dir_okay=False, help="Local weights for a classifier --model.", show_default=False)] = None,
     pretrained: Annotated[Optional[str], typer.Option(
-        help="A CLIP's pretrained tag or local checkpoint file.", show_default=False)] = None,
+        metavar="TAG|FILE", help="A CLIP's pretrained tag or local checkpoint file.", show_default=False)] = None,
     clip: Annotated[bool, typer.Option("--clip", help="The model is a CLIP (implied by --text).")] = False,
     method: Annotated[Optional[list[str]], typer.Option(
-        help="A method to evaluate; repeat for several.", show_default="every method the model supports")] = None,
+        metavar="METHOD", help=f"A method to evaluate ({', '.join(METHODS)}); repeat for several.",
+        show_default="every method the model supports")] = None,
     protocol: Annotated[Optional[list[str]], typer.Option(
-        help=f"{', '.join(PROTOCOL_NAMES)}; repeat for several.",
+        metavar="PROTOCOL", help=f"{', '.join(PROTOCOL_NAMES)}; repeat for several.",
         show_default="every protocol the data allows (the last three need masks)")] = None,
     target: Annotated[str, typer.Option(
+        metavar="predicted|label",
         help="predicted: explain and test the model's top-1 class (a CLIP: best text); label: each label of "
              "--labels.")] = "predicted",
     labels: Annotated[Optional[Path], typer.Option(
@@ -330,17 +334,19 @@ def evaluate(
         file_okay=False, help="Object masks: <stem>.png, or <stem>.<label>.png per object (nonzero = object).",
         show_default=False)] = None,
     text: Annotated[Optional[list[str]], typer.Option(
-        help="A CLIP's candidate text; repeat for several.", show_default=False)] = None,
+        metavar="TEXT", help="A CLIP's candidate text; repeat for several.", show_default=False)] = None,
     texts_file: Annotated[Optional[Path], typer.Option(
         exists=True, dir_okay=False, help="A file of candidate texts, one per line.", show_default=False)] = None,
     demo_world: Annotated[Optional[int], typer.Option(
+        metavar="N",
         help="Evaluate on N freshly generated shapes-world scenes with labels and masks, instead of INPUTS.",
         show_default=False)] = None,
-    seed: Annotated[int, typer.Option(help="The demo world's seed.")] = 0,
-    tolerance: Annotated[int, typer.Option(min=0, help="The pointing game's tolerance in pixels.")] = 0,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for eval.json, eval.jsonl and eval.png.")
-                   ] = Path("heatmap-eval"),
-    batch_size: Annotated[int, typer.Option(min=1, help="Perturbed copies per forward pass.")] = 64,
+    seed: Annotated[int, typer.Option(metavar="N", help="The demo world's seed.")] = 0,
+    tolerance: Annotated[int, typer.Option(
+        min=0, metavar="PIXELS", help="The pointing game's tolerance in pixels.")] = 0,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", metavar="DIR", help="Folder for eval.json, eval.jsonl and eval.png.")] = Path("heatmap-eval"),
+    batch_size: Annotated[int, typer.Option(min=1, metavar="N", help="Perturbed copies per forward pass.")] = 64,
     device: DeviceOption = Device.auto,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Search folders in their subfolders.")
                          ] = False,

@@ -36,18 +36,20 @@ DEFAULT_COLORMAP = Colormap("jet")
 
 Inputs = Annotated[list[Path], typer.Argument(
     help="Image files, folders of images (sorted) or glob patterns.", show_default=False)]
-Out = Annotated[Path, typer.Option("--out", "-o", file_okay=False, help="Output folder.")]
+Out = Annotated[Path, typer.Option("--out", "-o", file_okay=False, metavar="DIR", help="Output folder.")]
 DeviceOption = Annotated[Device, typer.Option(help="auto picks cuda, then mps, then cpu.")]
 PrecisionOption = Annotated[Precision, typer.Option(
     help="dtype of the explanation: auto = the wider of float32 and the model's (a bfloat16 model in float32); "
     "float64 explains a float64 copy of the model, for maps that do not depend on round-off.")]
 BatchSize = Annotated[int, typer.Option(
-    min=1, help="Images per forward pass on a GPU; on CPU each image runs alone, so maps are byte-identical.")]
+    min=1, metavar="N",
+    help="Images per forward pass on a GPU; on CPU each image runs alone, so maps are byte-identical.")]
 ColormapOption = Annotated[Colormap, typer.Option(help="Colormap of the overlay.")]
-Alpha = Annotated[float, typer.Option(min=0.0, max=1.0, help="Opacity of the heatmap over the image.")]
+Alpha = Annotated[float, typer.Option(
+    min=0.0, max=1.0, metavar="0..1", help="Opacity of the heatmap over the image.")]
 OverlaySize = Annotated[int, typer.Option(
-    min=0, help="Longest side of the overlay PNG in pixels (the picture is scaled down to it); 0: the picture's "
-    "own size.")]
+    min=0, metavar="PIXELS",
+    help="Longest side of the overlay PNG in pixels (the picture is scaled down to it); 0: the picture's own size.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 Recursive = Annotated[bool, typer.Option("--recursive", "-r", help="Search folders in their subfolders too.")]
 SkipExisting = Annotated[bool, typer.Option(
@@ -66,16 +68,17 @@ Json = Annotated[bool, typer.Option(
 def shared_options(
     inputs: Inputs,
     model: Annotated[Optional[str], typer.Option(
-        "--model", "-m", help="'demo' (shipped, offline), a timm name (vit_base_patch16_224[.tag]), "
+        "--model", "-m", metavar="NAME", help="'demo' (shipped, offline), a timm name (vit_base_patch16_224[.tag]), "
         "hf-hub:org/name, or a Hugging Face transformers repo id (google/vit-base-patch16-224) or "
         "save_pretrained folder. Default: vit_base_patch16_224 from the local cache.", show_default=False)] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(
-        exists=True, dir_okay=False,
+        exists=True, dir_okay=False, metavar="FILE",
         help="Local .safetensors / .pt / .pth weights for --model's architecture.")] = None,
     target: Annotated[Optional[list[str]], typer.Option(
-        "--target", "-t", help="Class to explain, as an index or a label; repeat for several. "
+        "--target", "-t", metavar="CLASS", help="Class to explain, as an index or a label; repeat for several. "
         "Default: the top-1 prediction.", show_default=False)] = None,
-    top_k: Annotated[int, typer.Option(min=1, help="Explain the K highest-scoring classes of each image.")] = 1,
+    top_k: Annotated[int, typer.Option(
+        min=1, metavar="K", help="Explain the K highest-scoring classes of each image.")] = 1,
     out: Out = Path("heatmaps"),
     device: DeviceOption = Device.auto,
     precision: PrecisionOption = Precision.auto,
@@ -97,22 +100,27 @@ def shared_options(
 def clip_options(
     inputs: Inputs,
     text: Annotated[Optional[list[str]], typer.Option(
-        "--text", help="A text to explain the images against; repeat for several.", show_default=False)] = None,
+        "--text", metavar="TEXT", help="A text to explain the images against; repeat for several.",
+        show_default=False)] = None,
     texts_file: Annotated[Optional[Path], typer.Option(
-        exists=True, dir_okay=False, help="A file of texts, one per line (blank lines skipped).")] = None,
+        exists=True, dir_okay=False, metavar="FILE",
+        help="A file of texts, one per line (blank lines skipped).")] = None,
     model: Annotated[Optional[str], typer.Option(
-        "--model", "-m", help="'demo' (shipped, offline), an open_clip name, or a Hugging Face transformers "
-        "CLIP/SigLIP repo id (openai/clip-vit-base-patch32) or save_pretrained folder. Default: ViT-B-32 "
+        "--model", "-m", metavar="NAME",
+        help="'demo' (shipped, offline), an open_clip name, or a Hugging Face transformers CLIP/SigLIP repo id "
+        "(openai/clip-vit-base-patch32) or save_pretrained folder. Default: ViT-B-32 "
         "with the openai weights, from the local cache.", show_default=False)] = None,
     pretrained: Annotated[Optional[str], typer.Option(
+        metavar="TAG|FILE",
         help="A pretrained tag of --model (openai, laion2b_s34b_b79k, ...) or a local checkpoint file.",
         show_default=False)] = None,
     method: Annotated[Any, typer.Option(help="The method.")] = None,  # its choices are set from the registry
     start_layer: Annotated[Optional[int], typer.Option(
-        help="First block used in both towers (-1 = last only). Default: the method's; "
+        metavar="LAYER", help="First block used in both towers (-1 = last only). Default: the method's; "
         "chefer-generic uses the last block, as the authors' CLIP notebook.", show_default=False)] = None,
     text_start_layer: Annotated[Optional[int], typer.Option(
-        help="First block of the text tower, when it differs from --start-layer.", show_default=False)] = None,
+        metavar="LAYER", help="First block of the text tower, when it differs from --start-layer.",
+        show_default=False)] = None,
 ) -> None:
     """Never called: its signature is the head of ``heatmap clip``'s; the tail is the classifiers' (``--out`` on)."""
 
@@ -135,7 +143,10 @@ def _typer_parameter(option: Option, default: Any, help_text: str) -> inspect.Pa
         default = kind(default) if default is not None else None
     if default is None:
         kind = Optional[kind]
-    annotation = Annotated[kind, typer.Option(option.flag, help=help_text, show_default=default is not None)]
+    # a number's metavar is its last word (--start-layer LAYER, --discard-ratio RATIO); choices are listed
+    metavar = None if option.choices is not None else option.name.rsplit("_", 1)[-1].upper()
+    annotation = Annotated[kind, typer.Option(option.flag, metavar=metavar, help=help_text,
+                                              show_default=default is not None)]
     return inspect.Parameter(option.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default,
                              annotation=annotation)
 
