@@ -7,6 +7,7 @@ with its own stdout and stderr, 200 columns wide.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -94,3 +95,13 @@ def test_a_very_long_text_is_shown_cut_and_kept_whole(tmp_path):
     assert len(note[0]) < 300
     entries = [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
     assert [entry["text"] for entry in entries] == [text] and entries[0]["truncated"] is True
+
+
+def test_a_run_closes_with_its_counts_and_time(tmp_path):
+    from helpers.console import console_script
+
+    result = console_script("rollout", "sample_images/shapes_002_red-heart_pink-cross.png", "-m", "demo",
+                            "-o", tmp_path / "out")
+    assert result.returncode == 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"1 map\(s\) of 1 input\(s\) written to .*out, 0 skipped, 0 failed, in \d+\.\d s", last), last
