@@ -86,6 +86,16 @@ class Explanation:
         maps = self.maps if self.maps.dim() == 4 else self.maps[:, None]
         return overlay_picture(self.pictures, self.boxes, maps, i, k, colormap, alpha, max_side)
 
+    def show(self, colormap: str = "jet", alpha: float = 0.5) -> Any:
+        """Every overlay in one matplotlib figure, titled with its class and score (for notebooks); returns it."""
+        maps = self.maps if self.maps.dim() == 4 else self.maps[:, None]
+        labels = [row if isinstance(row, list) else [row] for row in self.labels]
+        targets = self.targets.reshape(maps.shape[0], -1).tolist()
+        scores = self.scores.reshape(maps.shape[0], -1).tolist()
+        titles = [[f"{labels[i][k] or targets[i][k]}  logit {scores[i][k]:.2f}" for k in range(maps.shape[1])]
+                  for i in range(maps.shape[0])]
+        return show_grid(self.pictures, self.boxes, maps, titles, f"{self.method}", colormap, alpha)
+
     def squeeze(self) -> Explanation:
         """Drop the target dimension when there is one target per image."""
         if self.maps.dim() != 4 or self.maps.shape[1] != 1:
@@ -133,6 +143,13 @@ class ClipExplanation:
         """Image ``i``'s map for text ``t`` over the picture, placed as the CLI places it (the crop box)."""
         return overlay_picture(self.pictures, self.boxes, self.maps, i, t, colormap, alpha, max_side)
 
+    def show(self, colormap: str = "jet", alpha: float = 0.5) -> Any:
+        """Every overlay in one matplotlib figure, titled with its text and probability (for notebooks)."""
+        probabilities = self.probabilities.tolist()
+        titles = [[f"{text}  p {probabilities[i][t]:.2f}" for t, text in enumerate(self.texts)]
+                  for i in range(self.maps.shape[0])]
+        return show_grid(self.pictures, self.boxes, self.maps, titles, self.method, colormap, alpha)
+
     @property
     def probabilities(self) -> torch.Tensor:
         """``[B, T]``, as the model reads its logits: a softmax over the given texts (CLIP), or each pair's
@@ -151,6 +168,24 @@ def overlay_picture(pictures: list[Any] | None, boxes: list[Box] | None, maps: t
         raise UsageError(f"no map ({i}, {k}): there are {maps.shape[0]} images with {maps.shape[1]} maps each")
     picture, box = scaled_down(pictures[i], boxes[i], max_side)
     return overlay(picture, maps[i, k].float().numpy(), box, colormap, alpha)
+
+
+def show_grid(pictures: list[Any] | None, boxes: list[Box] | None, maps: torch.Tensor, titles: list[list[str]],
+              method: str, colormap: str, alpha: float) -> Any:
+    """One row per image, one column per target: each overlay with its title; shown, and returned."""
+    import matplotlib.pyplot as plt
+
+    rows, columns = maps.shape[:2]
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
+    for i in range(rows):
+        for k in range(columns):
+            axes[i][k].imshow(overlay_picture(pictures, boxes, maps, i, k, colormap, alpha, OVERLAY_SIZE))
+            axes[i][k].set_title(titles[i][k], fontsize=9)
+            axes[i][k].axis("off")
+    figure.suptitle(method)
+    figure.tight_layout()
+    plt.show()
+    return figure
 
 
 PRECISIONS = ("auto", "float32", "float64")

@@ -79,3 +79,15 @@ def test_a_clip_result_draws_itself_and_a_tensor_has_no_picture(demo):
     tensor = demo.preprocess([Image.open(SCENE).convert("RGB")])[0]
     with pytest.raises(heatmap.UsageError, match="an overlay needs the pictures"):
         heatmap.explain(demo, tensor, "rollout").overlay(0)
+
+
+def test_show_draws_every_overlay_with_its_title(demo):
+    import matplotlib
+    matplotlib.use("Agg")  # no window in a test
+    import matplotlib.pyplot as plt
+
+    result = heatmap.explain(demo, [SCENE, PHOTO], "rollout", targets=["heart", "cross"])
+    figure = result.show()
+    titles = [axis.get_title() for axis in figure.axes]
+    assert len(titles) == 4 and titles[0].startswith("heart  logit ") and titles[3].startswith("cross  logit ")
+    plt.close(figure)
