@@ -73,6 +73,7 @@ class PooledRecorder(AttentionRecorder):
 
     def __init__(self, num_blocks: int, track_from: int | None, name: str) -> None:
         super().__init__(num_blocks + 1, track_from, name)
+        self._outputs = [None] * num_blocks  # the blocks have output tokens; the head, the last layer, has none
         self.num_real_blocks = num_blocks
         self._num_tokens = 0
         self._head_recorded = False
@@ -96,22 +97,3 @@ class PooledRecorder(AttentionRecorder):
         kept = super().record(index, layer.requires_grad_(True))
         passed: torch.Tensor = _HeadTap.apply(probs, kept)
         return passed
-
-    def record_output(self, index: int, tokens: torch.Tensor) -> None:
-        if index < self.num_real_blocks:
-            super().record_output(index, tokens)
-
-    @property
-    def block_outputs(self) -> list[torch.Tensor]:
-        """The output tokens of the blocks from ``track_from`` on; the head has none of its own."""
-        outputs = self._outputs[: self.num_real_blocks]
-        if self.track_from is None:
-            raise RuntimeError("the capture was opened without track_from; no block outputs were kept")
-        kept = outputs[self.track_from:]
-        if any(tokens is None for tokens in kept):
-            raise RuntimeError("the forward pass did not run through every block")
-        return [tokens for tokens in kept if tokens is not None]
-
-    def tracked_blocks(self) -> list[torch.Tensor]:
-        """The tracked probabilities of the blocks only (LeGrad's layers: the head is not one of them)."""
-        return self.tracked()[: len(self.block_outputs)]

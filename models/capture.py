@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 
 import torch
@@ -75,8 +76,9 @@ class AttentionRecorder:
         return self.attention_probs[self.track_from:]
 
     def tracked_blocks(self) -> list[torch.Tensor]:
-        """The tracked probabilities of the blocks that have output tokens (:attr:`block_outputs`), in order."""
-        return self.tracked()
+        """The tracked probabilities of the blocks that have output tokens (:attr:`block_outputs`), in order: every
+        layer here; not an attention-pool head's (:class:`heatmap.models.attention_pool.PooledRecorder`)."""
+        return self.tracked()[: max(len(self._outputs) - (self.track_from or 0), 0)]
 
 
 Slot = dict[str, torch.Tensor]
@@ -172,3 +174,17 @@ class ActivationCapture:
         self._handles = []
 
 
+@contextmanager
+def replaced_forward(module: nn.Module, forward: Callable[..., object]) -> Iterator[None]:
+    """Within: ``module`` runs ``forward``; on exit, also on error, the instance gets back whatever ``forward`` it
+    had (none: the class's). For modules whose probabilities no hook can reach."""
+    previous = vars(module).get("forward")
+    # the instance's forward is replaced on purpose, and given back below: mypy forbids assigning a method
+    module.forward = forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        if previous is None:
+            del module.forward
+        else:
+            module.forward = previous  # type: ignore[method-assign]

@@ -7,14 +7,15 @@ from. open_clip's blocks and SigLIP's attention-pooling head both use it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from heatmap.errors import UnsupportedModelError
+from heatmap.models.capture import replaced_forward
 
 
 def check_plain_multihead_attention(module: nn.Module, where: str) -> None:
@@ -38,21 +39,10 @@ def explicit_forward(module: nn.MultiheadAttention, record: Callable[[torch.Tens
     return forward
 
 
-@contextmanager
 def explicit_attention(module: nn.MultiheadAttention, record: Callable[[torch.Tensor], torch.Tensor]
-                       ) -> Iterator[None]:
-    """Within: ``module`` computes its attention explicitly, the probabilities through ``record``; on exit,
-    also on error, the instance gets back whatever ``forward`` it had (none: the class's)."""
-    previous = vars(module).get("forward")
-    # the instance's forward is replaced on purpose, and given back below: mypy forbids assigning a method
-    module.forward = explicit_forward(module, record)  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        if previous is None:
-            del module.forward
-        else:
-            module.forward = previous  # type: ignore[method-assign]
+                       ) -> AbstractContextManager[None]:
+    """Within: ``module`` computes its attention explicitly, the probabilities through ``record``; restored on exit."""
+    return replaced_forward(module, explicit_forward(module, record))
 
 
 def explicit_multihead_attention(module: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor,

@@ -10,14 +10,15 @@ on exit, also on error, the instance gets its own ``forward`` back.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 from torch import nn
 
 from heatmap.errors import UnsupportedModelError
+from heatmap.models.capture import replaced_forward
 
 Record = Callable[[torch.Tensor], torch.Tensor]
 
@@ -54,23 +55,12 @@ def explicit_pool_forward(head: Any, x: torch.Tensor, record: Record) -> torch.T
     return result
 
 
-@contextmanager
-def recorded_pool_head(head: nn.Module, record: Record) -> Iterator[None]:
+def recorded_pool_head(head: nn.Module, record: Record) -> AbstractContextManager[None]:
     """Within: ``head`` computes its attention explicitly, the probabilities through ``record``."""
-    previous = vars(head).get("forward")
-
     def forward(x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         if attn_mask is not None:
             raise UnsupportedModelError("an attention mask on the attention-pool head (padded NaFlex patches) "
                                         "is not supported")
         return explicit_pool_forward(head, x, record)
 
-    # the instance's forward is replaced on purpose and given back below; mypy forbids assigning a method
-    head.forward = forward  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        if previous is None:
-            del head.forward
-        else:
-            head.forward = previous  # type: ignore[method-assign]
+    return replaced_forward(head, forward)
