@@ -25,6 +25,7 @@ import heatmap  # noqa: E402
 from heatmap.models import load_clip  # noqa: E402
 from helpers import reference  # noqa: E402
 from helpers.console import console_script  # noqa: E402
+from helpers.legrad_reference import vit_blocks  # noqa: E402
 from helpers.models import random_images  # noqa: E402
 from helpers.open_clip_siglip import MODEL, random_siglip, register  # noqa: E402
 
@@ -87,24 +88,6 @@ def test_the_lrp_methods_are_refused_naming_the_head(method, weights):
 # -- the float64 reference -------------------------------------------------------------
 
 
-def trunk_blocks(trunk, images):
-    """Each block's probabilities [B, H, N, N] and output tokens, in the graph."""
-    x = trunk.norm_pre(trunk._pos_embed(trunk.patch_embed(images)))
-    attentions, outputs = [], []
-    for block in trunk.blocks:
-        attn = block.attn
-        h = block.norm1(x)
-        B, N, C = h.shape
-        qkv = attn.qkv(h).reshape(B, N, 3, attn.num_heads, C // attn.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = attn.q_norm(qkv[0]), attn.k_norm(qkv[1]), qkv[2]
-        A = torch.softmax((q * attn.scale) @ k.transpose(-2, -1), dim=-1)
-        x = x + block.ls1(attn.proj((A @ v).transpose(1, 2).reshape(B, N, C)))
-        x = x + block.ls2(block.mlp(block.norm2(x)))
-        attentions.append(A)
-        outputs.append(x)
-    return attentions, outputs
-
-
 def read_out(model, tokens):
     """Final norm, the attention-pool head by hand, open_clip's (empty) head: the image embedding and the head's
     probabilities [B, H, 1, N]."""
@@ -136,7 +119,7 @@ def padded(matrix, row_only=False):
 def reference_map(model, image, t, method):
     """``method``'s image map of ``image`` (one) for text t, per docs/METHODS.md: [gh * gw]."""
     unit_text = F.normalize(model.encode_text(model.tokenizer_tokens), dim=-1)[t].detach()
-    attentions, outputs = trunk_blocks(model.visual.trunk, image)
+    outputs, attentions = vit_blocks(model.visual.trunk, image)  # a plain ViT trunk: no q/k norms
     embedding, P = read_out(model, outputs[-1])
     L = len(attentions)
     start = STARTS[method] % (L + 1)
