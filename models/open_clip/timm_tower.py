@@ -60,7 +60,7 @@ class TimmTrunkTower(TimmTower):
     def lrp_view(self) -> LrpView:
         from heatmap.models.timm.lrp import unsupported_operation
 
-        problem = unsupported_operation(self.model)
+        problem = unsupported_operation(self.model, classifier=False)
         if problem:
             raise UnsupportedModelError(f"{self.name}: {problem} is not covered by the LRP rules")
         raise UnsupportedModelError(f"{self.name}: the LRP pass through an open_clip image tower that is a timm trunk "

@@ -39,8 +39,12 @@ POOLS = ("token", "avg")
 GATED_MLPS = ("SwiGLU", "SwiGLUPacked", "GluMlp")
 
 
-def unsupported_operation(model: Any) -> str | None:
-    """The first operation of ``model`` that the LRP rules of METHODS.md do not cover, or None."""
+def unsupported_operation(model: Any, classifier: bool = True) -> str | None:
+    """The first operation of ``model`` that the LRP rules of METHODS.md do not cover, or None.
+
+    ``classifier=False``: a trunk whose read-out is someone else's (an open_clip
+    tower's), so its own head (an Identity) is not asked to be a Linear classifier.
+    """
     # the parts docs/METHODS.md ("Modern ViT parts") names as not covered by the LRP rules, named first
     if getattr(model, "attn_pool", None) is not None:
         return f"the attention-pool head attn_pool ({type(model.attn_pool).__name__})"
@@ -64,7 +68,7 @@ def unsupported_operation(model: Any) -> str | None:
                                    ("head_drop", model.head_drop, DROPOUTS)):
         if not isinstance(module, allowed):
             return f"{where} {type(module).__name__}"
-    if type(model.head) is not nn.Linear:
+    if classifier and type(model.head) is not nn.Linear:
         return f"the head {type(model.head).__name__} (a Linear classifier is needed)"
     for index, block in enumerate(model.blocks):
         problem = _unsupported_in_block(block)
