@@ -1,7 +1,7 @@
 """``heatmap compare``: two result folders, entry by entry, for CI.
 
 The metrics are in ``heatmap.compare.metrics``, the JUnit XML and the difference
-pictures in ``heatmap.compare.reports``; this reads the user's options,
+pictures in ``heatmap.compare.reports``, the HTML page in ``heatmap.report``; this reads the user's options,
 prints the worst entries and returns the exit code.
 """
 
@@ -32,6 +32,7 @@ class CompareRequest:
     report: Path | None = None
     diff_dir: Path | None = None
     output: Output = "normal"
+    html: Path | None = None  # the comparison's page (``--html``)
 
 
 def run_compare(request: CompareRequest) -> int:
@@ -62,12 +63,18 @@ def run_compare(request: CompareRequest) -> int:
     except OSError as error:  # a full disk, or a picture's name that is a symbolic link (never written through)
         raise HeatmapError(f"cannot write the difference pictures in {request.diff_dir}: "
                            f"{error.strerror or error}; choose another --diff-dir") from None
+    page = _write_page(comparison, request.html) if request.html is not None else None
     if request.output == "json":
-        console.say_json(json.dumps(_summary(comparison, pictures)))
+        summary = _summary(comparison, pictures)
+        if page is not None:
+            summary["html"] = str(page)
+        console.say_json(json.dumps(summary))
     elif request.output == "normal":
         _print_table(comparison)
         if pictures:
             console.stderr.print(f"{len(pictures)} difference picture(s) in {request.diff_dir}")
+    if page is not None and request.output == "normal":
+        console.stderr.print(f"report: {page}", highlight=False, markup=False, soft_wrap=True)
     if not comparison.passed and request.output != "json":
         missing = sum(entry.candidate is None for entry in comparison.entries)
         extra = sum(entry.baseline is None for entry in comparison.entries)
@@ -83,6 +90,22 @@ def run_compare(request: CompareRequest) -> int:
                               + (", weights and precision" if comparison.by_configuration else "")
                               + "; run both from the same folder with the same method and options")
     return 0 if comparison.passed else 1
+
+
+def _write_page(comparison: FolderComparison, path: Path) -> Path:
+    """The comparison's HTML page at ``path`` (``--html``).
+
+    Raises:
+        HeatmapError: when it cannot be written.
+    """
+    from heatmap.errors import HeatmapError
+    from heatmap.report import write_compare_report
+
+    try:
+        return write_compare_report(comparison, path)
+    except OSError as error:
+        raise HeatmapError(f"cannot write the page {path}: {error.strerror or error}; choose another --html path"
+                           ) from None
 
 
 def _configurations_note(comparison: FolderComparison) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from heatmap.evaluation.data import EvalImage
 
 RESULTS = ("eval.json", "eval.jsonl", "eval.png")
+TABLE_WIDTH = 100  # the terminal table's most columns: a split terminal, a CI log
 # The table's columns: (title, summary key, figure key, higher is better)
 COLUMNS = (
     ("pert+", "perturbation_positive", "auc", False),
@@ -71,6 +73,7 @@ class EvalRequest:
     device: str = "auto"
     recursive: bool = False
     output: Output = "normal"
+    report: bool = False  # also write <out>/report.html (``--report``)
 
 
 def run_eval(request: EvalRequest) -> int:
@@ -273,9 +276,27 @@ def _evaluate(request: EvalRequest, paths: list[Path], protocols: list[str], cli
         print_table(summary, images_done)
         console.stderr.print(f"eval.json, eval.jsonl{', eval.png' if (out / 'eval.png').exists() else ''} "
                              f"in {escape(str(out))}", highlight=False)
+    if request.report:
+        page = _write_page(out)
+        if request.output == "normal":
+            console.stderr.print(f"report: {escape(str(page))}", highlight=False)
     if failures and request.output != "json":
         console.stderr.print(f"[red]{len(failures)} image(s) failed[/]; the others were evaluated.")
     return 1 if failures else 0
+
+
+def _write_page(out: Path) -> Path:
+    """``<out>/report.html`` (``--report``).
+
+    Raises:
+        HeatmapError: when it cannot be written.
+    """
+    from heatmap.report import write_eval_report
+
+    try:
+        return write_eval_report(out)
+    except OSError as error:
+        raise HeatmapError(f"cannot write {out / 'report.html'}: {error.strerror or error}") from None
 
 
 def _load(request: EvalRequest, clip: bool) -> Any:
@@ -308,12 +329,17 @@ def _load_image(path: Path, pixel_transform: Any, label_table: dict[str, list[st
 
 
 def print_table(summary: dict[str, dict[str, Any]], images: int) -> None:
-    """Methods as rows, one column per figure; the best of each column bold and starred."""
+    """Methods as rows, one column per figure; the best of each column bold and starred.
+
+    At most :data:`TABLE_WIDTH` columns wide with every method's name and every figure whole: headings
+    on two lines (name, then the arrow) and no vertical rules.
+    """
     shown = [column for column in COLUMNS if any(column[1] in figures for figures in summary.values())]
-    table = Table(title=f"{images} images", title_justify="left", padding=(0, 1))
+    table = Table(title=f"{images} images", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                  padding=(0, 0, 0, 1))
     table.add_column("method", no_wrap=True)
     for title, _, _, higher in shown:
-        table.add_column(f"{title} {'↑' if higher else '↓'}", justify="right", no_wrap=True)
+        table.add_column(f"{title}\n{'↑' if higher else '↓'}", justify="right", no_wrap=True)
     best = {}
     for title, key, figure, higher in shown:
         values = [figures[key][figure] for figures in summary.values()
@@ -331,9 +357,9 @@ def print_table(summary: dict[str, dict[str, Any]], images: int) -> None:
             cells.append(f"[bold]{text}*[/]" if best.get(title) == value else f"{text} ")
         table.add_row(method, *cells)
     # a table cut to 80 columns (a pipe, a CI log) would hide the figures: give it the room it needs
-    wide = console.stdout if console.stdout.width >= 120 else Console(width=120, highlight=False)
+    wide = console.stdout if console.stdout.width >= TABLE_WIDTH else Console(width=TABLE_WIDTH, highlight=False)
     wide.print(table)
-    wide.print(LEGEND, soft_wrap=True)
+    wide.print(LEGEND, width=min(wide.width, TABLE_WIDTH))
 
 
 def _formatted(key: str, figure: str, value: float) -> str:

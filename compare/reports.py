@@ -3,7 +3,9 @@
 - :func:`junit_xml`: one JUnit test case per entry, so a CI system lists
   every drifted image as a failed test (with the metrics that failed);
 - :func:`write_difference_pictures`: for each failed entry with both maps,
-  a picture of the baseline map, the candidate map and their difference.
+  a picture of the baseline map, the candidate map and their difference;
+- :func:`shared_scale_maps`: the same three maps as separate pictures on one
+  colour scale, for the comparison's HTML page.
 """
 
 from __future__ import annotations
@@ -114,4 +116,26 @@ def difference_picture(baseline: np.ndarray, candidate: np.ndarray) -> Image.Ima
     return picture
 
 
-__all__ = ["difference_picture", "junit_xml", "write_difference_pictures"]
+def shared_scale_maps(baseline: np.ndarray, candidate: np.ndarray, colormap: str = "jet"
+                      ) -> tuple[Image.Image, Image.Image, Image.Image, float]:
+    """The two maps (each scaled to max |value| = 1) and their absolute difference, coloured on ONE [0, 1] scale.
+
+    One scale for all three, so that the difference's colour reads as the same amount as the maps' own:
+    a drift of 0.05 stays faint where :func:`difference_picture` would stretch it to full colour.
+    Negative values are shown as 0, differences above 1 as 1.
+
+    Returns:
+        the baseline, candidate and difference pictures at the maps' own size, and the largest difference.
+    """
+    a, b = scaled(baseline), scaled(candidate)
+    difference = np.abs(a - b)
+    pictures = [Image.fromarray(colorize(np.clip(values, 0, 1), colormap)) for values in (a, b, difference)]
+    return pictures[0], pictures[1], pictures[2], float(difference.max()) if difference.size else 0.0
+
+
+def colour_bar(colormap: str = "jet", width: int = 256) -> Image.Image:
+    """The colormap from 0 (left) to 1 (right), one pixel high: the key of :func:`shared_scale_maps`."""
+    return Image.fromarray(colorize(np.linspace(0.0, 1.0, width)[None, :], colormap))
+
+
+__all__ = ["colour_bar", "difference_picture", "junit_xml", "shared_scale_maps", "write_difference_pictures"]
