@@ -123,9 +123,11 @@ def _score_text(side: dict[str, Any]) -> str:
     return f"score {number(score, 4)}" if score is not None else ""
 
 
-def _figure(src: str | None, full: str | None, css_class: str, caption: str, detail: str = "") -> str:
+def _figure(src: str | None, full: str | None, css_class: str, caption: str, detail: str = "",
+            zoomed: str | None = None) -> str:
+    """A picture with its caption; ``zoomed``: the lightbox's caption (default the caption)."""
     picture = (f'<img class="{css_class}" src="{escape(src)}" alt="{escape(caption)}" loading="lazy" '
-               f'data-full="{escape(full or src)}" data-caption="{escape(caption)}">' if src else
+               f'data-full="{escape(full or src)}" data-caption="{escape(zoomed or caption)}">' if src else
                '<div class="empty">no picture</div>')
     extra = f"<br>{escape(detail)}" if detail else ""
     return f"<figure>{picture}<figcaption>{escape(caption)}{extra}</figcaption></figure>"
@@ -153,10 +155,11 @@ def _maps(entry: EntryComparison, comparison: FolderComparison, store: PictureSt
                  for label, picture in (("baseline", baseline), ("candidate", candidate), ("difference", difference))]
     name = Path(str(entry.source.get("input"))).name
     input_path = input_file(str(entry.source.get("input")), comparison.baseline_dir)
-    figures = [_figure(store.thumbnail(input_path), store.link(input_path), "map", "input")] if input_path else []
-    figures += [_figure(addresses[0], None, "map", f"baseline {name}", _score_text(entry.baseline)),
-                _figure(addresses[1], None, "map", f"candidate {name}", _score_text(entry.candidate)),
-                _figure(addresses[2], None, "map", f"|difference| {name}", f"max {peak:.3g}")]
+    figures = [_figure(store.thumbnail(input_path), store.link(input_path), "map", "input", zoomed=name)
+               ] if input_path else []
+    figures += [_figure(addresses[0], None, "map", "baseline", _score_text(entry.baseline), f"baseline · {name}"),
+                _figure(addresses[1], None, "map", "candidate", _score_text(entry.candidate), f"candidate · {name}"),
+                _figure(addresses[2], None, "map", "|difference|", f"max {peak:.3g}", f"|difference| · {name}")]
     return f'<div class="maps">{"".join(figures)}</div>'
 
 

@@ -42,11 +42,11 @@ table.list td.num, table.list th.num { text-align: right; font-variant-numeric: 
             position: sticky; top: 0; background: #fff; padding: 8px 0; z-index: 3;
             border-bottom: 1px solid var(--line); }
 .controls label { color: var(--muted); }
-.controls select { font: inherit; padding: 2px 4px; }
+.controls select { font: inherit; padding: 2px 4px; max-width: 360px; }
 table.grid { border-collapse: separate; border-spacing: 0; }
-table.grid th { position: sticky; top: 49px; background: var(--soft); z-index: 2; text-align: left;
-                padding: 6px 8px; border-bottom: 1px solid var(--line); font-weight: 600; vertical-align: bottom;
-                max-width: 190px; }
+table.grid th { position: sticky; top: var(--controls-height, 49px); background: var(--soft); z-index: 2;
+                text-align: left; padding: 6px 8px; border-bottom: 1px solid var(--line); font-weight: 600;
+                vertical-align: bottom; max-width: 190px; }
 table.grid th .sub { display: block; font-weight: 400; color: var(--muted); font-size: 12px;
                      overflow-wrap: anywhere; }
 table.grid td { padding: 8px; border-bottom: 1px solid var(--line); vertical-align: top; width: 176px;

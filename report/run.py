@@ -291,6 +291,11 @@ GRID_SCRIPT = """
   for (const select of [methodSelect, targetSelect, folderSelect]) select.addEventListener("change", applyFilters);
   sortSelect.addEventListener("change", sortRows);
   applyFilters();
+  // the column headings stick right under the controls, whatever their height
+  const controls = document.querySelector(".controls");
+  const stick = () => document.documentElement.style.setProperty("--controls-height", controls.offsetHeight + "px");
+  stick();
+  window.addEventListener("resize", stick);
   const rows = kit.progressive(body, document.getElementById("sentinel"), data.rows.length, renderRow, 40);
   window.heatmapReport = { rendered: () => rows.rendered(), total: data.rows.length };
 })();
