@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from heatmap.pipeline import MapRecord
 
 MANIFEST = "manifest.jsonl"
+RUNS = "runs.jsonl"  # one line per run into the folder: its command, versions, device, counts and failures
 
 
 class OutputError(HeatmapError):
@@ -243,12 +244,14 @@ class OverlayWriter:
     colormap: str = "jet"
     alpha: float = 0.5
     max_side: int = OVERLAY_SIZE
+    value_range: tuple[float, float] | None = None
     kind = "png"
 
     @property
     def settings(self) -> dict[str, Any]:
         """How the overlay is drawn: recorded in the manifest line (``overlay``), tagged in the file name."""
-        return {"colormap": self.colormap, "alpha": float(self.alpha), "overlay_size": int(self.max_side)}
+        return {"colormap": self.colormap, "alpha": float(self.alpha), "overlay_size": int(self.max_side),
+                **scale_settings(self.value_range)}
 
     def __call__(self, folder: Path, base: str, picture: Image.Image | None, record: MapRecord) -> str | None:
         if picture is None:
@@ -256,7 +259,52 @@ class OverlayWriter:
         picture, box = scaled_down(picture, record.box, self.max_side)
         heatmap = np.ascontiguousarray(record.heatmap, dtype=np.float32)
         name = f"{base}.{configuration_tag(self.settings)}.png"
-        write_atomically(folder / name, png_bytes(overlay(picture, heatmap, box, self.colormap, self.alpha)))
+        write_atomically(folder / name, png_bytes(overlay(picture, heatmap, box, self.colormap, self.alpha,
+                                                          self.value_range)))
+        return name
+
+
+def scale_settings(value_range: tuple[float, float] | None) -> dict[str, Any]:
+    """How maps are scaled to colours, as settings record it: nothing for each map's own range (the
+    default, so names of such pictures never change), else the range shared by the run (``--scale batch``)."""
+    return {} if value_range is None else {"scale": "batch", "value_range": [float(v) for v in value_range]}
+
+
+@dataclass
+class PanelWriter:
+    """The labelled picture of the map (``heatmap.render.panel``), as ``<base>.<settings tag>.panel.png``.
+
+    Attributes:
+        method, model: named in the caption.
+        colormap, alpha: as the overlay's.
+        value_range: the raw values the colours' ends stand for, shared by the
+            run (``--scale batch``); None: each map's own range.
+        top_k: a class ranked below the top ``top_k`` is flagged in the caption.
+    """
+
+    method: str
+    model: str | None
+    colormap: str = "jet"
+    alpha: float = 0.5
+    value_range: tuple[float, float] | None = None
+    top_k: int = 1
+    kind = "panel"
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"panel": True, "colormap": self.colormap, "alpha": float(self.alpha), "top_k": self.top_k,
+                **scale_settings(self.value_range)}
+
+    def __call__(self, folder: Path, base: str, picture: Image.Image | None, record: MapRecord) -> str | None:
+        from heatmap.render.panel import caption_of, panel
+
+        if picture is None:
+            return None
+        caption = caption_of(self.method, self.model, record.fields, self.top_k)
+        drawn = panel(picture, record.heatmap, record.box, caption, self.colormap, self.alpha, self.value_range,
+                      record.word_pieces, record.token_relevance)
+        name = f"{base}.{configuration_tag(self.settings)}.panel.png"
+        write_atomically(folder / name, png_bytes(drawn))
         return name
 
 
@@ -292,9 +340,10 @@ class FileWriter(Protocol):
     def __call__(self, folder: Path, base: str, picture: Image.Image | None, record: MapRecord) -> str | None: ...
 
 
-def default_writers(colormap: str = "jet", alpha: float = 0.5, overlay_size: int = OVERLAY_SIZE) -> list[FileWriter]:
+def default_writers(colormap: str = "jet", alpha: float = 0.5, overlay_size: int = OVERLAY_SIZE,
+                    value_range: tuple[float, float] | None = None) -> list[FileWriter]:
     """What every explaining command writes: the map, the overlay, and (CLIP) the token strip."""
-    return [NpyWriter(), OverlayWriter(colormap, alpha, overlay_size), TokenStripWriter()]
+    return [NpyWriter(), OverlayWriter(colormap, alpha, overlay_size, value_range), TokenStripWriter()]
 
 
 @dataclass

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from heatmap.explainers.driver import Driver
-    from heatmap.models.protocols import Box
+    from heatmap.models.protocols import Adapter, Box
+    from heatmap.render.gallery import Tile
 
 
 @dataclass
@@ -148,14 +149,19 @@ class Pipeline:
             None if self.targets is None else [self.targets] * tensor.shape[0])
         explanation = self.driver.explain(tensor, wanted, top_k=self.top_k)
         maps = explanation.maps.float().numpy()
+        classes = getattr(self.driver.adapter, "num_classes", None)
         records = []
         for i, box in enumerate(boxes):
             row = []
             for k, target in enumerate(explanation.targets[i].tolist()):
                 chosen = {} if wanted is not None else {"top_k": self.top_k, "rank": k}
                 label, score = explanation.labels[i][k], float(explanation.scores[i, k])
+                fields = {"target": target, "label": label, "score": score, **chosen}
+                if explanation.probabilities is not None and explanation.class_ranks is not None:
+                    fields.update(probability=float(explanation.probabilities[i, k]),
+                                  class_rank=int(explanation.class_ranks[i, k]), classes=classes)
                 row.append(MapRecord(maps[i, k], self.target_name(target), box, target, label, score,
-                                     fields={"target": target, "label": label, "score": score, **chosen}))
+                                     fields=fields))
             records.append(row)
         return records
 
@@ -184,3 +190,56 @@ class Pipeline:
                                      word_pieces=pieces, token_relevance=relevance))
             records.append(row)
         return records
+
+
+@dataclass
+class GalleryRow:
+    """Every method's map of one picture and target (``heatmap gallery``).
+
+    Attributes:
+        record: the target's record from the first method that explains it
+            (what the caption says: class or text, score, probability).
+        tiles: per method, in the order asked, its map or its refusal.
+    """
+
+    record: MapRecord
+    tiles: list[Tile]
+
+
+def explain_every_method(adapter: Adapter, picture: Image.Image, methods: Sequence[str], *,
+                         targets: Sequence[int | str] | None = None, top_k: int = 1,
+                         texts: Sequence[str] | None = None, precision: str = "auto") -> list[GalleryRow]:
+    """One picture explained by each of ``methods`` for the same targets: one row per target.
+
+    A method that refuses the model (or this input) gets its reason instead of a map. The
+    top-k classes are chosen once, by the first method that runs, and asked of every other,
+    so every tile of a row explains the same class.
+
+    Raises:
+        UnsupportedModelError: no method can explain the model (the message lists each reason).
+    """
+    from heatmap.errors import UnsupportedModelError
+    from heatmap.explainers.driver import Driver
+    from heatmap.explainers.registry import method as find_method
+    from heatmap.render.gallery import Tile
+
+    rows: dict[str, list[MapRecord]] = {}
+    refusals: dict[str, str] = {}
+    chosen: list[list[int]] | None = None
+    for name in methods:
+        try:
+            pipeline = Pipeline(Driver(adapter, find_method(name), precision=precision), targets=targets,
+                                top_k=top_k, texts=texts)
+            rows[name] = pipeline.explain([picture], targets=chosen)[0]
+        except (UnsupportedModelError, UsageError) as refusal:
+            refusals[name] = str(refusal)
+            continue
+        if texts is None and chosen is None:
+            chosen = [[record.target for record in rows[name]]]
+    if not rows:
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in refusals.items())
+        raise UnsupportedModelError(f"no method can explain {adapter.name}: {reasons}")
+    first = next(iter(rows.values()))
+    return [GalleryRow(record, [Tile(name, rows[name][k].heatmap) if name in rows
+                                else Tile(name, refusal=refusals[name]) for name in methods])
+            for k, record in enumerate(first)]

@@ -24,14 +24,23 @@ import typer
 from heatmap import __version__
 from heatmap.cli import console
 from heatmap.cli.console import Output
+from heatmap.cli.help import BATCH, EVALUATED, METHOD, MODEL, OUTPUTS, TARGETS, GroupedCommand, examples
 from heatmap.cli.options import (
     CLIP_SHARED,
+    DEFAULT_COLORMAP,
     SHARED,
+    Alpha,
+    ColormapOption,
     Debug,
     Device,
     DeviceOption,
+    Inputs,
     Json,
+    Out,
+    Precision,
+    PrecisionOption,
     Quiet,
+    Recursive,
     clip_method_parameters,
     method_choices,
     method_parameters,
@@ -86,7 +95,11 @@ def classifier_command(method: Method) -> None:
     # Typer reads the parameters from __signature__, built here from the registry; mypy knows no such attribute
     command.__signature__ = inspect.Signature(shared[:1] + own + shared[1:])  # type: ignore[attr-defined]
     command.__name__ = method.name.replace("-", "_")
-    app.command(method.name, help=f"{method.summary}\n\n{method.description}", no_args_is_help=True)(command)
+    app.command(method.name, help=f"{method.summary}\n\n{method.description}", no_args_is_help=True,
+                cls=GroupedCommand, epilog=examples(
+                    f"heatmap {method.name} photo.jpg --top-k 3 --panel",
+                    f"heatmap {method.name} sample_images/ --model demo -o runs/{method.name} --report",
+                    f"heatmap {method.name} 'photos/*.jpg' --target 'tabby cat' --target 281 --skip-existing"))(command)
 
 
 def classifier_request(method: Method, values: Mapping[str, Any]) -> "ClassifierRequest":
@@ -108,7 +121,20 @@ def classifier_request(method: Method, values: Mapping[str, Any]) -> "Classifier
         device=values["device"].value, precision=values["precision"].value, batch_size=values["batch_size"],
         colormap=values["colormap"].value, alpha=values["alpha"], overlay_size=values["overlay_size"],
         recursive=values["recursive"], skip_existing=values["skip_existing"], verbose=values["verbose"],
-        shard=parse_shard(values["shard"]), output=output_mode(values["quiet"], values["json"]))
+        shard=parse_shard(values["shard"]), output=output_mode(values["quiet"], values["json"]),
+        **picture_values(values))
+
+
+def picture_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The request's fields every explaining command shares about pictures and records."""
+    return {"panel": values["panel"], "scale": values["scale"].value, "report": values["report"],
+            "command": command_line()}
+
+
+def command_line() -> list[str]:
+    """The command as typed (``heatmap`` or ``python -m heatmap``), or [] when called otherwise (in-process)."""
+    program = Path(sys.argv[0]).name if sys.argv else ""
+    return ["heatmap", *sys.argv[1:]] if program in ("heatmap", "__main__.py") else []
 
 
 def clip_request(values: Mapping[str, Any], method_options: Iterable[str]) -> "ClipRequest":
@@ -133,7 +159,7 @@ def clip_request(values: Mapping[str, Any], method_options: Iterable[str]) -> "C
         precision=values["precision"].value, batch_size=values["batch_size"], colormap=values["colormap"].value,
         alpha=values["alpha"], overlay_size=values["overlay_size"], recursive=values["recursive"],
         skip_existing=values["skip_existing"], verbose=values["verbose"], shard=parse_shard(values["shard"]),
-        output=output_mode(values["quiet"], values["json"]))
+        output=output_mode(values["quiet"], values["json"]), **picture_values(values))
 
 
 def _plain(value: Any) -> Any:
@@ -236,7 +262,8 @@ def clip_command() -> None:
     """Register ``heatmap clip``: its own options, every method's options (optional), the shared ones."""
     choices = method_choices(METHODS.values())
     # an annotation made at run time for Typer (the registry's methods); no type to mypy
-    method = Annotated[choices, typer.Option(help="The method.")]  # type: ignore[valid-type]
+    method = Annotated[choices, typer.Option(  # type: ignore[valid-type]
+        rich_help_panel=METHOD, help="The method.")]
     fixed = [parameter.replace(annotation=method, default=choices("chefer-generic")) if parameter.name == "method"
              else parameter for parameter in CLIP_SHARED.values()]
     own = clip_method_parameters(METHODS.values())
@@ -249,16 +276,76 @@ def clip_command() -> None:
 
     command.__signature__ = inspect.Signature(fixed[:8] + own + fixed[8:])  # type: ignore[attr-defined]  # as above
     command.__name__ = "clip"
-    app.command("clip", no_args_is_help=True, help=(
+    app.command("clip", no_args_is_help=True, cls=GroupedCommand, epilog=examples(
+        "heatmap clip photo.jpg --text 'a bald man' --text 'a red hat' --panel",
+        "heatmap clip sample_images/shapes_000*.png --model demo --text 'a white star' --report",
+        "heatmap clip photos/ --texts-file captions.txt --method legrad -o runs/clip"), help=(
         "Image-text relevance for CLIP: which parts of each image matched each text, and which words mattered."
         "\n\nWrites per image and text the raw map (.npy), an overlay (.png), the text with its word pieces "
-        "shaded by relevance (.tokens.png) and a manifest line; prints each image's logits and probabilities "
-        "over the texts."))(command)
+        "shaded by relevance (.tokens.png) and a manifest line; prints one table of every image's logits and "
+        "probabilities over the texts."))(command)
 
 
 for _method in METHODS.values():
     classifier_command(_method)
 clip_command()
+
+
+@app.command("gallery", no_args_is_help=True, cls=GroupedCommand, epilog=examples(
+    "heatmap gallery photo.jpg --top-k 2",
+    "heatmap gallery sample_images/shapes_002_red-heart_pink-cross.png --model demo --target heart",
+    "heatmap gallery photo.jpg --text 'a bald man' --method chefer-generic --method legrad --method rollout"))
+def gallery(
+    inputs: Inputs,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", metavar="NAME", rich_help_panel=MODEL,
+        help="As the method commands' --model, or with --text as clip's.", show_default=False)] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        exists=True, dir_okay=False, metavar="FILE", rich_help_panel=MODEL,
+        help="Local weights for a classifier --model.", show_default=False)] = None,
+    pretrained: Annotated[Optional[str], typer.Option(
+        metavar="TAG|FILE", rich_help_panel=MODEL, help="A CLIP's pretrained tag or local checkpoint file.",
+        show_default=False)] = None,
+    device: DeviceOption = Device.auto,
+    precision: PrecisionOption = Precision.auto,
+    method: Annotated[Optional[list[str]], typer.Option(
+        metavar="METHOD", rich_help_panel=TARGETS, help=f"A method to show ({', '.join(METHODS)}); repeat for "
+        "several.", show_default="every method")] = None,
+    target: Annotated[Optional[list[str]], typer.Option(
+        "--target", "-t", metavar="CLASS", rich_help_panel=TARGETS,
+        help="A class, as an index or a label; repeat for several (one grid each). Default: the top-1 class.",
+        show_default=False)] = None,
+    top_k: Annotated[int, typer.Option(
+        min=1, metavar="K", rich_help_panel=TARGETS, help="One grid for each of the K highest-scoring classes.")] = 1,
+    text: Annotated[Optional[list[str]], typer.Option(
+        "--text", metavar="TEXT", rich_help_panel=TARGETS,
+        help="A text to explain a CLIP's images against (one grid each); repeat for several.",
+        show_default=False)] = None,
+    out: Out = Path("heatmaps"),
+    colormap: ColormapOption = DEFAULT_COLORMAP,
+    alpha: Alpha = 0.5,
+    recursive: Recursive = False,
+    quiet: Quiet = False,
+    json: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Every method's map of each image on one labelled grid: which method to believe for this model.
+
+    One PNG per image and target (<name>.gallery.<target>.<tag>.png): the input with the crop the model saw,
+    then one overlay per method, each scaled by its own range; a method that refuses the model shows why.
+    """
+    from heatmap.cli.gallery import GalleryRequest, run_gallery
+
+    def run() -> int:
+        texts = read_texts(text or [], None) if text else []
+        request = GalleryRequest(
+            inputs=list(inputs), model=model, checkpoint=checkpoint, pretrained=pretrained, methods=list(method or []),
+            targets=list(target or []), top_k=top_k, texts=texts, out=out, device=device.value,
+            precision=precision.value, colormap=colormap.value, alpha=alpha, recursive=recursive,
+            output=output_mode(quiet, json))
+        return run_gallery(request)
+
+    exit_with(run, debug, json)
 
 
 _thresholds = Thresholds()
@@ -303,52 +390,71 @@ def compare(
 PROTOCOL_NAMES = ("perturbation", "deletion-insertion", "pointing", "energy-pointing", "segmentation")
 
 
-@app.command("eval", no_args_is_help=True)
+@app.command("eval", no_args_is_help=True, cls=GroupedCommand, epilog=examples(
+    "heatmap eval --demo-world 50 --method rollout --method chefer-generic --report",
+    "heatmap eval val/ --model vit_base_patch16_224 --labels labels.csv --masks masks/ -o eval-vit",
+    "heatmap eval photos/ --model demo --text 'a white star' --text 'a red heart' --protocol perturbation"))
 def evaluate(
     inputs: Annotated[Optional[list[str]], typer.Argument(
         help="Image files, folders and glob patterns (or none, with --demo-world).", show_default=False)] = None,
     model: Annotated[Optional[str], typer.Option(
-        "--model", "-m", metavar="NAME",
+        "--model", "-m", rich_help_panel=MODEL,
+        metavar="NAME",
         help="demo, a timm name or a Hugging Face transformers repo id or folder; with "
         "--clip/--text an open_clip name or a transformers CLIP/SigLIP.",
         show_default="vit_base_patch16_224; demo with --demo-world")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(
+        rich_help_panel=MODEL,
         exists=True, dir_okay=False, help="Local weights for a classifier --model.", show_default=False)] = None,
     pretrained: Annotated[Optional[str], typer.Option(
+        rich_help_panel=MODEL,
         metavar="TAG|FILE", help="A CLIP's pretrained tag or local checkpoint file.", show_default=False)] = None,
-    clip: Annotated[bool, typer.Option("--clip", help="The model is a CLIP (implied by --text).")] = False,
+    clip: Annotated[bool, typer.Option(
+        "--clip", rich_help_panel=MODEL, help="The model is a CLIP (implied by --text).")] = False,
     method: Annotated[Optional[list[str]], typer.Option(
+        rich_help_panel=EVALUATED,
         metavar="METHOD", help=f"A method to evaluate ({', '.join(METHODS)}); repeat for several.",
         show_default="every method the model supports")] = None,
     protocol: Annotated[Optional[list[str]], typer.Option(
+        rich_help_panel=EVALUATED,
         metavar="PROTOCOL", help=f"{', '.join(PROTOCOL_NAMES)}; repeat for several.",
         show_default="every protocol the data allows (the last three need masks)")] = None,
     target: Annotated[str, typer.Option(
+        rich_help_panel=EVALUATED,
         metavar="predicted|label",
         help="predicted: explain and test the model's top-1 class (a CLIP: best text); label: each label of "
              "--labels.")] = "predicted",
     labels: Annotated[Optional[Path], typer.Option(
+        rich_help_panel=EVALUATED,
         exists=True, dir_okay=False, help="CSV image,label (index or name; a row per object).",
         show_default=False)] = None,
     masks: Annotated[Optional[Path], typer.Option(
+        rich_help_panel=EVALUATED,
         file_okay=False, help="Object masks: <stem>.png, or <stem>.<label>.png per object (nonzero = object).",
         show_default=False)] = None,
     text: Annotated[Optional[list[str]], typer.Option(
+        rich_help_panel=EVALUATED,
         metavar="TEXT", help="A CLIP's candidate text; repeat for several.", show_default=False)] = None,
     texts_file: Annotated[Optional[Path], typer.Option(
+        rich_help_panel=EVALUATED,
         exists=True, dir_okay=False, help="A file of candidate texts, one per line.", show_default=False)] = None,
     demo_world: Annotated[Optional[int], typer.Option(
+        rich_help_panel=EVALUATED,
         metavar="N",
         help="Evaluate on N freshly generated shapes-world scenes with labels and masks, instead of INPUTS.",
         show_default=False)] = None,
-    seed: Annotated[int, typer.Option(metavar="N", help="The demo world's seed.")] = 0,
+    seed: Annotated[int, typer.Option(rich_help_panel=EVALUATED, metavar="N", help="The demo world's seed.")] = 0,
     tolerance: Annotated[int, typer.Option(
+        rich_help_panel=EVALUATED,
         min=0, metavar="PIXELS", help="The pointing game's tolerance in pixels.")] = 0,
     out: Annotated[Path, typer.Option(
-        "--out", "-o", metavar="DIR", help="Folder for eval.json, eval.jsonl and eval.png.")] = Path("heatmap-eval"),
-    batch_size: Annotated[int, typer.Option(min=1, metavar="N", help="Perturbed copies per forward pass.")] = 64,
+        "--out", "-o", rich_help_panel=OUTPUTS,
+        metavar="DIR", help="Folder for eval.json, eval.jsonl and eval.png.")] = Path("heatmap-eval"),
+    batch_size: Annotated[int, typer.Option(
+        rich_help_panel=BATCH, min=1, metavar="N", help="Perturbed copies per forward pass.")] = 64,
     device: DeviceOption = Device.auto,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Search folders in their subfolders.")
+    recursive: Annotated[bool, typer.Option(
+        "--recursive", "-r", rich_help_panel=BATCH, help="Search folders in their subfolders.")
                          ] = False,
     quiet: Quiet = False,
     json: Json = False,

@@ -82,9 +82,12 @@ def canonical(options: dict[str, Any]) -> str:
 
 
 def wanted_files(entry: dict[str, Any]) -> set[str]:
-    """The kinds of file a run writes for the map of ``entry``: the map and the overlay, and the token strip
-    of a CLIP text whose word pieces have relevance (``heatmap.outputs.default_writers``)."""
-    return {"npy", "png"} | ({"tokens"} if entry.get("token_relevance") is not None else set())
+    """The kinds of file a run writes for the map of ``entry``: the map and the overlay, the token strip
+    of a CLIP text whose word pieces have relevance (``heatmap.outputs.default_writers``), and the panel
+    when its pictures were drawn with one (``--panel``)."""
+    tokens = {"tokens"} if entry.get("token_relevance") is not None else set()
+    panel = {"panel"} if isinstance(entry.get("overlay"), dict) and entry["overlay"].get("panel") else set()
+    return {"npy", "png"} | tokens | panel
 
 
 class DoneMaps:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 SUMMARY_ROWS = 40
 CLIP_TABLE_ROWS = 20  # texts shown per image; the manifest has them all
 LISTED_LABELS = 20  # a model with up to this many classes has them listed when a target is unknown
+NAME_WIDTH = 28  # characters of an input's name in the summary tables (the manifest has the whole path)
 SHOWN_TEXT = 60  # characters of a text shown in tables and notes; the manifest keeps it whole
 
 
@@ -62,6 +63,11 @@ class RunRequest:
         verbose: name every file of the folders that is left out.
         shard: only this slice of the sorted inputs (None: all).
         output: what the run prints (``console.Output``).
+        panel: also write each map's labelled panel (``<base>.<tag>.panel.png``).
+        scale: ``"image"``: each picture coloured by its own map's range;
+            ``"batch"``: every map of the run by one range, so a weak map looks weak.
+        report: write ``<out>/report.html`` at the end.
+        command: the command line as typed (recorded in ``runs.jsonl``).
     """
 
     method: str
@@ -80,6 +86,10 @@ class RunRequest:
     verbose: bool = False
     shard: Shard | None = None
     output: Output = "normal"
+    panel: bool = False
+    scale: str = "image"
+    report: bool = False
+    command: list[str] = field(default_factory=list)
 
     @property
     def chatty(self) -> bool:
@@ -291,6 +301,9 @@ def _run(request: ClassifierRequest | ClipRequest, load: Callable[[], Any], what
     from heatmap.outputs import check_manifest
 
     check_manifest(Path(request.out))
+    if request.scale == "batch" and (request.shard or request.skip_existing):
+        raise UsageError("--scale batch colours every map of the run by one range, so it needs the whole run at "
+                         "once: leave out --shard and --skip-existing, or use --scale image")
     if request.shard and not run.jobs:
         # a job array with more shards than inputs: nothing to load, nothing to write
         shard = request.shard
@@ -301,11 +314,9 @@ def _run(request: ClassifierRequest | ClipRequest, load: Callable[[], Any], what
     from heatmap.explainers.driver import Driver
     from heatmap.models import weights_identity
     from heatmap.outputs import (
-        OutputError,
         OverlayWriter,
         ResultWriter,
         configuration_tag,
-        default_writers,
         remove_stale_temporaries,
         repair_manifest,
     )
@@ -330,14 +341,14 @@ def _run(request: ClassifierRequest | ClipRequest, load: Callable[[], Any], what
     identity = weights_identity(request.model, weights, clip=clip)
     # the overlay's settings make files too: recorded in each manifest line, and an input
     # whose overlay was drawn otherwise is not done (its new overlay has a name of its own)
-    overlay = OverlayWriter(request.colormap, request.alpha, request.overlay_size).settings
+    overlay = {**OverlayWriter(request.colormap, request.alpha, request.overlay_size).settings,
+               **({"panel": True} if request.panel else {})}
     if request.skip_existing:
         run.leave_out_done(_done_test(request, DoneMaps(request.out, model_name, identity, request.method, options,
                                                         pipeline.precision, overlay=overlay), pipeline.targets))
     tag = configuration_tag({"model": model_name, "weights": identity, "kind": "clip" if clip else "classifier",
                              "method": request.method, "options": options, "precision": pipeline.precision})
-    writers = default_writers(request.colormap, request.alpha, request.overlay_size)
-    writer = ResultWriter(request.out, model_name, writers, tag)
+    writer = ResultWriter(request.out, model_name, [], tag)
     remove_stale_temporaries(writer.out_dir)
     repaired = repair_manifest(writer.out_dir)
     if repaired:
@@ -345,6 +356,8 @@ def _run(request: ClassifierRequest | ClipRequest, load: Callable[[], Any], what
                  f"left (line {', '.join(map(str, repaired))})")
     common = {"weights": identity, "precision": pipeline.precision, "options": driver.options, "overlay": overlay}
     entries: list[dict[str, Any]] = []
+    explained: list[tuple[Job, Image.Image | None, list[MapRecord]]] = []
+    writers = _writers(request, model_name, None)
     try:
         input_height, input_width = pipeline.input_size()
         for loaded in run.batches(pipeline.forward_batch_size(request.batch_size)):
@@ -356,25 +369,76 @@ def _run(request: ClassifierRequest | ClipRequest, load: Callable[[], Any], what
                              f"{input_width}x{input_height} input: it is upscaled, the map says little")
             records = pipeline.explain([picture for _, picture in loaded])
             for (job, picture), row in zip(loaded, records, strict=True):
-                try:
-                    for record in row:
-                        entries.append(writer.write(job.path, job.stem, picture, record, method=request.method,
-                                                    target_name=record.target_name, common=common))
-                        run.summary.maps += 1
-                except OutputError as error:  # this input fails; the others go on
-                    run.fail(str(error))
-                    continue
-                run.summary.explained += 1
-                if clip and request.chatty:
-                    _print_clip_table(job.path, row)
+                if request.scale == "batch":  # written once every map of the run is known
+                    explained.append((job, None, row))
+                else:
+                    _write_input(run, writer, writers, job, picture, row, common, entries)
+        if request.scale == "batch" and explained:
+            value_range = run_range(row for _, _, row in explained)
+            writers = _writers(request, model_name, value_range)
+            common["overlay"] = {**overlay, "scale": "batch", "value_range": list(value_range)}
+            _write_batch(run, writer, writers, explained, common, entries)
     except Interrupted as stop:
         run.summary.interrupted = stop.exit_code
     if request.chatty:
         if clip:
-            console.stderr.print(f"maps, overlays and token strips in {writer.out_dir}")
+            _print_clip_summary(entries, writer.out_dir)
         else:
             _print_classifier_summary(entries, writer.out_dir)
-    return run.finish()
+    summary = run.finish()
+    _record_run(request, summary, driver, model_name, identity, pipeline.precision)
+    return summary
+
+
+def _writers(request: RunRequest, model: str, value_range: tuple[float, float] | None) -> list[Any]:
+    """The run's file writers: map, overlay, token strip, and the panel when asked for."""
+    from heatmap.outputs import PanelWriter, default_writers
+
+    writers = default_writers(request.colormap, request.alpha, request.overlay_size, value_range)
+    if request.panel:
+        top_k = request.top_k if isinstance(request, ClassifierRequest) and not request.targets else 1
+        writers.append(PanelWriter(request.method, model, request.colormap, request.alpha, value_range, top_k))
+    return writers
+
+
+def _write_input(run: Run, writer: Any, writers: list[Any], job: Job, picture: Image.Image | None,
+                 row: list[MapRecord], common: dict[str, Any], entries: list[dict[str, Any]]) -> None:
+    """Write one input's maps (all or none counted): an input whose files cannot be written fails alone."""
+    from heatmap.outputs import OutputError
+
+    writer.writers = writers
+    try:
+        for record in row:
+            entries.append(writer.write(job.path, job.stem, picture, record, method=run.request.method,
+                                        target_name=record.target_name, common=common))
+            run.summary.maps += 1
+    except OutputError as error:  # this input fails; the others go on
+        run.fail(str(error))
+        return
+    run.summary.explained += 1
+
+
+def _write_batch(run: Run, writer: Any, writers: list[Any], explained: list[tuple[Job, Any, list[MapRecord]]],
+                 common: dict[str, Any], entries: list[dict[str, Any]]) -> None:
+    """``--scale batch``: every input's files, each picture read again (the run keeps maps, not pictures)."""
+    from heatmap.inputs import load_image
+
+    for job, _, row in explained:
+        try:
+            picture = load_image(job.path)
+        except HeatmapError as error:  # changed or removed since it was explained
+            run.fail(str(error))
+            continue
+        _write_input(run, writer, writers, job, picture, row, common, entries)
+
+
+def run_range(rows: Iterator[list[MapRecord]] | Any) -> tuple[float, float]:
+    """The lowest and highest value over every map of the run: ``--scale batch``'s one range."""
+    low, high = float("inf"), float("-inf")
+    for row in rows:
+        for record in row:
+            low, high = min(low, float(record.heatmap.min())), max(high, float(record.heatmap.max()))
+    return low, high
 
 
 def _done_test(request: ClassifierRequest | ClipRequest, done: DoneMaps,
@@ -436,32 +500,88 @@ def _loading(request: RunRequest, what: str) -> AbstractContextManager[object]:
 
 
 def _print_classifier_summary(entries: list[dict[str, Any]], out_dir: Path) -> None:
+    """One table of the run's maps: each input named once, its targets under it (the files: manifest.jsonl)."""
     if not entries:
         return
     table = Table(title=f"{len(entries)} map(s) in {out_dir}", title_justify="left")
-    for column in ("input", "target", "score", "overlay"):
-        table.add_column(column, justify="right" if column == "score" else "left", overflow="fold")
+    table.add_column("input", overflow="ellipsis", no_wrap=True, max_width=NAME_WIDTH)
+    table.add_column("target", overflow="ellipsis", no_wrap=True, max_width=NAME_WIDTH)
+    for column in ("logit", "probability", "rank"):
+        table.add_column(column, justify="right", no_wrap=True)
+    previous = None
     for entry in entries[:SUMMARY_ROWS]:
-        table.add_row(Path(entry["input"]).name, f"{entry['target']} {entry['label'] or ''}".strip(),
-                      f"{entry['score']:.3f}", entry["files"]["png"])
+        name = Path(entry["input"]).name
+        probability = entry.get("probability")
+        rank = entry.get("class_rank")
+        table.add_row(escape(name) if name != previous else "", escape(f"{entry['target']} {entry['label'] or ''}"),
+                      f"{entry['score']:.3f}", "" if probability is None else f"{probability:.1%}",
+                      "" if rank is None else str(rank + 1))
+        previous = name
     if len(entries) > SUMMARY_ROWS:
         table.caption = f"... and {len(entries) - SUMMARY_ROWS} more in manifest.jsonl"
     console.stdout.print(table)
 
 
-def _print_clip_table(path: Path, records: list[MapRecord]) -> None:
-    table = Table(title=str(path), title_justify="left")
-    table.add_column("text", overflow="fold")
-    table.add_column("logit", justify="right")
-    table.add_column("probability", justify="right")
-    best = max(range(len(records)), key=lambda t: records[t].score)
-    for t, record in enumerate(records[:CLIP_TABLE_ROWS]):
-        style = "bold green" if t == best else None
-        table.add_row(escape(shown_text(record.label or "")), f"{record.score:.2f}",
-                      f"{record.fields['probability']:.1%}", style=style)
-    if len(records) > CLIP_TABLE_ROWS:
-        best_record = records[best]
-        best_text = escape(shown_text(best_record.label or "", quoted=True))
-        table.caption = (f"... and {len(records) - CLIP_TABLE_ROWS} more texts in manifest.jsonl; the best: "
-                         f"{best_text} ({best_record.fields['probability']:.1%})")
+def _print_clip_summary(entries: list[dict[str, Any]], out_dir: Path) -> None:
+    """One table for every image of a CLIP run: each image named once, at most ``CLIP_TABLE_ROWS`` of its
+    texts under it (its best always, in bold), at most ``SUMMARY_ROWS`` rows in all."""
+    if not entries:
+        return
+    table = Table(title=f"{len(entries)} map(s) in {out_dir}", title_justify="left")
+    table.add_column("image", overflow="ellipsis", no_wrap=True, max_width=NAME_WIDTH)
+    table.add_column("text", overflow="fold", min_width=20)
+    table.add_column("logit", justify="right", no_wrap=True)
+    table.add_column("probability", justify="right", no_wrap=True)
+    by_image: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries:
+        by_image.setdefault(entry["input"], []).append(entry)
+    shown = 0
+    for image, texts in by_image.items():
+        best = max(texts, key=lambda entry: entry["logit"])
+        chosen = texts[:CLIP_TABLE_ROWS] if best in texts[:CLIP_TABLE_ROWS] else [*texts[:CLIP_TABLE_ROWS - 1], best]
+        for index, entry in enumerate(chosen[:max(0, SUMMARY_ROWS - table.row_count)]):
+            table.add_row(escape(Path(image).name) if index == 0 else "", escape(shown_text(entry["text"])),
+                          f"{entry['logit']:.2f}", f"{entry['probability']:.1%}",
+                          style="bold green" if entry is best else None)
+            shown += 1
+    if shown < len(entries):
+        table.caption = f"... and {len(entries) - shown} more texts in manifest.jsonl; each image's best in bold"
     console.stdout.print(table)
+
+
+def _record_run(request: RunRequest, summary: RunSummary, driver: Any, model: str, weights: str | None,
+                precision: str) -> None:
+    """Append the run's settings and outcome to ``<out>/runs.jsonl`` (what ``heatmap report`` shows at the top).
+
+    One line per run into the folder, never rewritten: several runs into one
+    folder each keep their own line.
+    """
+    import platform
+    import sys
+    from datetime import datetime, timedelta, timezone
+
+    from heatmap import __version__
+    from heatmap.outputs import RUNS, append_manifest_line
+
+    versions = {"vit-heatmap": __version__, "python": platform.python_version()}
+    for module, name in (("torch", "torch"), ("timm", "timm"), ("open_clip", "open_clip"),
+                         ("transformers", "transformers")):
+        if module in sys.modules:  # only the libraries the run used; none is imported for this
+            versions[name] = str(getattr(sys.modules[module], "__version__", "?"))
+    device = driver.adapter.device
+    device_name = str(device)
+    if device.type == "cuda":
+        import torch
+
+        device_name += f" ({torch.cuda.get_device_name(device)})"
+    started = datetime.now(timezone.utc) - timedelta(seconds=summary.seconds)
+    line = {"command": request.command, "started": started.isoformat(timespec="seconds"),
+            "seconds": round(summary.seconds, 2), "versions": versions, "model": model, "weights": weights,
+            "kind": "clip" if isinstance(request, ClipRequest) else "classifier", "method": request.method,
+            "options": driver.options, "precision": precision, "device": device_name, "scale": request.scale,
+            "inputs": summary.inputs, "explained": summary.explained, "skipped": summary.skipped,
+            "maps": summary.maps, "failures": summary.failures, "exit_code": summary.exit_code}
+    try:
+        append_manifest_line(Path(request.out) / RUNS, json.loads(json.dumps(line, default=str)))
+    except (OSError, HeatmapError) as error:  # the maps are written; a missing record loses no map
+        console.say_failed(f"cannot record the run in {Path(request.out) / RUNS}: {error}")

@@ -62,6 +62,8 @@ class Explanation:
             after :meth:`squeeze`).
         method: the method's name.
         options: the method's options as used (start layer as given).
+        probabilities: each target's softmax probability over all classes ``[B, K]``.
+        class_ranks: how many classes score higher than each target ``[B, K]`` (0: the top class).
     """
 
     maps: torch.Tensor
@@ -70,6 +72,8 @@ class Explanation:
     labels: list[Any]
     method: str
     options: dict[str, Any] = field(default_factory=dict)
+    probabilities: torch.Tensor | None = None
+    class_ranks: torch.Tensor | None = None
     pictures: list[Any] | None = field(default=None, repr=False)
     boxes: list[Box] | None = field(default=None, repr=False)
 
@@ -100,8 +104,10 @@ class Explanation:
         """Drop the target dimension when there is one target per image."""
         if self.maps.dim() != 4 or self.maps.shape[1] != 1:
             raise ValueError("squeeze() needs exactly one target per image")
-        return replace(self, maps=self.maps[:, 0], targets=self.targets[:, 0],
-                       scores=self.scores[:, 0], labels=[row[0] for row in self.labels])
+        return replace(self, maps=self.maps[:, 0], targets=self.targets[:, 0], scores=self.scores[:, 0],
+                       labels=[row[0] for row in self.labels],
+                       probabilities=None if self.probabilities is None else self.probabilities[:, 0],
+                       class_ranks=None if self.class_ranks is None else self.class_ranks[:, 0])
 
 
 @dataclass
@@ -186,6 +192,10 @@ def show_grid(pictures: list[Any] | None, boxes: list[Box] | None, maps: torch.T
     figure.tight_layout()
     plt.show()
     return figure
+
+
+def _cpu(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.detach().cpu()
 
 
 PRECISIONS = ("auto", "float32", "float64")
@@ -321,7 +331,8 @@ class Driver:
         wanted = None if targets is None else torch.as_tensor(targets, dtype=torch.long)
         maps, scored, _ = self._run(images, lambda: adapter.score(images, wanted, top_k))
         return Explanation(maps=maps, targets=scored.targets.cpu(), scores=scored.scores.detach().cpu(),
-                           labels=scored.labels, method=self.method.name, options=dict(self.options))
+                           labels=scored.labels, method=self.method.name, options=dict(self.options),
+                           probabilities=_cpu(scored.probabilities), class_ranks=_cpu(scored.class_ranks))
 
     def explain_texts(self, images: torch.Tensor, texts: Sequence[str]) -> ClipExplanation:
         """Explain every image against every text (a CLIP).

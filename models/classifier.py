@@ -49,7 +49,11 @@ class ClassifierBase(AdapterBase):
                            readout=Grid(self.tower.num_prefix_tokens, height, width),
                            readout_weights=[one_hot[:, k] for k in range(targets.shape[1])])
         labels = [[self.label(int(t)) for t in row] for row in targets.tolist()]
-        return Scored(scores=scores, targets=targets, labels=labels, towers=[side])
+        plain = logits.detach()
+        probabilities = plain.softmax(dim=1).gather(1, targets)
+        class_ranks = (plain[:, None, :] > scores.detach()[:, :, None]).sum(dim=2)
+        return Scored(scores=scores, targets=targets, labels=labels, towers=[side], probabilities=probabilities,
+                      class_ranks=class_ranks)
 
     def _targets(self, logits: torch.Tensor, targets: torch.Tensor | None, top_k: int) -> torch.Tensor:
         num_classes = logits.shape[1]

@@ -159,6 +159,8 @@ class Scored:
         labels: ``[B][K]``: class names (or None) or texts.
         towers: the image tower's side, then the text tower's (CLIP).
         word_pieces: CLIP: per text, its word pieces between start and end-of-text.
+        probabilities: classifiers: ``[B, K]``, each target's softmax probability over all classes.
+        class_ranks: classifiers: ``[B, K]``, how many classes score higher than the target (0: the top class).
     """
 
     scores: torch.Tensor
@@ -166,6 +168,8 @@ class Scored:
     labels: list[list[str | None]]
     towers: list[TowerScores]
     word_pieces: list[list[str]] | None = None
+    probabilities: torch.Tensor | None = None
+    class_ranks: torch.Tensor | None = None
 
 
 # Adapter, its two kinds and Tower are runtime-checkable: ``isinstance`` says whether an object has every

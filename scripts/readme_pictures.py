@@ -5,13 +5,15 @@
 Runs ``heatmap chefer-generic`` and ``heatmap clip`` with the demo models on a
 shipped scene, then puts the scene and the overlays side by side (each
 enlarged 2x, nearest neighbour): ``demo_chefer_generic.png`` and
-``demo_clip.png`` (overlays above, token strips below). Then every method's
-command on a two-object scene for the same target, each overlay labelled
-with its method (a method that refuses the model shows its refusal):
-``demo_all_methods.png``. Last, the demo CLIP converted to a Hugging Face
-transformers ``CLIPModel`` (``heatmap.demo.transformers_clip``) explained
-through the API, under the open_clip run of the same scene and texts:
-``demo_clip_transformers.png`` (needs the ``hf`` extra).
+``demo_clip.png`` (overlays above, token strips below). Then every method
+on a two-object scene for the same target, ``heatmap gallery``'s grid (a
+method that refuses the model shows its refusal): ``demo_all_methods.png``.
+Last, the demo CLIP converted to a Hugging Face transformers ``CLIPModel``
+(``heatmap.demo.transformers_clip``) explained through the API, under the
+open_clip run of the same scene and texts: ``demo_clip_transformers.png``
+(needs the ``hf`` extra). And the labelled panel ``--panel`` writes, of
+the CLIP run's best text (``demo_panel_clip.png``) and of a class the
+classifier does not predict in the two-object scene (``demo_panel.png``).
 """
 
 from __future__ import annotations
@@ -20,10 +22,9 @@ import argparse
 import json
 import subprocess
 import tempfile
-import textwrap
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT / "sample_images" / "shapes_000_white-star_green-circle_yellow-cross.png"
@@ -39,42 +40,13 @@ def run(args: list[str]) -> tuple[list[dict], Path]:
     return [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()], folder
 
 
-def every_method(scene: Image.Image) -> Image.Image:
-    """The scene, then each method's overlay for ``TARGET``, a label under each (the refusal, if refused)."""
-    from heatmap.explainers.registry import methods
-    from heatmap.render import strip_font
-
-    font = strip_font(13)
-    size = (scene.width * SCALE, scene.height * SCALE)
-    tiles = [("scene", scene.resize(size, Image.NEAREST))]
-    for method in methods():
-        folder = Path(tempfile.mkdtemp())
-        done = subprocess.run(["heatmap", method, str(TWO_OBJECTS), "--model", "demo", "--target", TARGET,
-                               "-o", str(folder), "--quiet"], capture_output=True, text=True)
-        if done.returncode == 0:
-            record = json.loads((folder / "manifest.jsonl").read_text().splitlines()[0])
-            overlay = Image.open(folder / record["files"]["png"]).convert("RGB")
-            tiles.append((method, overlay.resize(size, Image.NEAREST)))
-        else:  # the refusal, word-wrapped onto a blank tile
-            tiles.append((method, refusal_tile(done.stderr.strip(), size, font)))
-    columns, label_height = (len(tiles) + 1) // 2, 22  # two rows
-    cell = (size[0] + GAP, size[1] + label_height + GAP)
-    picture = Image.new("RGB", (columns * cell[0] - GAP, 2 * cell[1] - GAP), "white")
-    draw = ImageDraw.Draw(picture)
-    for index, (label, tile) in enumerate(tiles):
-        x, y = (index % columns) * cell[0], (index // columns) * cell[1]
-        picture.paste(tile, (x, y))
-        draw.text((x + size[0] / 2, y + size[1] + 4), label, fill="black", font=font, anchor="ma")
-    return picture
-
-
-def refusal_tile(message: str, size: tuple[int, int], font: object) -> Image.Image:
-    """A grey tile with the refusal's reason (the part before ", so it is not supported")."""
-    tile = Image.new("RGB", size, (235, 235, 235))
-    reason = message.removeprefix("error: ").split(", so it is not supported")[0]
-    lines = textwrap.wrap("refused: " + reason, width=24)
-    ImageDraw.Draw(tile).multiline_text((8, 8), "\n".join(lines), fill="black", font=font, spacing=3)
-    return tile
+def every_method() -> Image.Image:
+    """``heatmap gallery`` of the two-object scene for ``TARGET``: every method, a refusal with its reason."""
+    folder = Path(tempfile.mkdtemp())
+    subprocess.run(["heatmap", "gallery", str(TWO_OBJECTS), "--model", "demo", "--target", TARGET, "-o", str(folder),
+                    "--quiet"], check=True)
+    (picture,) = folder.glob("*.gallery.*.png")
+    return Image.open(picture)
 
 
 def strip(pictures: list[Image.Image]) -> Image.Image:
@@ -133,9 +105,15 @@ def main() -> None:
     both.paste(transformers_row(scene.convert("RGB")), (0, overlays.height + GAP))
     both.save(args.out / "demo_clip_transformers.png")
 
-    every_method(Image.open(TWO_OBJECTS)).save(args.out / "demo_all_methods.png")
-    print(f"wrote {args.out / 'demo_chefer_generic.png'}, {args.out / 'demo_clip.png'}, "
-          f"{args.out / 'demo_clip_transformers.png'} and {args.out / 'demo_all_methods.png'}")
+    every_method().save(args.out / "demo_all_methods.png")
+
+    records, folder = run(["chefer-generic", str(TWO_OBJECTS), "--target", "star", "--panel"])
+    Image.open(folder / records[0]["files"]["panel"]).save(args.out / "demo_panel.png")
+    records, folder = run(["clip", str(SCENE), *texts, "--panel"])
+    best = max(records, key=lambda record: record["logit"])
+    Image.open(folder / best["files"]["panel"]).save(args.out / "demo_panel_clip.png")
+    print(f"wrote demo_chefer_generic.png, demo_clip.png, demo_clip_transformers.png, demo_all_methods.png, "
+          f"demo_panel.png and demo_panel_clip.png in {args.out}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from heatmap.cli.app import app
 from heatmap.cli.jobs import Shard
 from heatmap.demo.shapes_world import make_scenes
-from heatmap.outputs import MANIFEST, files_complete, latest_entries, read_manifest
+from heatmap.outputs import MANIFEST, RUNS, files_complete, latest_entries, read_manifest
 
 runner = CliRunner()
 IMAGES = 40
@@ -43,8 +43,9 @@ def visible_files(folder: Path) -> dict[str, bytes]:
 
 
 def map_files(folder: Path) -> dict[str, bytes]:
-    """The .npy and .png files by name (the manifest's line order may differ between runs)."""
-    return {name: data for name, data in visible_files(folder).items() if name != MANIFEST}
+    """The .npy and .png files by name (the manifest's line order may differ between runs; runs.jsonl records
+    each run's time)."""
+    return {name: data for name, data in visible_files(folder).items() if name not in (MANIFEST, RUNS)}
 
 
 def entries_by_key(folder: Path) -> dict:

@@ -100,7 +100,7 @@ def test_a_usage_error_is_one_line_and_help_shows_flags_plainly():
     result = heatmap("rollout", SCENE, "--nope")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: No such option: --nope (Possible options: --model, --top-k); see heatmap rollout --help"]
+        "error: No such option: --nope (Possible options: --model, --panel, --top-k); see heatmap rollout --help"]
     help_text = heatmap("rollout", "--help").stdout
     assert "-q, --quiet" in help_text and "<bool>" not in help_text
 

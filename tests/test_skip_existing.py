@@ -30,7 +30,9 @@ def run(*args: object) -> dict:
 
 
 def files_of(out: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in sorted(out.iterdir()) if path.name != "manifest.jsonl"}
+    """The files of maps (the manifest and the run records are appended to by every run)."""
+    return {path.name: path.read_bytes() for path in sorted(out.iterdir())
+            if path.name not in ("manifest.jsonl", "runs.jsonl")}
 
 
 def assert_every_overlay_is_its_lines(out: Path) -> None:

@@ -12,8 +12,11 @@ import pytest
 import heatmap
 
 ROOT = Path(__file__).resolve().parents[1]
+# the package's own modules: not the tests, scripts and benchmarks, nor a build, nor hidden folders (.git, or
+# the .venv the README's quick start makes in the checkout)
 LIBRARY = [path for path in ROOT.rglob("*.py")
-           if not {"tests", "scripts", "benchmarks", ".git", "build"} & set(path.relative_to(ROOT).parts)]
+           if not {"tests", "scripts", "benchmarks", "build"} & set(path.relative_to(ROOT).parts)
+           and not any(part.startswith(".") for part in path.relative_to(ROOT).parts)]
 
 
 def imported_modules(path: Path) -> set[str]:
