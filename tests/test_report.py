@@ -9,6 +9,8 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -225,3 +227,43 @@ def test_eval_table_fits_100_columns_with_every_method_and_figure(monkeypatch: p
         row = next(line for line in lines if line.split() and line.split()[0] == name)
         assert len(row.split()) == 1 + len(COLUMNS)
     assert "100.0%*" in text and "pert+" in text and "mAP" in text
+
+
+def test_building_pages_imports_no_torch() -> None:
+    code = ("import heatmap.report, heatmap.report.run, heatmap.report.compare, heatmap.report.eval, "
+            "heatmap.cli.report, sys; print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_run_settings_come_from_runs_jsonl_else_from_the_manifest(tmp_path: Path) -> None:
+    run = synthetic_run(tmp_path / "run", 2)
+    page = write_run_report(run).read_text(encoding="utf-8")
+    assert "No runs.jsonl here" in page and "<td>rollout</td><td>start_layer=0</td><td>float32</td>" in page
+    record = {"command": ["heatmap", "rollout", "in dir/a.png", "--model", "demo"], "started": "2026-01-02T03:04:05Z",
+              "seconds": 12.345, "versions": {"vit-heatmap": "0.1.0", "torch": "2.5.0", "transformers": None},
+              "model": "demo", "weights": "sha256:" + "ab" * 32, "kind": "classifier", "method": "rollout",
+              "options": {"start_layer": 0}, "precision": "float32", "device": "cpu", "inputs": 3, "explained": 2,
+              "skipped": 0, "maps": 2, "failures": ["in dir/b.png: cannot read the image; check the file"],
+              "exit_code": 1}
+    (run / "runs.jsonl").write_text(json.dumps(record) + "\nnot json\n", encoding="utf-8")
+    page = write_run_report(run).read_text(encoding="utf-8")
+    assert "No runs.jsonl here" not in page
+    for shown in ("heatmap rollout &#x27;in dir/a.png&#x27; --model demo", "2026-01-02T03:04:05Z", "12.3 s",
+                  "vit-heatmap 0.1.0, torch 2.5.0", "sha256:abababababab<", "3 inputs, 2 explained, 0 skipped, 2 maps",
+                  "<th>exit code</th><td>1</td>", "1 failure(s)",
+                  "<li>in dir/b.png: cannot read the image; check the file</li>"):
+        assert shown in page, shown
+
+
+def test_a_panel_picture_opens_beside_the_overlay(tmp_path: Path) -> None:
+    from helpers.report_runs import manifest, tiny_png, write_manifest
+
+    run = synthetic_run(tmp_path / "run", 1)
+    entries = manifest(run)
+    entries[0]["files"]["panel"] = "panel.png"
+    entries[0]["probability"] = 0.25
+    tiny_png(run / "panel.png", seed=3)
+    write_manifest(run, entries)
+    cell = data_block(write_run_report(run).read_text(encoding="utf-8"), "run-data")["rows"][0]["cells"][0]
+    assert cell["panel"] == "panel.png" and cell["probability"] == 0.25 and cell["full"].endswith(".png")
