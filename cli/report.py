@@ -14,21 +14,24 @@ import typer
 
 from heatmap.cli.options import Debug, Quiet
 
+OUTPUTS = "Outputs and pictures"  # the help group of the explaining commands' output options
+
 
 def report(
     folders: Annotated[list[Path], typer.Argument(
-        exists=True, file_okay=False, metavar="DIR...",
+        exists=True, file_okay=False, metavar="DIR",
         help="Output folders of heatmap runs (manifest.jsonl) or of heatmap eval (eval.json); several runs "
              "are shown side by side.", show_default=False)],
     out: Annotated[Optional[Path], typer.Option(
-        "--out", "-o", dir_okay=False, metavar="FILE.html",
+        "--out", "-o", dir_okay=False, metavar="FILE.html", rich_help_panel=OUTPUTS,
         help="Where the page goes; needed for several folders.", show_default="DIR/report.html")] = None,
     embed: Annotated[bool, typer.Option(
-        "--embed", help="Put every picture inside the page: one portable file (larger), nothing else written.")
+        "--embed", rich_help_panel=OUTPUTS,
+        help="Put every picture inside the page: one portable file (larger), nothing else written.")
     ] = False,
     compare: Annotated[bool, typer.Option(
-        "--compare", help="Two run folders, BASELINE CANDIDATE: the page of heatmap compare with its default "
-                          "thresholds.")] = False,
+        "--compare", rich_help_panel=OUTPUTS,
+        help="Two run folders, BASELINE CANDIDATE: the page of heatmap compare with its default thresholds.")] = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
