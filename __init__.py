@@ -124,16 +124,18 @@ def explain(model: Any, images: Images, method: str = "chefer-generic",
     adapter = resolve_adapter(model, clip=texts is not None, processor=processor)
     driver = Driver(adapter, method, precision=precision, **options)
     tensor, pictures, boxes = _prepared(driver.adapter, images)
+    kept: dict[str, Any] = {"pictures": pictures, "boxes": boxes, "sources": _sources(images), "model": adapter.name}
     if driver.clip:
         if texts is None:
             raise UsageError("a CLIP model explains images against texts: pass texts=[...]")
         if target is not None or targets is not None or top_k != 1:
             raise UsageError("target=, targets= and top_k= are for classifiers; a CLIP is explained per text")
-        return replace(driver.explain_texts(tensor, list(texts)), pictures=pictures, boxes=boxes)
+        return replace(driver.explain_texts(tensor, list(texts)), **kept)
     if texts is not None:
         raise UsageError(f"{adapter.name} is a classifier; texts= is for CLIP models (use target=)")
     wanted = _class_targets(driver.adapter, tensor.shape[0], target, targets, top_k)
-    explanation = replace(driver.explain(tensor, wanted, top_k=top_k), pictures=pictures, boxes=boxes)
+    explanation = replace(driver.explain(tensor, wanted, top_k=top_k), classes=getattr(adapter, "num_classes", None),
+                          **kept)
     return explanation if targets is not None or top_k != 1 else explanation.squeeze()
 
 
@@ -210,6 +212,16 @@ def evaluate(model: Any, images: Any, method: Union[str, Sequence[str]],
 
     return run(model, images, method, protocol, target, labels, masks, texts, mean, std, batch_size, tolerance,
                processor)
+
+
+def _sources(images: Any) -> list[str] | None:
+    """The paths of the images when every one was given as a path (what ``save`` names the inputs by)."""
+    import os
+
+    items = [images] if isinstance(images, (str, os.PathLike)) else images
+    if isinstance(items, (list, tuple)) and items and all(isinstance(item, (str, os.PathLike)) for item in items):
+        return [str(item) for item in items]
+    return None
 
 
 def _prepared(adapter: Adapter, images: Images) -> tuple[torch.Tensor, list[Any] | None, list[Any] | None]:

@@ -11,7 +11,7 @@ driver's tensors.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from heatmap.explainers.driver import Driver
+    from heatmap.explainers.driver import ClipExplanation, Driver, Explanation
     from heatmap.models.protocols import Adapter, Box
     from heatmap.render.gallery import Tile
 
@@ -144,52 +144,61 @@ class Pipeline:
     def _records(self, tensor: torch.Tensor, boxes: list[Box | None],
                  targets: Sequence[Sequence[int]] | None) -> list[list[MapRecord]]:
         if self.texts is not None:
-            return self._clip_records(tensor, boxes)
+            return clip_records(self.driver.explain_texts(tensor, self.texts), boxes, self.target_name,
+                                self.truncated_texts())
         wanted = targets if targets is not None else (
             None if self.targets is None else [self.targets] * tensor.shape[0])
         explanation = self.driver.explain(tensor, wanted, top_k=self.top_k)
-        maps = explanation.maps.float().numpy()
-        classes = getattr(self.driver.adapter, "num_classes", None)
-        records = []
-        for i, box in enumerate(boxes):
-            row = []
-            for k, target in enumerate(explanation.targets[i].tolist()):
-                chosen = {} if wanted is not None else {"top_k": self.top_k, "rank": k}
-                label, score = explanation.labels[i][k], float(explanation.scores[i, k])
-                fields = {"target": target, "label": label, "score": score, **chosen}
-                if explanation.probabilities is not None and explanation.class_ranks is not None:
-                    fields.update(probability=float(explanation.probabilities[i, k]),
-                                  class_rank=int(explanation.class_ranks[i, k]), classes=classes)
-                row.append(MapRecord(maps[i, k], self.target_name(target), box, target, label, score,
-                                     fields=fields))
-            records.append(row)
-        return records
+        return classifier_records(explanation, boxes, self.target_name, None if wanted is not None else self.top_k,
+                                  getattr(self.driver.adapter, "num_classes", None))
 
-    def _clip_records(self, tensor: torch.Tensor, boxes: list[Box | None]) -> list[list[MapRecord]]:
-        assert self.texts is not None
-        explanation = self.driver.explain_texts(tensor, self.texts)
-        truncated = self.truncated_texts()
-        maps = explanation.maps.float().numpy()
-        probabilities = explanation.probabilities
-        records = []
-        for i, box in enumerate(boxes):
-            row = []
-            for t, text in enumerate(self.texts):
-                logit = float(explanation.logits[i, t])
-                pieces = explanation.word_pieces[t]
-                relevance = (None if explanation.text_relevance is None
-                             else explanation.text_relevance[i][t].float().numpy())
-                fields = {"text": text, "text_index": t, "logit": logit,
-                          "probability": float(probabilities[i, t]), "word_pieces": pieces,
-                          "token_relevance": None if relevance is None else relevance.tolist(),
-                          "truncated": text in truncated}
-                if relevance is None:
-                    fields["token_relevance_left_out"] = (
-                        f"{explanation.method} explains the image tower only; it defines no text-token relevance")
-                row.append(MapRecord(maps[i, t], self.target_name(t), box, t, text, logit, fields=fields,
-                                     word_pieces=pieces, token_relevance=relevance))
-            records.append(row)
-        return records
+
+def classifier_records(explanation: Explanation, boxes: Sequence[Box | None], target_name: Callable[[int], str],
+                       top_k: int | None, classes: int | None) -> list[list[MapRecord]]:
+    """Per image, one record per target of a classifier explanation (``maps`` ``[B, K, ...]``).
+
+    ``top_k``: the K of a top-k run (its records say ``top_k`` and ``rank``), None for classes asked by name.
+    """
+    maps = explanation.maps.float().numpy()
+    records = []
+    for i, box in enumerate(boxes):
+        row = []
+        for k, target in enumerate(explanation.targets[i].tolist()):
+            chosen = {} if top_k is None else {"top_k": top_k, "rank": k}
+            label, score = explanation.labels[i][k], float(explanation.scores[i, k])
+            fields = {"target": target, "label": label, "score": score, **chosen}
+            if explanation.probabilities is not None and explanation.class_ranks is not None:
+                fields.update(probability=float(explanation.probabilities[i, k]),
+                              class_rank=int(explanation.class_ranks[i, k]), classes=classes)
+            row.append(MapRecord(maps[i, k], target_name(target), box, target, label, score, fields=fields))
+        records.append(row)
+    return records
+
+
+def clip_records(explanation: ClipExplanation, boxes: Sequence[Box | None], target_name: Callable[[int], str],
+                 truncated: Sequence[str] = ()) -> list[list[MapRecord]]:
+    """Per image, one record per text of a CLIP explanation."""
+    maps = explanation.maps.float().numpy()
+    probabilities = explanation.probabilities
+    records = []
+    for i, box in enumerate(boxes):
+        row = []
+        for t, text in enumerate(explanation.texts):
+            logit = float(explanation.logits[i, t])
+            pieces = explanation.word_pieces[t]
+            relevance = (None if explanation.text_relevance is None
+                         else explanation.text_relevance[i][t].float().numpy())
+            fields = {"text": text, "text_index": t, "logit": logit,
+                      "probability": float(probabilities[i, t]), "word_pieces": pieces,
+                      "token_relevance": None if relevance is None else relevance.tolist(),
+                      "truncated": text in truncated}
+            if relevance is None:
+                fields["token_relevance_left_out"] = (
+                    f"{explanation.method} explains the image tower only; it defines no text-token relevance")
+            row.append(MapRecord(maps[i, t], target_name(t), box, t, text, logit, fields=fields,
+                                 word_pieces=pieces, token_relevance=relevance))
+        records.append(row)
+    return records
 
 
 @dataclass

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,7 +45,7 @@ from heatmap.models.protocols import (
     is_classifier,
     is_image_text,
 )
-from heatmap.outputs import OVERLAY_SIZE, scaled_down
+from heatmap.outputs import OVERLAY_SIZE
 
 
 @dataclass
@@ -64,6 +65,9 @@ class Explanation:
         options: the method's options as used (start layer as given).
         probabilities: each target's softmax probability over all classes ``[B, K]``.
         class_ranks: how many classes score higher than each target ``[B, K]`` (0: the top class).
+        pictures, boxes, sources: the pictures explained, the crop box the model saw of each, and their paths
+            (when given as paths): what ``overlay``, ``panel``, ``show`` and ``save`` draw from.
+        model, classes: the model's name and its number of classes.
     """
 
     maps: torch.Tensor
@@ -76,6 +80,9 @@ class Explanation:
     class_ranks: torch.Tensor | None = None
     pictures: list[Any] | None = field(default=None, repr=False)
     boxes: list[Box] | None = field(default=None, repr=False)
+    sources: list[str] | None = field(default=None, repr=False)
+    model: str | None = None
+    classes: int | None = None
 
     def __repr__(self) -> str:
         return (f"Explanation(method={self.method!r}, maps={list(self.maps.shape)} {str(self.maps.dtype)[6:]}, "
@@ -87,11 +94,29 @@ class Explanation:
 
         Only for pictures given as paths or PIL images (a tensor has no picture).
         """
+        from heatmap.results import overlay_picture
+
         maps = self.maps if self.maps.dim() == 4 else self.maps[:, None]
         return overlay_picture(self.pictures, self.boxes, maps, i, k, colormap, alpha, max_side)
 
+    def panel(self, i: int = 0, k: int = 0, colormap: str = "jet", alpha: float = 0.5) -> Image.Image:
+        """Image ``i``'s labelled panel for its ``k``-th target, as the CLI's ``--panel`` draws it."""
+        from heatmap.results import panel_picture
+
+        return panel_picture(self, i, k, colormap, alpha)
+
+    def save(self, folder: str | Path, colormap: str = "jet", alpha: float = 0.5, overlay_size: int = OVERLAY_SIZE,
+             panel: bool = False) -> list[dict[str, Any]]:
+        """Write the CLI's files (``.npy``, overlay, panel when asked) and manifest lines into ``folder``;
+        return the manifest entries (``heatmap compare`` and ``heatmap report`` read the folder)."""
+        from heatmap.results import save
+
+        return save(self, Path(folder), colormap, alpha, overlay_size, panel)
+
     def show(self, colormap: str = "jet", alpha: float = 0.5) -> Any:
         """Every overlay in one matplotlib figure, titled with its class and score (for notebooks); returns it."""
+        from heatmap.results import show_grid
+
         maps = self.maps if self.maps.dim() == 4 else self.maps[:, None]
         labels = [row if isinstance(row, list) else [row] for row in self.labels]
         targets = self.targets.reshape(maps.shape[0], -1).tolist()
@@ -139,6 +164,8 @@ class ClipExplanation:
     independent_texts: bool = False
     pictures: list[Any] | None = field(default=None, repr=False)
     boxes: list[Box] | None = field(default=None, repr=False)
+    sources: list[str] | None = field(default=None, repr=False)
+    model: str | None = None
 
     def __repr__(self) -> str:
         return (f"ClipExplanation(method={self.method!r}, maps={list(self.maps.shape)} {str(self.maps.dtype)[6:]}, "
@@ -147,10 +174,28 @@ class ClipExplanation:
     def overlay(self, i: int = 0, t: int = 0, colormap: str = "jet", alpha: float = 0.5,
                 max_side: int = OVERLAY_SIZE) -> Image.Image:
         """Image ``i``'s map for text ``t`` over the picture, placed as the CLI places it (the crop box)."""
+        from heatmap.results import overlay_picture
+
         return overlay_picture(self.pictures, self.boxes, self.maps, i, t, colormap, alpha, max_side)
+
+    def panel(self, i: int = 0, t: int = 0, colormap: str = "jet", alpha: float = 0.5) -> Image.Image:
+        """Image ``i``'s labelled panel for text ``t`` (with the token strip), as the CLI's ``--panel`` draws it."""
+        from heatmap.results import panel_picture
+
+        return panel_picture(self, i, t, colormap, alpha)
+
+    def save(self, folder: str | Path, colormap: str = "jet", alpha: float = 0.5, overlay_size: int = OVERLAY_SIZE,
+             panel: bool = False) -> list[dict[str, Any]]:
+        """Write the CLI's files (``.npy``, overlay, token strip, panel when asked) and manifest lines into
+        ``folder``; return the manifest entries."""
+        from heatmap.results import save
+
+        return save(self, Path(folder), colormap, alpha, overlay_size, panel)
 
     def show(self, colormap: str = "jet", alpha: float = 0.5) -> Any:
         """Every overlay in one matplotlib figure, titled with its text and probability (for notebooks)."""
+        from heatmap.results import show_grid
+
         probabilities = self.probabilities.tolist()
         titles = [[f"{text}  p {probabilities[i][t]:.2f}" for t, text in enumerate(self.texts)]
                   for i in range(self.maps.shape[0])]
@@ -161,37 +206,6 @@ class ClipExplanation:
         """``[B, T]``, as the model reads its logits: a softmax over the given texts (CLIP), or each pair's
         sigmoid (SigLIP)."""
         return self.logits.sigmoid() if self.independent_texts else self.logits.softmax(dim=1)
-
-
-def overlay_picture(pictures: list[Any] | None, boxes: list[Box] | None, maps: torch.Tensor, i: int, k: int,
-                    colormap: str, alpha: float, max_side: int) -> Image.Image:
-    """The overlay the CLI writes for map ``maps[i, k]`` (``heatmap.outputs.OverlayWriter``'s steps)."""
-    from heatmap.render import overlay
-
-    if pictures is None or boxes is None:
-        raise UsageError("an overlay needs the pictures: explain paths or PIL images, not a tensor")
-    if not (0 <= i < maps.shape[0] and 0 <= k < maps.shape[1]):
-        raise UsageError(f"no map ({i}, {k}): there are {maps.shape[0]} images with {maps.shape[1]} maps each")
-    picture, box = scaled_down(pictures[i], boxes[i], max_side)
-    return overlay(picture, maps[i, k].float().numpy(), box, colormap, alpha)
-
-
-def show_grid(pictures: list[Any] | None, boxes: list[Box] | None, maps: torch.Tensor, titles: list[list[str]],
-              method: str, colormap: str, alpha: float) -> Any:
-    """One row per image, one column per target: each overlay with its title; shown, and returned."""
-    import matplotlib.pyplot as plt
-
-    rows, columns = maps.shape[:2]
-    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
-    for i in range(rows):
-        for k in range(columns):
-            axes[i][k].imshow(overlay_picture(pictures, boxes, maps, i, k, colormap, alpha, OVERLAY_SIZE))
-            axes[i][k].set_title(titles[i][k], fontsize=9)
-            axes[i][k].axis("off")
-    figure.suptitle(method)
-    figure.tight_layout()
-    plt.show()
-    return figure
 
 
 def _cpu(tensor: torch.Tensor | None) -> torch.Tensor | None:

@@ -91,3 +91,34 @@ def test_show_draws_every_overlay_with_its_title(demo):
     titles = [axis.get_title() for axis in figure.axes]
     assert len(titles) == 4 and titles[0].startswith("heart  logit ") and titles[3].startswith("cross  logit ")
     plt.close(figure)
+
+
+def test_save_writes_the_clis_files_and_panel_draws_the_clis_panel(demo, tmp_path):
+    cli_out, api_out = tmp_path / "cli", tmp_path / "api"
+    result = console_script("chefer-generic", PHOTO, "--model", "demo", "--target", "heart", "--target", "cross",
+                            "--panel", "-o", cli_out)
+    assert result.returncode == 0, result.stderr
+    api = heatmap.explain(demo, PHOTO, "chefer-generic", targets=["heart", "cross"])
+    entries = api.save(api_out, panel=True)
+    cli_entries = [json.loads(line) for line in (cli_out / "manifest.jsonl").read_text().splitlines()]
+    assert [entry["label"] for entry in entries] == [entry["label"] for entry in cli_entries] == ["heart", "cross"]
+    assert [json.loads(line) for line in (api_out / "manifest.jsonl").read_text().splitlines()] == entries
+    for k, (mine, theirs) in enumerate(zip(entries, cli_entries, strict=True)):
+        assert mine["input"] == theirs["input"] == PHOTO
+        assert {key: mine[key] for key in ("target", "score", "probability", "class_rank", "classes", "map_shape")} \
+            == {key: theirs[key] for key in ("target", "score", "probability", "class_rank", "classes", "map_shape")}
+        # the same map and the same pictures, drawn by the same writers
+        assert (api_out / mine["files"]["npy"]).read_bytes() == (cli_out / theirs["files"]["npy"]).read_bytes()
+        for kind in ("png", "panel"):
+            assert np.array_equal(np.asarray(Image.open(api_out / mine["files"][kind])),
+                                  np.asarray(Image.open(cli_out / theirs["files"][kind]))), kind
+        assert np.array_equal(np.asarray(api.panel(0, k)), np.asarray(Image.open(cli_out / theirs["files"]["panel"])))
+
+
+def test_a_clip_result_saves_its_token_strips_and_pil_inputs_get_names(tmp_path):
+    clip = heatmap.load_clip("demo", device="cpu")
+    result = heatmap.explain(clip, [Image.open(SCENE)], "chefer-generic", texts=["a red heart", "a pink cross"])
+    entries = result.save(tmp_path)
+    assert [entry["input"] for entry in entries] == ["image0", "image0"]
+    assert all({"npy", "png", "tokens"} <= set(entry["files"]) for entry in entries)
+    assert result.panel(0, 1).width > 2 * 256  # two enlarged tiles and the colour bar
