@@ -387,6 +387,20 @@ def compare(
     exit_with(lambda: run_compare(request), debug, json)
 
 
+def _register_report() -> None:
+    """``heatmap report`` (its options in ``cli/report.py``)."""
+    from heatmap.cli.report import report
+
+    app.command("report", no_args_is_help=True, cls=GroupedCommand, epilog=examples(
+        "heatmap report runs/chefer-generic",
+        "heatmap report runs/vit runs/deit -o models.html --embed",
+        "heatmap report baseline/ candidate/ --compare -o drift.html",
+        "heatmap report heatmap-eval"))(report)
+
+
+_register_report()
+
+
 PROTOCOL_NAMES = ("perturbation", "deletion-insertion", "pointing", "energy-pointing", "segmentation")
 
 

@@ -387,7 +387,22 @@ def _run(request: ClassifierRequest | ClipRequest, load: Callable[[], Any], what
             _print_classifier_summary(entries, writer.out_dir)
     summary = run.finish()
     _record_run(request, summary, driver, model_name, identity, pipeline.precision)
+    if request.report and not summary.interrupted:
+        _write_report(request)
     return summary
+
+
+def _write_report(request: RunRequest) -> None:
+    """``--report``: the folder's page, after the run (a page that cannot be written loses no map)."""
+    from heatmap.report import write_run_report
+
+    try:
+        page = write_run_report(Path(request.out))
+    except (HeatmapError, OSError) as error:
+        console.say_failed(f"cannot write the report of {request.out}: {error}")
+        return
+    if request.chatty:
+        console.stderr.print(f"report: {escape(str(page))}", highlight=False, soft_wrap=True)
 
 
 def _writers(request: RunRequest, model: str, value_range: tuple[float, float] | None) -> list[Any]:
