@@ -134,8 +134,7 @@ def explain(model: Any, images: Images, method: str = "chefer-generic",
     if texts is not None:
         raise UsageError(f"{adapter.name} is a classifier; texts= is for CLIP models (use target=)")
     wanted = _class_targets(driver.adapter, tensor.shape[0], target, targets, top_k)
-    explanation = replace(driver.explain(tensor, wanted, top_k=top_k), classes=getattr(adapter, "num_classes", None),
-                          **kept)
+    explanation = replace(driver.explain(tensor, wanted, top_k=top_k), **kept)
     return explanation if targets is not None or top_k != 1 else explanation.squeeze()
 
 

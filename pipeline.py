@@ -149,12 +149,11 @@ class Pipeline:
         wanted = targets if targets is not None else (
             None if self.targets is None else [self.targets] * tensor.shape[0])
         explanation = self.driver.explain(tensor, wanted, top_k=self.top_k)
-        return classifier_records(explanation, boxes, self.target_name, None if wanted is not None else self.top_k,
-                                  getattr(self.driver.adapter, "num_classes", None))
+        return classifier_records(explanation, boxes, self.target_name, None if wanted is not None else self.top_k)
 
 
 def classifier_records(explanation: Explanation, boxes: Sequence[Box | None], target_name: Callable[[int], str],
-                       top_k: int | None, classes: int | None) -> list[list[MapRecord]]:
+                       top_k: int | None) -> list[list[MapRecord]]:
     """Per image, one record per target of a classifier explanation (``maps`` ``[B, K, ...]``).
 
     ``top_k``: the K of a top-k run (its records say ``top_k`` and ``rank``), None for classes asked by name.
@@ -169,7 +168,7 @@ def classifier_records(explanation: Explanation, boxes: Sequence[Box | None], ta
             fields = {"target": target, "label": label, "score": score, **chosen}
             if explanation.probabilities is not None and explanation.class_ranks is not None:
                 fields.update(probability=float(explanation.probabilities[i, k]),
-                              class_rank=int(explanation.class_ranks[i, k]), classes=classes)
+                              class_rank=int(explanation.class_ranks[i, k]), classes=explanation.classes)
             row.append(MapRecord(maps[i, k], target_name(target), box, target, label, score, fields=fields))
         records.append(row)
     return records

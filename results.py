@@ -126,7 +126,7 @@ def records(explanation: Explanation | ClipExplanation) -> list[list[MapRecord]]
     boxes: list[Box | None] = list(explanation.boxes) if explanation.boxes else [None] * count
     if isinstance(explanation, ClipExplanation):
         return clip_records(explanation, boxes, str)
-    return classifier_records(explanation, boxes, str, None, explanation.classes)
+    return classifier_records(explanation, boxes, str, None)
 
 
 def with_target_axis(explanation: Any) -> Any:

@@ -351,7 +351,9 @@ def gallery(
 _thresholds = Thresholds()
 
 
-@app.command("compare", no_args_is_help=True)
+@app.command("compare", no_args_is_help=True, cls=GroupedCommand, epilog=examples(
+    "heatmap compare snapshots/ heatmaps/",
+    "heatmap compare snapshots/ heatmaps/ --max-diff 0.05 --report junit.xml --html compare.html"))
 def compare(
     baseline: Annotated[Path, typer.Argument(
         exists=True, file_okay=False, help="Output folder of the reference run (e.g. committed).", show_default=False)],
@@ -371,6 +373,10 @@ def compare(
     diff_dir: Annotated[Optional[Path], typer.Option(
         file_okay=False, help="Write baseline | candidate | difference pictures of the failed entries here.",
         show_default=False)] = None,
+    html: Annotated[Optional[Path], typer.Option(
+        dir_okay=False, metavar="FILE.html", help="Write the comparison's HTML page here: pass/fail and thresholds "
+        "first, the failed entries first, baseline | candidate | |difference| on one colour scale.",
+        show_default=False)] = None,
     quiet: Quiet = False,
     json: Json = False,
     debug: Debug = False,
@@ -383,7 +389,7 @@ def compare(
     from heatmap.cli.compare import CompareRequest, run_compare
 
     request = CompareRequest(baseline, candidate, Thresholds(max_diff, min_corr, min_top_iou), report, diff_dir,
-                             output_mode(quiet, json))
+                             output_mode(quiet, json), html)
     exit_with(lambda: run_compare(request), debug, json)
 
 
@@ -470,6 +476,9 @@ def evaluate(
     recursive: Annotated[bool, typer.Option(
         "--recursive", "-r", rich_help_panel=BATCH, help="Search folders in their subfolders.")
                          ] = False,
+    report: Annotated[bool, typer.Option(
+        "--report", rich_help_panel=OUTPUTS,
+        help="Also write report.html in --out: the figures, the curves and each method's worst images.")] = False,
     quiet: Quiet = False,
     json: Json = False,
     debug: Debug = False,
@@ -490,7 +499,7 @@ def evaluate(
             clip=clip, methods=list(method or []), protocols=list(protocol or []), target=target, labels=labels,
             masks=masks, texts=read_texts(text or [], texts_file) if (text or texts_file) else [],
             demo_world=demo_world, seed=seed, tolerance=tolerance, out=out, batch_size=batch_size,
-            device=device.value, recursive=recursive, output=output_mode(quiet, json))
+            device=device.value, recursive=recursive, output=output_mode(quiet, json), report=report)
         return run_eval(request)
 
     exit_with(run, debug, json)

@@ -590,7 +590,7 @@ def _record_run(request: RunRequest, summary: RunSummary, driver: Any, model: st
 
         device_name += f" ({torch.cuda.get_device_name(device)})"
     started = datetime.now(timezone.utc) - timedelta(seconds=summary.seconds)
-    line = {"command": request.command, "started": started.isoformat(timespec="seconds"),
+    line = {"command": request.command, "cwd": os.getcwd(), "started": started.isoformat(timespec="seconds"),
             "seconds": round(summary.seconds, 2), "versions": versions, "model": model, "weights": weights,
             "kind": "clip" if isinstance(request, ClipRequest) else "classifier", "method": request.method,
             "options": driver.options, "precision": precision, "device": device_name, "scale": request.scale,

@@ -346,7 +346,8 @@ class Driver:
         maps, scored, _ = self._run(images, lambda: adapter.score(images, wanted, top_k))
         return Explanation(maps=maps, targets=scored.targets.cpu(), scores=scored.scores.detach().cpu(),
                            labels=scored.labels, method=self.method.name, options=dict(self.options),
-                           probabilities=_cpu(scored.probabilities), class_ranks=_cpu(scored.class_ranks))
+                           probabilities=_cpu(scored.probabilities), class_ranks=_cpu(scored.class_ranks),
+                           classes=scored.classes)
 
     def explain_texts(self, images: torch.Tensor, texts: Sequence[str]) -> ClipExplanation:
         """Explain every image against every text (a CLIP).

@@ -53,7 +53,7 @@ class ClassifierBase(AdapterBase):
         probabilities = plain.softmax(dim=1).gather(1, targets)
         class_ranks = (plain[:, None, :] > scores.detach()[:, :, None]).sum(dim=2)
         return Scored(scores=scores, targets=targets, labels=labels, towers=[side], probabilities=probabilities,
-                      class_ranks=class_ranks)
+                      class_ranks=class_ranks, classes=int(logits.shape[1]))
 
     def _targets(self, logits: torch.Tensor, targets: torch.Tensor | None, top_k: int) -> torch.Tensor:
         num_classes = logits.shape[1]

@@ -161,6 +161,7 @@ class Scored:
         word_pieces: CLIP: per text, its word pieces between start and end-of-text.
         probabilities: classifiers: ``[B, K]``, each target's softmax probability over all classes.
         class_ranks: classifiers: ``[B, K]``, how many classes score higher than the target (0: the top class).
+        classes: classifiers: how many classes the model has.
     """
 
     scores: torch.Tensor
@@ -170,6 +171,7 @@ class Scored:
     word_pieces: list[list[str]] | None = None
     probabilities: torch.Tensor | None = None
     class_ranks: torch.Tensor | None = None
+    classes: int | None = None
 
 
 # Adapter, its two kinds and Tower are runtime-checkable: ``isinstance`` says whether an object has every

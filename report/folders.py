@@ -53,15 +53,22 @@ def input_file(name: str, folder: Path) -> Path | None:
     """The picture a manifest or eval line names, where it can be found; None when nowhere.
 
     Inputs are recorded as they were given, relative to where the command ran:
-    tried as given (from here), then from the output folder and each folder above it.
+    tried from there (each run's ``cwd`` in ``runs.jsonl``), as given (from here), then from
+    the output folder and each folder above it.
     """
     path = Path(name)
     if path.is_absolute():
         return path if path.is_file() else None
-    for base in (Path.cwd(), folder.absolute(), *folder.absolute().parents):
+    for base in (*recorded_folders(folder.absolute()), Path.cwd(), folder.absolute(), *folder.absolute().parents):
         if (base / path).is_file():
             return base / path
     return None
+
+
+def recorded_folders(folder: Path) -> tuple[Path, ...]:
+    """The folders the runs into ``folder`` ran in (``cwd`` of its ``runs.jsonl`` lines), latest first."""
+    folders = [Path(run["cwd"]) for run in reversed(json_lines(folder / RUNS_LOG)) if isinstance(run.get("cwd"), str)]
+    return tuple(dict.fromkeys(folders))
 
 
 @dataclass
