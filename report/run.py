@@ -18,7 +18,7 @@ from typing import Any
 
 from heatmap.report.folders import RunFolder, input_file
 from heatmap.report.images import TOKEN_STRIP_BOX, PictureStore
-from heatmap.report.page import escape, facts, json_block
+from heatmap.report.page import escape, json_block
 
 # What tells two columns of one method apart, besides the target: shown in a column's heading where it varies.
 DESCRIBING_FIELDS = ("folder", "model", "weights", "precision", "options")
@@ -136,8 +136,7 @@ def settings_html(folder: RunFolder) -> str:
     parts = [f'<h2>{escape(folder.path.name or folder.path)} <span class="muted small mono">'
              f"{escape(folder.path)}</span></h2>"]
     if folder.runs:
-        for run in folder.runs:
-            parts.append(_run_html(run))
+        parts.append(runs_html(folder.runs))
     else:
         configurations: dict[tuple[str, ...], int] = {}
         for entry in folder.entries:
@@ -159,29 +158,51 @@ def settings_html(folder: RunFolder) -> str:
     return "".join(parts)
 
 
-def _run_html(run: dict[str, Any]) -> str:
+RUN_COLUMNS = ("started", "command", "model", "method", "precision", "device", "maps", "took", "exit")
+
+
+def runs_html(runs: list[dict[str, Any]]) -> str:
+    """The folder's runs, one table row each (``runs.jsonl``), the library versions they used under it,
+    then each run's failures with their messages."""
+    rows = "".join("<tr>" + "".join(f'<td class="{"mono small" if name == "command" else ""}">{escape(value)}</td>'
+                                    for name, value in _run_cells(run).items()) + "</tr>"
+                   for run in runs)
+    head = "".join(f"<th>{name}</th>" for name in RUN_COLUMNS)
+    versions: dict[str, str] = {}
+    for run in runs:
+        if isinstance(run.get("versions"), dict):
+            versions.update({str(name): str(value) for name, value in run["versions"].items() if value})
+    parts = [f'<table class="list runs"><tr>{head}</tr>{rows}</table>']
+    if versions:
+        listed = ", ".join(f"{name} {value}" for name, value in sorted(versions.items()))
+        parts.append(f'<p class="muted small">versions: {escape(listed)}</p>')
+    for run in runs:
+        failures = run.get("failures") or []
+        if isinstance(failures, list) and failures:
+            listed = "".join(f"<li>{escape(message)}</li>" for message in failures)
+            parts.append(f'<h3 class="problems">{len(failures)} failure(s) of the run started '
+                         f'{escape(run.get("started", "?"))}</h3><ul class="failures">{listed}</ul>')
+    return "".join(parts)
+
+
+def _run_cells(run: dict[str, Any]) -> dict[str, Any]:
     command = run.get("command")
-    command_text = shlex.join(map(str, command)) if isinstance(command, list) else command
-    versions = run.get("versions")
-    versions_text = ", ".join(f"{name} {value}" for name, value in versions.items() if value) \
-        if isinstance(versions, dict) else versions
     options = run.get("options")
-    counts = ", ".join(f"{run[name]} {name}" for name in ("inputs", "explained", "skipped", "maps")
-                       if run.get(name) is not None)
     seconds = run.get("seconds")
-    table = facts([
-        ("command", command_text), ("started", run.get("started")),
-        ("took", f"{float(seconds):.1f} s" if isinstance(seconds, (int, float)) else seconds),
-        ("model", run.get("model")), ("weights", short_weights(str(run["weights"])) if run.get("weights") else None),
-        ("kind", run.get("kind")), ("method", run.get("method")),
-        ("options", options_text(json.dumps(options, sort_keys=True)) if isinstance(options, dict) else options),
-        ("precision", run.get("precision")), ("device", run.get("device")), ("counts", counts or None),
-        ("exit code", run.get("exit_code")), ("versions", versions_text)])
-    failures = run.get("failures") or []
-    listed = "".join(f"<li>{escape(message)}</li>" for message in failures) if isinstance(failures, list) else ""
-    failed = (f'<h3 class="problems">{len(failures)} failure(s)</h3><ul class="failures">{listed}</ul>'
-              if listed else "")
-    return f'<div class="run">{table}{failed}</div>'
+    method = str(run.get("method") or "")
+    if isinstance(options, dict) and options:
+        method += f" ({options_text(json.dumps(options, sort_keys=True))})"
+    model = str(run.get("model") or "")
+    if run.get("weights"):
+        model += f" · {short_weights(str(run['weights']))}"
+    counts = (f"{run.get('maps', '?')} of {run.get('explained', '?')} input(s)"
+              + (f", {run['skipped']} skipped" if run.get("skipped") else "")
+              + (f", {len(run['failures'])} failed" if run.get("failures") else ""))
+    return {"started": str(run.get("started", "")).replace("T", " ").removesuffix("+00:00"),
+            "command": shlex.join(map(str, command)) if isinstance(command, list) and command else command or "",
+            "model": model, "method": method, "precision": run.get("precision", ""), "device": run.get("device", ""),
+            "maps": counts, "took": f"{float(seconds):.1f} s" if isinstance(seconds, (int, float)) else "",
+            "exit": run.get("exit_code", "")}
 
 
 GRID = """

@@ -249,9 +249,9 @@ def test_run_settings_come_from_runs_jsonl_else_from_the_manifest(tmp_path: Path
     (run / "runs.jsonl").write_text(json.dumps(record) + "\nnot json\n", encoding="utf-8")
     page = write_run_report(run).read_text(encoding="utf-8")
     assert "No runs.jsonl here" not in page
-    for shown in ("heatmap rollout &#x27;in dir/a.png&#x27; --model demo", "2026-01-02T03:04:05Z", "12.3 s",
-                  "vit-heatmap 0.1.0, torch 2.5.0", "sha256:abababababab<", "3 inputs, 2 explained, 0 skipped, 2 maps",
-                  "<th>exit code</th><td>1</td>", "1 failure(s)",
+    for shown in ("heatmap rollout &#x27;in dir/a.png&#x27; --model demo", "2026-01-02 03:04:05Z", "12.3 s",
+                  "torch 2.5.0, vit-heatmap 0.1.0", "demo · sha256:abababababab<", "2 of 2 input(s), 1 failed",
+                  "rollout (start_layer=0)", "<th>exit</th></tr>", '<td class="">1</td></tr>', "1 failure(s)",
                   "<li>in dir/b.png: cannot read the image; check the file</li>"):
         assert shown in page, shown
 
