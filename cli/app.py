@@ -425,7 +425,8 @@ def evaluate(
         show_default="vit_base_patch16_224; demo with --demo-world")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(
         rich_help_panel=MODEL,
-        exists=True, dir_okay=False, help="Local weights for a classifier --model.", show_default=False)] = None,
+        exists=True, dir_okay=False, metavar="FILE",
+        help="Local weights for a classifier --model.", show_default=False)] = None,
     pretrained: Annotated[Optional[str], typer.Option(
         rich_help_panel=MODEL,
         metavar="TAG|FILE", help="A CLIP's pretrained tag or local checkpoint file.", show_default=False)] = None,
@@ -446,18 +447,20 @@ def evaluate(
              "--labels.")] = "predicted",
     labels: Annotated[Optional[Path], typer.Option(
         rich_help_panel=EVALUATED,
-        exists=True, dir_okay=False, help="CSV image,label (index or name; a row per object).",
+        exists=True, dir_okay=False, metavar="FILE", help="CSV image,label (index or name; a row per object).",
         show_default=False)] = None,
     masks: Annotated[Optional[Path], typer.Option(
         rich_help_panel=EVALUATED,
-        file_okay=False, help="Object masks: <stem>.png, or <stem>.<label>.png per object (nonzero = object).",
+        file_okay=False, metavar="DIR",
+        help="Object masks: <stem>.png, or <stem>.<label>.png per object (nonzero = object).",
         show_default=False)] = None,
     text: Annotated[Optional[list[str]], typer.Option(
         rich_help_panel=EVALUATED,
         metavar="TEXT", help="A CLIP's candidate text; repeat for several.", show_default=False)] = None,
     texts_file: Annotated[Optional[Path], typer.Option(
         rich_help_panel=EVALUATED,
-        exists=True, dir_okay=False, help="A file of candidate texts, one per line.", show_default=False)] = None,
+        exists=True, dir_okay=False, metavar="FILE",
+        help="A file of candidate texts, one per line.", show_default=False)] = None,
     demo_world: Annotated[Optional[int], typer.Option(
         rich_help_panel=EVALUATED,
         metavar="N",
