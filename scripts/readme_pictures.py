@@ -14,6 +14,9 @@ open_clip run of the same scene and texts: ``demo_clip_transformers.png``
 (needs the ``hf`` extra). And the labelled panel ``--panel`` writes, of
 the CLIP run's best text (``demo_panel_clip.png``) and of a class the
 classifier does not predict in the two-object scene (``demo_panel.png``).
+Last, a screenshot of ``heatmap report`` of two methods' runs on the four
+shipped scenes, taken by headless Chromium when there is one
+(``report_run.png``).
 """
 
 from __future__ import annotations
@@ -47,6 +50,24 @@ def every_method() -> Image.Image:
                     "--quiet"], check=True)
     (picture,) = folder.glob("*.gallery.*.png")
     return Image.open(picture)
+
+
+def report_screenshot(path: Path) -> None:
+    """``heatmap report`` of chefer-generic's top-2 and rollout's top-1 on the four scenes, as Chromium shows it."""
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        print("no Chromium found: report_run.png left as it is")
+        return
+    folder = Path(tempfile.mkdtemp()) / "demo-run"
+    for method, targets in (("chefer-generic", ["--top-k", "2"]), ("rollout", [])):
+        subprocess.run(["heatmap", method, "sample_images/shapes_00*.png", "--model", "demo", *targets, "--panel", "-o",
+                        str(folder), "-q"], check=True, cwd=ROOT)
+    subprocess.run(["heatmap", "report", str(folder), "-q"], check=True)
+    subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1200,1050", f"--screenshot={path}", (folder / "report.html").as_uri()],
+                   check=True, capture_output=True)
 
 
 def strip(pictures: list[Image.Image]) -> Image.Image:
@@ -112,8 +133,9 @@ def main() -> None:
     records, folder = run(["clip", str(SCENE), *texts, "--panel"])
     best = max(records, key=lambda record: record["logit"])
     Image.open(folder / best["files"]["panel"]).save(args.out / "demo_panel_clip.png")
+    report_screenshot(args.out / "report_run.png")
     print(f"wrote demo_chefer_generic.png, demo_clip.png, demo_clip_transformers.png, demo_all_methods.png, "
-          f"demo_panel.png and demo_panel_clip.png in {args.out}")
+          f"demo_panel.png, demo_panel_clip.png and report_run.png in {args.out}")
 
 
 if __name__ == "__main__":
