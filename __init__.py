@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from heatmap.evaluation.api import EvalResult
     from heatmap.explainers.driver import ClipExplanation, Explanation
     from heatmap.models.protocols import Adapter
 
@@ -176,7 +177,7 @@ def evaluate(model: Any, images: Any, method: Union[str, Sequence[str]],
              labels: Sequence[Any] | None = None, masks: Sequence[Any] | None = None,
              texts: Sequence[str] | None = None, mean: Sequence[float] | None = None,
              std: Sequence[float] | None = None, batch_size: int = 32, tolerance: int = 0,
-             processor: Any = None) -> list[Any]:
+             processor: Any = None, seed: int = 0, bootstrap: int = 1000) -> EvalResult:
     """Measure how far ``method``'s maps can be trusted on ``model`` (docs/METHODS.md, "The evaluation protocols").
 
     Args:
@@ -200,17 +201,19 @@ def evaluate(model: Any, images: Any, method: Union[str, Sequence[str]],
         batch_size: perturbed copies per forward pass.
         tolerance: the pointing game's tolerance in pixels.
         processor: a transformers model object's processor, as for :func:`explain`.
+        seed: seeds the random maps (``method="random"``), the tie-breaks of the pixel rankings and the bootstrap.
+        bootstrap: resamplings of the images for each 95% interval.
 
     Returns:
-        per image, method and target an
-        :class:`~heatmap.evaluation.evaluate.ImageEvaluation` with the curves
-        and figures (``.as_json()`` is the ``eval.jsonl`` line);
-        :func:`heatmap.evaluation.evaluate.summarise` gives the data set's figures.
+        an :class:`~heatmap.evaluation.api.EvalResult`: the sequence of per-image records
+        (:class:`~heatmap.evaluation.evaluate.ImageEvaluation`, ``.as_json()`` is the ``eval.jsonl``
+        line), with ``.summary()`` (each figure and its interval), ``.comparisons()`` (paired
+        differences, the best and the tied), ``.table()`` (the printed tables), ``.to_json()`` and ``.plot()``.
     """
     from heatmap.evaluation.api import evaluate as run
 
     return run(model, images, method, protocol, target, labels, masks, texts, mean, std, batch_size, tolerance,
-               processor)
+               processor, seed, bootstrap)
 
 
 def _sources(images: Any) -> list[str] | None:

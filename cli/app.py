@@ -407,7 +407,7 @@ def _register_report() -> None:
 _register_report()
 
 
-PROTOCOL_NAMES = ("perturbation", "deletion-insertion", "pointing", "energy-pointing", "segmentation")
+PROTOCOL_NAMES = ("perturbation", "deletion-insertion", "road", "pointing", "energy-pointing", "segmentation", "sanity")
 
 
 @app.command("eval", no_args_is_help=True, cls=GroupedCommand, epilog=examples(
@@ -439,7 +439,8 @@ def evaluate(
     protocol: Annotated[Optional[list[str]], typer.Option(
         rich_help_panel=EVALUATED,
         metavar="PROTOCOL", help=f"{', '.join(PROTOCOL_NAMES)}; repeat for several.",
-        show_default="every protocol the data allows (the last three need masks)")] = None,
+        show_default="perturbation, deletion-insertion, and with masks pointing, energy-pointing, segmentation; "
+        "road and sanity (many more forward passes) when named")] = None,
     target: Annotated[str, typer.Option(
         rich_help_panel=EVALUATED,
         metavar="predicted|label",
@@ -466,7 +467,24 @@ def evaluate(
         metavar="N",
         help="Evaluate on N freshly generated shapes-world scenes with labels and masks, instead of INPUTS.",
         show_default=False)] = None,
-    seed: Annotated[int, typer.Option(rich_help_panel=EVALUATED, metavar="N", help="The demo world's seed.")] = 0,
+    seed: Annotated[int, typer.Option(
+        rich_help_panel=EVALUATED, metavar="N",
+        help="Seeds the demo world, the random maps, the tie-breaks of the pixel rankings and the bootstrap.")] = 0,
+    bootstrap: Annotated[int, typer.Option(
+        min=10, metavar="N", rich_help_panel=EVALUATED,
+        help="Resamplings of the images for each figure's 95% interval and each paired difference.")] = 1000,
+    maps: Annotated[Optional[Path], typer.Option(
+        exists=True, file_okay=False, metavar="RUN_DIR", rich_help_panel=EVALUATED,
+        help="Score the maps of an earlier run (its manifest and .npy files) on its own images and targets, "
+        "without computing them; give its --model.", show_default=False)] = None,
+    save_maps: Annotated[bool, typer.Option(
+        "--save-maps", rich_help_panel=OUTPUTS,
+        help="Keep the maps eval computed in <out>/maps, as an explaining command writes them (compare and "
+        "report read them).")] = False,
+    no_random: Annotated[bool, typer.Option(
+        "--no-random", rich_help_panel=EVALUATED,
+        help="Leave out the random and centre rows (a uniform random map and a centred Gaussian: chance and "
+        "the centre bias).")] = False,
     tolerance: Annotated[int, typer.Option(
         rich_help_panel=EVALUATED,
         min=0, metavar="PIXELS", help="The pointing game's tolerance in pixels.")] = 0,
@@ -488,9 +506,11 @@ def evaluate(
 ) -> None:
     """How far can each method's maps be trusted? The papers' faithfulness and localisation protocols.
 
-    Perturbation (positive and negative), deletion/insertion, and with object masks the pointing game, the
-    energy pointing game and segmentation (docs/METHODS.md, "The evaluation protocols"). Prints a table of
-    methods x figures and writes eval.json, eval.jsonl (one line per image, method and target) and eval.png.
+    Perturbation (positive and negative), deletion/insertion, ROAD, and with object masks the pointing game,
+    the energy pointing game and segmentation (docs/METHODS.md, "The evaluation protocols"); the sanity
+    checks (model randomisation, random class). Every figure with its 95% bootstrap interval over images,
+    beside a random map and a centred Gaussian. Prints the tables and writes eval.json, eval.jsonl (one
+    line per image, method and target) and eval.png.
     """
     from heatmap.cli.evaluate import EvalRequest, run_eval
 
@@ -502,7 +522,8 @@ def evaluate(
             clip=clip, methods=list(method or []), protocols=list(protocol or []), target=target, labels=labels,
             masks=masks, texts=read_texts(text or [], texts_file) if (text or texts_file) else [],
             demo_world=demo_world, seed=seed, tolerance=tolerance, out=out, batch_size=batch_size,
-            device=device.value, recursive=recursive, output=output_mode(quiet, json), report=report)
+            device=device.value, recursive=recursive, output=output_mode(quiet, json), report=report,
+            bootstrap=bootstrap, baselines=not no_random, maps=maps, save_maps=save_maps)
         return run_eval(request)
 
     exit_with(run, debug, json)

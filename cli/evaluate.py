@@ -10,17 +10,14 @@ alone. ``eval.json``, the table and ``eval.png`` summarise what was measured.
 from __future__ import annotations
 
 import json
-import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from heatmap.cli import console
 from heatmap.cli.console import Output
@@ -30,26 +27,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from heatmap.evaluation.data import EvalImage
+    from heatmap.evaluation.given_maps import GivenMaps
 
 RESULTS = ("eval.json", "eval.jsonl", "eval.png")
-TABLE_WIDTH = 100  # the terminal table's most columns: a split terminal, a CI log
-# The table's columns: (title, summary key, figure key, higher is better)
-COLUMNS = (
-    ("pert+", "perturbation_positive", "auc", False),
-    ("pert-", "perturbation_negative", "auc", True),
-    ("del", "deletion", "auc", False),
-    ("ins", "insertion", "auc", True),
-    ("point", "pointing", "rate", True),
-    ("energy", "energy_pointing", "mean", True),
-    ("pixacc", "segmentation", "pixel_accuracy", True),
-    ("mIoU", "segmentation", "iou", True),
-    ("mAP", "segmentation", "ap", True),
-)
-LEGEND = ("pert+/pert-: positive/negative perturbation AUC; del/ins: deletion/insertion AUC; point: pointing "
-          "game; energy: energy pointing game; pixacc, mIoU, mAP: segmentation. ↑ higher is better, ↓ lower "
-          "is better; * the best of each column.")
-
-
 @dataclass
 class EvalRequest:
     """What ``heatmap eval`` was asked."""
@@ -74,6 +54,10 @@ class EvalRequest:
     recursive: bool = False
     output: Output = "normal"
     report: bool = False  # also write <out>/report.html (``--report``)
+    bootstrap: int = 1000  # resamplings of the images for each interval
+    baselines: bool = True  # the random and centre rows (``--no-random`` leaves them out)
+    maps: Path | None = None  # an earlier run's folder: its maps are scored, not computed (``--maps``)
+    save_maps: bool = False  # keep the computed maps in <out>/maps, in the CLI's layout (``--save-maps``)
 
 
 def run_eval(request: EvalRequest) -> int:
@@ -81,8 +65,13 @@ def run_eval(request: EvalRequest) -> int:
     from heatmap.evaluation.evaluate import protocols_to_run
     from heatmap.explainers.registry import method as find_method
 
-    if request.demo_world is None and not request.inputs:
-        raise UsageError("give images (files, folders, patterns) or --demo-world N")
+    if request.maps is not None and (request.inputs or request.demo_world is not None or request.methods):
+        raise UsageError("--maps scores the maps of an earlier run on its own images, methods and targets: "
+                         "give no INPUTS, --demo-world or --method with it")
+    if request.maps is not None and request.save_maps:
+        raise UsageError("--maps reads maps that are saved already: leave out --save-maps")
+    if request.demo_world is None and not request.inputs and request.maps is None:
+        raise UsageError("give images (files, folders, patterns), --demo-world N, or --maps RUN_DIR")
     if request.demo_world is not None and (request.inputs or request.labels or request.masks):
         raise UsageError("--demo-world makes its own images, labels and masks; give no INPUTS, --labels or --masks")
     if request.demo_world is not None and request.demo_world < 1:
@@ -93,7 +82,12 @@ def run_eval(request: EvalRequest) -> int:
         find_method(method)
     have_masks = request.masks is not None or request.demo_world is not None
     protocols = protocols_to_run(request.protocols, have_masks)
-    clip = request.clip or bool(request.texts)
+    given = None
+    if request.maps is not None:
+        from heatmap.evaluation.given_maps import GivenMaps
+
+        given = GivenMaps.read(request.maps)
+    clip = request.clip or bool(request.texts) or (given is not None and given.kind == "clip")
     if request.masks is not None and not request.masks.is_dir():
         raise UsageError(f"--masks {request.masks}: not a folder")
     out = Path(request.out)
@@ -106,10 +100,10 @@ def run_eval(request: EvalRequest) -> int:
     ensure_writable(out)
     reservation = Reservation(out)
     try:
-        paths = _collect(request, out)
-        if clip and not request.texts and request.demo_world is None:
+        paths = _collect(request, out, given)
+        if clip and not request.texts and request.demo_world is None and given is None:
             raise UsageError("a CLIP is evaluated against candidate texts: give --text (or --texts-file)")
-        return _evaluate(request, paths, protocols, clip, out, reservation)
+        return _evaluate(request, paths, protocols, clip, out, reservation, given)
     except BaseException:
         reservation.give_up()
         raise
@@ -183,11 +177,13 @@ def plot_bytes(summary: dict[str, dict[str, Any]], title: str) -> bytes:
     return curves_png(summary, title)
 
 
-def _collect(request: EvalRequest, out: Path) -> list[Path]:
+def _collect(request: EvalRequest, out: Path, given: GivenMaps | None) -> list[Path]:
     from heatmap.inputs import collect_inputs
 
     if request.demo_world is not None:
         return []
+    if given is not None:  # the earlier run's inputs, as it recorded them (found where it ran)
+        return [Path(recorded) for recorded in given.inputs]
     paths = collect_inputs(request.inputs, recursive=request.recursive, out_dir=out)
     if not paths:
         raise UsageError("no image files found in the given inputs")
@@ -195,10 +191,11 @@ def _collect(request: EvalRequest, out: Path) -> list[Path]:
 
 
 def _evaluate(request: EvalRequest, paths: list[Path], protocols: list[str], clip: bool, out: Path,
-              reservation: Reservation) -> int:
+              reservation: Reservation, given: GivenMaps | None = None) -> int:
+    from heatmap.evaluation.baselines import BASELINES
     from heatmap.evaluation.data import EvalImage, read_labels, split_normalisation
     from heatmap.evaluation.demo_world import demo_world
-    from heatmap.evaluation.evaluate import Evaluator, summarise
+    from heatmap.evaluation.evaluate import Evaluator, compare_methods, summarise
     from heatmap.evaluation.protocols import PixelScorer
     from heatmap.explainers.driver import unsupported
     from heatmap.explainers.registry import methods
@@ -212,15 +209,23 @@ def _evaluate(request: EvalRequest, paths: list[Path], protocols: list[str], cli
         if status is not None:
             status.stop()
     pixel_transform, mean, std = split_normalisation(adapter.transform)
-    texts = list(request.texts)
+    texts = list(request.texts) or (given.texts if given is not None and given.kind == "clip" else [])
     world = None
     if request.demo_world is not None:
         world = demo_world(request.demo_world, request.seed, pixel_transform, clip)
         texts = texts or world.texts
-    chosen = request.methods or [name for name in methods() if unsupported(methods()[name], adapter, clip) is None]
+    chosen = (list(given.methods) if given is not None else request.methods
+              or [name for name in methods() if unsupported(methods()[name], adapter, clip) is None])
+    if given is not None and adapter.name not in given.models:
+        console.stderr.print(f"[yellow]note:[/] the maps in {escape(str(request.maps))} are of "
+                             f"{escape(', '.join(given.models))}; they are scored with {escape(adapter.name)}",
+                             soft_wrap=True, highlight=False)
     scorer = PixelScorer(adapter, mean, std, texts=texts if clip else None, batch_size=request.batch_size)
+    if request.baselines:
+        chosen = [*chosen, *(name for name in BASELINES if name not in chosen)]
     evaluator = Evaluator(adapter, scorer, chosen, protocols, target=request.target,
-                          tolerance=request.tolerance)
+                          tolerance=request.tolerance, seed=request.seed, given=given, keep_maps=request.save_maps)
+    saver = _map_saver(request, adapter, out, paths) if request.save_maps else None
     label_table = read_labels(request.labels) if request.labels is not None else {}
 
     # a demo world's scenes are drawn as their turn comes; a file is read then (and may fail alone)
@@ -230,6 +235,12 @@ def _evaluate(request: EvalRequest, paths: list[Path], protocols: list[str], cli
     def load(item: EvalImage | Path) -> EvalImage:
         if isinstance(item, EvalImage):
             return item
+        if given is not None:  # read from where the earlier run found it; named as it recorded it
+            found = given.resolve(str(item))
+            if found is None:
+                raise HeatmapError(f"cannot find this input of {request.maps}; run from the folder that run "
+                                   "ran in, or restore the file")
+            return replace(_load_image(found, pixel_transform, label_table, request.masks, texts), name=str(item))
         return _load_image(item, pixel_transform, label_table, request.masks, texts)
 
     lines, failures = [], []
@@ -250,8 +261,11 @@ def _evaluate(request: EvalRequest, paths: list[Path], protocols: list[str], cli
                 for line in own:
                     sink.write(json.dumps(line.as_json()) + "\n")
                 sink.flush()
+                if saver is not None:
+                    _save_maps(saver, evaluator, image, own, item if isinstance(item, Path) else None)
                 lines.extend(own)
-    summary = summarise(lines)
+    summary = summarise(lines, request.bootstrap, request.seed)
+    comparisons = compare_methods(lines, request.bootstrap, request.seed)
     unmasked = [line for line in lines if line.pointing is None and line.energy_pointing is None
                 and line.segmentation is None]
     if unmasked and set(protocols) & {"pointing", "energy-pointing", "segmentation"} and request.output != "json":
@@ -259,13 +273,16 @@ def _evaluate(request: EvalRequest, paths: list[Path], protocols: list[str], cli
                              "target (say, a predicted class that is not among the image's objects): the mask "
                              "protocols leave them out", soft_wrap=True, highlight=False)
     settings = {"model": adapter.name, "methods": chosen, "protocols": protocols, "target": request.target,
-                "tolerance": request.tolerance, "batch_size": request.batch_size,
+                "tolerance": request.tolerance, "batch_size": request.batch_size, "seed": request.seed,
                 "inputs": [str(p) for p in request.inputs] if world is None else
                 {"demo_world": request.demo_world, "seed": request.seed}, "texts": texts if clip else None,
                 "labels": str(request.labels) if request.labels else None,
                 "masks": str(request.masks) if request.masks else None}
     images_done = len({line.input for line in lines})
-    report = {"settings": settings, "images": images_done, "failed": failures, "methods": summary}
+    report = {"settings": settings, "images": images_done, "failed": failures, "methods": summary,
+              "comparisons": comparisons,
+              "bootstrap": {"samples": request.bootstrap, "seed": request.seed, "level": 0.95,
+                            "unit": "image (its targets resampled together)", "method": "percentile"}}
     write_result(out / "eval.json", (json.dumps(report, indent=1) + "\n").encode("utf-8"))
     if lines and any(key in figures for figures in summary.values()
                      for key in ("perturbation_positive", "deletion")):
@@ -273,9 +290,14 @@ def _evaluate(request: EvalRequest, paths: list[Path], protocols: list[str], cli
     if request.output == "json":
         console.say_json(json.dumps(report))
     elif request.output == "normal":
-        print_table(summary, images_done)
+        print_table(summary, comparisons, images_done)
         console.stderr.print(f"eval.json, eval.jsonl{', eval.png' if (out / 'eval.png').exists() else ''} "
                              f"in {escape(str(out))}", highlight=False)
+    if saver is not None:
+        saver.record_run(["heatmap", "eval", *map(str, request.inputs)], "clip" if clip else "classifier",
+                         images_done)
+        if request.output == "normal":
+            console.stderr.print(f"{saver.maps} map(s) in {escape(str(out / 'maps'))} (--save-maps)", highlight=False)
     if request.report:
         page = _write_page(out)
         if request.output == "normal":
@@ -283,6 +305,42 @@ def _evaluate(request: EvalRequest, paths: list[Path], protocols: list[str], cli
     if failures and request.output != "json":
         console.stderr.print(f"[red]{len(failures)} image(s) failed[/]; the others were evaluated.")
     return 1 if failures else 0
+
+
+def _map_saver(request: EvalRequest, adapter: Any, out: Path, paths: list[Path]) -> Any:
+    """``--save-maps``: where eval's computed maps go, ``<out>/maps``, in the CLI's layout."""
+    from heatmap.evaluation.given_maps import MapSaver
+    from heatmap.models import weights_identity
+
+    clip = request.clip or bool(request.texts)
+    weights = weights_identity(request.model, request.pretrained if clip else request.checkpoint, clip=clip)
+    return MapSaver(out / "maps", adapter.name, weights, str(adapter.dtype).removeprefix("torch."), inputs=paths)
+
+
+def _save_maps(saver: Any, evaluator: Any, image: EvalImage, lines: list[Any], path: Path | None) -> None:
+    """One image's maps, method by method, as the CLI's files and manifest lines."""
+    from heatmap.evaluation.given_maps import pixels_picture
+    from heatmap.outputs import target_names, text_name
+    from heatmap.pipeline import MapRecord
+
+    texts = evaluator.scorer.texts
+    names = target_names(evaluator.adapter.labels) if texts is None else {}
+    picture = pixels_picture(image.pixels)
+    by_method: dict[str, list[Any]] = {}
+    for line in lines:
+        by_method.setdefault(line.method, []).append(line)
+    for method, own in by_method.items():
+        records = []
+        for line in own:
+            fields: dict[str, Any] = ({"text": texts[line.target], "text_index": line.target, "logit": line.score}
+                                      if texts is not None else
+                                      {"target": line.target, "label": line.label, "score": line.score})
+            name = text_name(texts[line.target]) if texts is not None else names.get(line.target, str(line.target))
+            records.append(MapRecord(line.raw_map.numpy(), name, None, line.target, line.label, line.score or 0.0,
+                                     fields=fields))
+        driver = evaluator.drivers.get(method)
+        options = dict(driver.options) if driver is not None else {"seed": evaluator.seed}
+        saver.save(image.name, method, options, records, picture, path)
 
 
 def _write_page(out: Path) -> Path:
@@ -328,45 +386,12 @@ def _load_image(path: Path, pixel_transform: Any, label_table: dict[str, list[st
     return EvalImage(str(path), pixels, labels, image_masks(picture.size, pixel_transform, size, found))
 
 
-def print_table(summary: dict[str, dict[str, Any]], images: int) -> None:
-    """Methods as rows, one column per figure; the best of each column bold and starred.
+def print_table(summary: dict[str, dict[str, Any]], comparisons: dict[str, dict[str, Any]], images: int) -> None:
+    """The evaluation's tables (``heatmap.evaluation.table``) and their legend on stdout."""
+    from heatmap.evaluation.table import LEGEND, TABLE_WIDTH, tables
 
-    At most :data:`TABLE_WIDTH` columns wide with every method's name and every figure whole: headings
-    on two lines (name, then the arrow) and no vertical rules.
-    """
-    shown = [column for column in COLUMNS if any(column[1] in figures for figures in summary.values())]
-    table = Table(title=f"{images} images", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
-                  padding=(0, 0, 0, 1))
-    table.add_column("method", no_wrap=True)
-    for title, _, _, higher in shown:
-        table.add_column(f"{title}\n{'↑' if higher else '↓'}", justify="right", no_wrap=True)
-    best = {}
-    for title, key, figure, higher in shown:
-        values = [figures[key][figure] for figures in summary.values()
-                  if key in figures and not math.isnan(figures[key][figure])]
-        if values:
-            best[title] = max(values) if higher else min(values)
-    for method, figures in summary.items():
-        cells = []
-        for title, key, figure, _ in shown:
-            if key not in figures:
-                cells.append("")
-                continue
-            value = figures[key][figure]
-            text = _formatted(key, figure, value)
-            cells.append(f"[bold]{text}*[/]" if best.get(title) == value else f"{text} ")
-        table.add_row(method, *cells)
     # a table cut to 80 columns (a pipe, a CI log) would hide the figures: give it the room it needs
     wide = console.stdout if console.stdout.width >= TABLE_WIDTH else Console(width=TABLE_WIDTH, highlight=False)
-    wide.print(table)
+    for table in tables(summary, comparisons, images):
+        wide.print(table)
     wide.print(LEGEND, width=min(wide.width, TABLE_WIDTH))
-
-
-def _formatted(key: str, figure: str, value: float) -> str:
-    if math.isnan(value):
-        return "n/a"
-    if key.startswith("perturbation"):
-        return f"{value:.1f}"
-    if key in ("deletion", "insertion") or key in ("energy_pointing", "segmentation"):
-        return f"{value:.3f}"
-    return f"{value:.1%}"

@@ -11,7 +11,10 @@ import torch
 from heatmap.errors import UsageError
 from heatmap.evaluation.data import EvalImage, MaskLike, image_masks, split_normalisation
 from heatmap.evaluation.evaluate import Evaluator, ImageEvaluation, TargetRule, protocols_to_run
+from heatmap.evaluation.intervals import DEFAULT_SAMPLES, DEFAULT_SEED
 from heatmap.evaluation.protocols import PixelScorer
+from heatmap.evaluation.summary import compare_methods, summarise
+from heatmap.evaluation.table import table_text
 
 if TYPE_CHECKING:
     from heatmap.models.protocols import Adapter
@@ -59,12 +62,69 @@ def pixel_images(adapter: Adapter, images: Any, labels: Sequence[Any] | None,
     return result, tuple(mean), tuple(std)
 
 
+class EvalResult(Sequence[ImageEvaluation]):
+    """An evaluation's per-image records (it is their sequence), with the data set's figures.
+
+    Attributes:
+        records: one :class:`ImageEvaluation` per image, method and target (``eval.jsonl``'s lines).
+        samples, seed: the bootstrap's resamplings and seed.
+    """
+
+    def __init__(self, records: list[ImageEvaluation], samples: int = DEFAULT_SAMPLES,
+                 seed: int = DEFAULT_SEED) -> None:
+        self.records, self.samples, self.seed = records, samples, seed
+        self._summary: dict[str, dict[str, Any]] | None = None
+        self._comparisons: dict[str, dict[str, Any]] | None = None
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.records[index]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __repr__(self) -> str:
+        methods = list(dict.fromkeys(record.method for record in self.records))
+        return f"EvalResult({self.images} images, methods={methods!r:.80}, {len(self.records)} records)"
+
+    @property
+    def images(self) -> int:
+        return len({record.input for record in self.records})
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per method, each figure with its 95% interval (``eval.json``'s ``methods``)."""
+        if self._summary is None:
+            self._summary = summarise(self.records, self.samples, self.seed)
+        return self._summary
+
+    def comparisons(self) -> dict[str, dict[str, Any]]:
+        """Per figure, the best method, those tied with it, and every paired difference with its interval."""
+        if self._comparisons is None:
+            self._comparisons = compare_methods(self.records, self.samples, self.seed)
+        return self._comparisons
+
+    def table(self) -> str:
+        """The tables ``heatmap eval`` prints, as text."""
+        return table_text(self.summary(), self.comparisons(), self.images)
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``eval.json`` holds of it: the figures, the comparisons, the bootstrap's settings."""
+        return {"images": self.images, "methods": self.summary(), "comparisons": self.comparisons(),
+                "bootstrap": {"samples": self.samples, "seed": self.seed, "level": 0.95}}
+
+    def plot(self, title: str = "") -> Any:
+        """``eval.png``'s figure (matplotlib), for a notebook."""
+        from heatmap.evaluation.plot import curves_figure
+
+        return curves_figure(self.summary(), title or f"{self.images} images")
+
+
 def evaluate(model: Any, images: Any, method: Union[str, Sequence[str]],
              protocol: Union[str, Sequence[str], None] = None, target: TargetRule | None = None,
              labels: Sequence[Any] | None = None,
              masks: Sequence[Any] | None = None, texts: Sequence[str] | None = None,
              mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-             batch_size: int = 32, tolerance: int = 0, processor: Any = None) -> list[ImageEvaluation]:
+             batch_size: int = 32, tolerance: int = 0, processor: Any = None, seed: int = 0,
+             bootstrap: int = DEFAULT_SAMPLES) -> EvalResult:
     """See :func:`heatmap.evaluate`."""
     from heatmap.models import resolve_adapter
 
@@ -78,5 +138,6 @@ def evaluate(model: Any, images: Any, method: Union[str, Sequence[str]],
     protocols = protocols_to_run([protocol] if isinstance(protocol, str) else protocol, masks is not None)
     items, mean, std = pixel_images(adapter, images, labels, masks, mean, std)
     scorer = PixelScorer(adapter, mean, std, texts=texts, batch_size=batch_size)
-    evaluator = Evaluator(adapter, scorer, methods, protocols, target=target or "predicted", tolerance=tolerance)
-    return [line for item in items for line in evaluator.evaluate(item)]
+    evaluator = Evaluator(adapter, scorer, methods, protocols, target=target or "predicted", tolerance=tolerance,
+                          seed=seed)
+    return EvalResult([line for item in items for line in evaluator.evaluate(item)], bootstrap, seed)

@@ -10,32 +10,38 @@ runs on :class:`Evaluator`; :func:`summarise` makes the data set's figures.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
 from heatmap.errors import UsageError
+from heatmap.evaluation.baselines import BASELINES, baseline_map
 from heatmap.evaluation.data import EvalImage
 from heatmap.evaluation.measures import (
     SegmentationCounts,
-    SegmentationTotals,
     energy_in_mask,
-    mean_auc,
+    is_constant,
     overlay_map,
-    perturbation_auc,
+    pixel_order,
     pointing_hit,
+    seeded,
     segmentation_counts,
 )
 from heatmap.evaluation.protocols import PixelScorer, deletion_insertion, perturbation_test
+from heatmap.evaluation.road import road_test
+from heatmap.evaluation.summary import compare_methods, summarise
 from heatmap.models.protocols import is_classifier
 
 if TYPE_CHECKING:
-    from heatmap.explainers.driver import Driver
+    from heatmap.evaluation.given_maps import GivenMaps
+    from heatmap.evaluation.sanity import SanityChecks
     from heatmap.models.protocols import Adapter
 
-PROTOCOLS = ("perturbation", "deletion-insertion", "pointing", "energy-pointing", "segmentation")
+PROTOCOLS = ("perturbation", "deletion-insertion", "road", "pointing", "energy-pointing", "segmentation", "sanity")
+# what runs when no protocol is named: ROAD and the sanity checks cost many more forward passes, so they are asked for
+DEFAULT_PROTOCOLS = ("perturbation", "deletion-insertion", "pointing", "energy-pointing", "segmentation")
 NEEDS_MASKS = frozenset({"pointing", "energy-pointing", "segmentation"})
 TargetRule = Literal["predicted", "label"]
 
@@ -57,12 +63,17 @@ class ImageEvaluation:
     pointing: bool | None = None
     energy_pointing: float | None = None
     segmentation: SegmentationCounts | None = None
+    road: dict[str, dict[str, Any]] | None = None
+    sanity: dict[str, Any] | None = None
+    degenerate: bool = False
+    score: float | None = field(default=None, repr=False)  # the clean image's logit of the target (not a line key)
+    raw_map: torch.Tensor | None = field(default=None, repr=False)  # kept for --save-maps (not a line key)
 
     def as_json(self) -> dict[str, Any]:
-        """The ``eval.jsonl`` line: keys of protocols not run are absent."""
+        """The ``eval.jsonl`` line: keys of protocols not run are absent; ``degenerate``: the map was constant."""
         line: dict[str, Any] = {"input": self.input, "method": self.method, "target": self.target,
-                                "label": self.label}
-        for key in ("perturbation", "deletion", "insertion", "pointing", "energy_pointing"):
+                                "label": self.label, "degenerate": self.degenerate}
+        for key in ("perturbation", "deletion", "insertion", "road", "pointing", "energy_pointing", "sanity"):
             value = getattr(self, key)
             if value is not None:
                 line[key] = value
@@ -79,7 +90,7 @@ def protocols_to_run(asked: Sequence[str] | None, have_masks: bool) -> list[str]
         UsageError: for an unknown protocol, or a mask protocol without masks.
     """
     if not asked:
-        return [p for p in PROTOCOLS if have_masks or p not in NEEDS_MASKS]
+        return [p for p in DEFAULT_PROTOCOLS if have_masks or p not in NEEDS_MASKS]
     unknown = [p for p in asked if p not in PROTOCOLS]
     if unknown:
         raise UsageError(f"unknown protocol {unknown[0]!r}; use one of {', '.join(PROTOCOLS)}")
@@ -101,19 +112,38 @@ class Evaluator:
             ``"label"`` (each of the image's labels); checked here, so any string is taken.
         tolerance: the pointing game's tolerance in pixels (0: the maximum must be on the mask).
         options: per method, its options (default: the method's defaults).
+        seed: seeds the random maps (``random``), the tie-breaks of the pixel rankings, ROAD's noise,
+            the sanity checks' randomised models and other classes, per image and target (never
+            depending on the other images).
+        given: an earlier run's maps (``--maps``): scored instead of computed, for the targets that run explained.
+
+    ``methods`` may name the baselines of ``heatmap.evaluation.baselines``
+    (``random``, ``centre``): maps that need no model, scored like the others.
     """
 
     def __init__(self, adapter: Adapter, scorer: PixelScorer, methods: Sequence[str], protocols: Sequence[str],
                  target: TargetRule | str = "predicted", tolerance: int = 0,
-                 options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+                 options: Mapping[str, Mapping[str, Any]] | None = None, seed: int = 0,
+                 given: GivenMaps | None = None, keep_maps: bool = False) -> None:
         from heatmap.explainers.driver import Driver
 
         if target not in ("predicted", "label"):
             raise UsageError(f"unknown target rule {target!r}; use predicted or label")
         self.adapter, self.scorer = adapter, scorer
         options = options or {}
-        self.drivers = {name: Driver(adapter, name, **options.get(name, {})) for name in methods}
+        self.methods = list(methods)
+        self.given = given
+        self.keep_maps = keep_maps
+        computed = [name for name in methods if name not in BASELINES and given is None]
+        self.drivers = {name: Driver(adapter, name, **options.get(name, {})) for name in computed}
         self.protocols = list(protocols)
+        self.seed = seed
+        self.sanity: SanityChecks | None = None
+        if "sanity" in self.protocols:
+            from heatmap.evaluation.sanity import SanityChecks
+
+            checked = [name for name in methods if name not in BASELINES]
+            self.sanity = SanityChecks(adapter, checked, options, seed)
         self.target = target
         self.tolerance = tolerance
 
@@ -145,32 +175,89 @@ class Evaluator:
         normalised = self.scorer.normalised(image.pixels[None])
         size = (image.pixels.shape[1], image.pixels.shape[2])
         lines = []
-        for name, driver in self.drivers.items():
-            maps = self._maps(driver, normalised, [index for index, _, _ in targets])
-            for (index, label, given), heatmap in zip(targets, maps, strict=True):
+        for name in self.methods:
+            own_targets = targets if self.given is None or name in BASELINES else self._given_targets(image, name)
+            maps = self._maps(name, image, normalised, [index for index, _, _ in own_targets])
+            for (index, label, given), heatmap in zip(own_targets, maps, strict=True):
                 # a mask is found by the label as given, its name, or its index (as text or number)
                 mask = image.mask_for(given, label, str(index), index)
-                lines.append(self._measure(image, name, index, label, overlay_map(heatmap, size), clean, mask))
+                line = self._measure(image, name, index, label, overlay_map(heatmap, size), clean, mask)
+                line.score = float(clean[index])
+                if self.keep_maps:
+                    line.raw_map = heatmap.detach().float().cpu()
+                lines.append(line)
             if on_method is not None:
                 on_method(name)
+        if self.sanity is not None:
+            self._sanity(image, normalised, lines)
         return lines
 
-    def _maps(self, driver: Driver, normalised: torch.Tensor, targets: list[int]) -> list[torch.Tensor]:
-        """One explanation of the image for all its targets: one raw map per target."""
+    def _given_targets(self, image: EvalImage, method: str) -> list[tuple[int, str | None, Any]]:
+        """The targets the earlier run explained for ``image`` (``--maps``), as :meth:`targets` gives them."""
+        assert self.given is not None
+        return [(index, label, label) for index, label in self.given.targets_for(image.name, method)]
+
+    def _sanity(self, image: EvalImage, normalised: torch.Tensor, lines: list[ImageEvaluation]) -> None:
+        """Both sanity checks for each target of ``image`` (every method at once), into its lines."""
+        from heatmap.errors import UnsupportedModelError
+        from heatmap.evaluation.sanity import other_target
+
+        assert self.sanity is not None
+        texts = self.scorer.texts
+        count = len(texts) if texts is not None else int(getattr(self.adapter, "num_classes", 0) or 0)
+        for target in dict.fromkeys(line.target for line in lines if line.method not in BASELINES):
+            if count < 2:
+                continue  # one class or text: no other to compare with
+            other = other_target(count, target, f"{image.name}:{target}", self.seed)
+            try:
+                found = self.sanity.measure(normalised, target, other, texts)
+            except UnsupportedModelError:
+                continue  # a method refuses a randomised copy: no sanity figures for this image
+            for line in lines:
+                if line.target == target and line.method in found:
+                    line.sanity = found[line.method]
+
+    def seed_text(self, image: EvalImage, target: int) -> str:
+        """What seeds an image's random draws for one target: the run's seed, the image and the target."""
+        return f"{self.seed}:{image.name}:{target}"
+
+    def _maps(self, name: str, image: EvalImage, normalised: torch.Tensor, targets: list[int]) -> list[torch.Tensor]:
+        """One explanation of the image for all its targets (a baseline's maps need no model; an earlier
+        run's are read): a raw map each."""
+        if name in BASELINES:
+            size = (image.pixels.shape[1], image.pixels.shape[2])
+            grid = self._grid(normalised)
+            return [baseline_map(name, grid, size, f"{self.seed_text(image, target)}:{name}") for target in targets]
+        if self.given is not None:
+            return [heatmap for _, _, heatmap in self.given.maps_for(image.name, name)]
+        driver = self.drivers[name]
         texts = self.scorer.texts
         if texts is not None:
             return list(driver.explain_texts(normalised, [texts[index] for index in targets]).maps[0])
         return list(driver.explain(normalised, torch.tensor([targets])).maps[0])
 
+    def _grid(self, normalised: torch.Tensor) -> tuple[int, int]:
+        """The image tower's patch grid (the random map's shape); a 16-pixel grid where a tower does not say."""
+        tower: Any = self.adapter.towers[0]
+        if callable(getattr(tower, "grid", None)):
+            height, width = tower.grid(normalised)
+            return int(height), int(width)
+        return max(1, normalised.shape[-2] // 16), max(1, normalised.shape[-1] // 16)
+
     def _measure(self, image: EvalImage, method: str, target: int, label: str | None, scaled: torch.Tensor,
                  clean: torch.Tensor, mask: np.ndarray | None) -> ImageEvaluation:
-        line = ImageEvaluation(image.name, method, target, label)
+        line = ImageEvaluation(image.name, method, target, label, degenerate=is_constant(scaled))
+        ties = self.seed_text(image, target)
         if "perturbation" in self.protocols:
             line.perturbation = perturbation_test(self.scorer, image.pixels, scaled, target,
-                                                  clean_hit=int(clean.argmax()) == target)
+                                                  clean_hit=int(clean.argmax()) == target, tie_seed=ties)
         if "deletion-insertion" in self.protocols:
-            curves = deletion_insertion(self.scorer, image.pixels, scaled, target)
+            curves = deletion_insertion(self.scorer, image.pixels, scaled, target, tie_seed=ties)
             line.deletion, line.insertion = curves["deletion"], curves["insertion"]
+        if "road" in self.protocols:
+            line.road = road_test(self.scorer, image.pixels, pixel_order(scaled, True, f"{ties}:morf"),
+                                  pixel_order(scaled, False, f"{ties}:lerf"), target,
+                                  clean_hit=int(clean.argmax()) == target, generator=seeded(f"{ties}:road-noise"))
         if mask is not None:
             if "pointing" in self.protocols:
                 line.pointing = pointing_hit(scaled, mask, self.tolerance)
@@ -181,42 +268,5 @@ class Evaluator:
         return line
 
 
-def summarise(lines: Sequence[ImageEvaluation]) -> dict[str, dict[str, Any]]:
-    """Per method, the data set's figure of each protocol (and the mean curves).
-
-    Perturbation: the mean hit curve and its AUC; deletion/insertion: the
-    mean probability curve and its mean; pointing: the hit rate; energy: the
-    mean share; segmentation: pixel accuracy and mIoU from counts summed over
-    every image, mAP the mean of the images' APs. ``lines`` counts the (image,
-    target) pairs each figure is over.
-    """
-    methods: dict[str, list[ImageEvaluation]] = {}
-    for line in lines:
-        methods.setdefault(line.method, []).append(line)
-    summary: dict[str, dict[str, Any]] = {}
-    for method, own in methods.items():
-        figures: dict[str, Any] = {"lines": len(own)}
-        for test in ("positive", "negative"):
-            curves = [line.perturbation[test]["curve"] for line in own if line.perturbation is not None]
-            if curves:
-                curve = np.mean(curves, axis=0).tolist()
-                figures[f"perturbation_{test}"] = {"auc": perturbation_auc(curve), "curve": curve}
-        for name in ("deletion", "insertion"):
-            curves = [getattr(line, name)["curve"] for line in own if getattr(line, name) is not None]
-            if curves:
-                curve = np.mean(curves, axis=0).tolist()
-                figures[name] = {"auc": mean_auc(curve), "curve": curve}
-        hits = [line.pointing for line in own if line.pointing is not None]
-        if hits:
-            figures["pointing"] = {"rate": float(np.mean(hits)), "pairs": len(hits)}
-        energies = [line.energy_pointing for line in own if line.energy_pointing is not None]
-        if energies:
-            figures["energy_pointing"] = {"mean": float(np.mean(energies)), "pairs": len(energies)}
-        totals = SegmentationTotals()
-        for line in own:
-            if line.segmentation is not None:
-                totals.add(line.segmentation)
-        if totals.pixels:
-            figures["segmentation"] = totals.figures()
-        summary[method] = figures
-    return summary
+__all__ = ["NEEDS_MASKS", "PROTOCOLS", "Evaluator", "ImageEvaluation", "compare_methods", "protocols_to_run",
+           "summarise"]

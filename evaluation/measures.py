@@ -7,6 +7,7 @@ batch; that is a bug for batches over one, so nothing here mixes images).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -41,10 +42,29 @@ def overlay_map(heatmap: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return (values - low) / (high - low)
 
 
-def pixel_order(scaled: torch.Tensor, most_relevant_first: bool = True) -> torch.Tensor:
-    """The flat pixel indices ``[H * W]`` from the most relevant (or the least) on; ties keep raster order."""
+def pixel_order(scaled: torch.Tensor, most_relevant_first: bool = True, tie_seed: str | None = None) -> torch.Tensor:
+    """The flat pixel indices ``[H * W]`` from the most relevant (or the least) on.
+
+    Ties (equal values; a constant map is all ties) are broken by a random
+    order drawn from ``tie_seed`` (:func:`seeded`), so a constant map removes
+    its pixels in a random order, as a random map would; None keeps raster
+    order (row by row).
+    """
     key = -scaled.flatten() if most_relevant_first else scaled.flatten()
-    return torch.argsort(key, stable=True)
+    if tie_seed is None:
+        return torch.argsort(key, stable=True)
+    shuffled = torch.randperm(key.numel(), generator=seeded(tie_seed))
+    return shuffled[torch.argsort(key[shuffled], stable=True)]
+
+
+def seeded(text: str) -> torch.Generator:
+    """A CPU generator seeded from ``text`` (sha256): the same text, the same draws, in any process."""
+    return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big"))
+
+
+def is_constant(scaled: torch.Tensor) -> bool:
+    """Whether a map scaled by :func:`overlay_map` was constant (all zeros: any other map reaches 1)."""
+    return not bool(scaled.max() > scaled.min())
 
 
 def perturbation_auc(curve: list[float]) -> float:
@@ -93,7 +113,12 @@ def gaussian_blur(image: torch.Tensor, sigma_fraction: float = BLUR_SIGMA_FRACTI
 
 
 def pointing_hit(scaled: torch.Tensor, mask: np.ndarray, tolerance: int = 0) -> bool:
-    """Whether the map's maximum (the first in raster order) lies within ``tolerance`` pixels of the mask."""
+    """Whether the map's maximum (the first in raster order) lies within ``tolerance`` pixels of the mask.
+
+    A constant map points nowhere: a miss (its "maximum" would be any pixel).
+    """
+    if is_constant(scaled):
+        return False
     flat = int(torch.argmax(scaled.flatten()))
     y, x = divmod(flat, scaled.shape[1])
     if tolerance <= 0:

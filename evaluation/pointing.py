@@ -76,14 +76,13 @@ def pointing_pairs(adapter: Adapter, scenes: Sequence[Scene], method: str, **opt
     world = scene_images(scenes, pixel_transform, clip)
     scorer = PixelScorer(adapter, mean, std, texts=world.texts if clip else None)
     evaluator = Evaluator(adapter, scorer, [method], ["pointing"], target="label", options={method: options})
-    driver = evaluator.drivers[method]
     pairs = []
     # Evaluator.evaluate's steps, keeping each map to measure how clear its hit or miss is
     for scene, image in enumerate(world.images):
         clean = scorer.logits(image.pixels[None])[0]
         targets = evaluator.targets(image, clean)
         size = (image.pixels.shape[1], image.pixels.shape[2])
-        maps = evaluator._maps(driver, scorer.normalised(image.pixels[None]), [index for index, _, _ in targets])
+        maps = evaluator._maps(method, image, scorer.normalised(image.pixels[None]), [index for index, _, _ in targets])
         for (index, label, given), heatmap in zip(targets, maps, strict=True):
             mask = image.mask_for(given, label, str(index), index)
             if mask is None:

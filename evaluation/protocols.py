@@ -106,32 +106,35 @@ class PixelScorer:
 
 
 def perturbation_test(scorer: PixelScorer, pixels: torch.Tensor, scaled: torch.Tensor, target: int,
-                      clean_hit: bool) -> dict[str, dict[str, Any]]:
+                      clean_hit: bool, tie_seed: str | None = None) -> dict[str, dict[str, Any]]:
     """The positive and negative perturbation tests of one image (Chefer et al. 2021).
 
     For p = 0.1 .. 0.9 the ``floor(p * H * W)`` pixels ranked highest by the
     map (positive) or by minus the map (negative) are set to 0 in every
     channel; a hit is a top-1 class equal to ``target``. The curve starts with
-    the clean image's hit (p = 0).
+    the clean image's hit (p = 0). Ties in the map are broken by random orders
+    drawn from ``tie_seed``, one for each test (:func:`~heatmap.evaluation.measures.pixel_order`).
     """
     black = torch.zeros_like(pixels)
     counts = perturbed_counts(scaled.numel())
     tests = {}
     for name, most_relevant_first in (("positive", True), ("negative", False)):
-        logits = scorer.copies_logits(pixels, black, pixel_order(scaled, most_relevant_first), counts)
+        order = pixel_order(scaled, most_relevant_first, None if tie_seed is None else f"{tie_seed}:{name}")
+        logits = scorer.copies_logits(pixels, black, order, counts)
         curve = [float(clean_hit)] + [float(hit) for hit in (logits.argmax(dim=1) == target).tolist()]
         tests[name] = {"curve": curve, "auc": perturbation_auc(curve)}
     return tests
 
 
 def deletion_insertion(scorer: PixelScorer, pixels: torch.Tensor, scaled: torch.Tensor,
-                       target: int) -> dict[str, dict[str, Any]]:
+                       target: int, tie_seed: str | None = None) -> dict[str, dict[str, Any]]:
     """RISE's deletion and insertion curves of one image: the target's probability at 101 points.
 
     Deletion sets the pixels to black in map order; insertion reveals them in
-    map order on a blurred copy. Point i has ``floor(i * H * W / 100)`` pixels changed.
+    map order on a blurred copy. Point i has ``floor(i * H * W / 100)`` pixels changed. Ties in the
+    map are broken by a random order drawn from ``tie_seed``.
     """
-    order = pixel_order(scaled, most_relevant_first=True)
+    order = pixel_order(scaled, True, None if tie_seed is None else f"{tie_seed}:deletion-insertion")
     counts = removed_counts(scaled.numel())
     curves = {
         "deletion": scorer.copies_logits(pixels, torch.zeros_like(pixels), order, counts),
