@@ -9,6 +9,7 @@ runs on :class:`Evaluator`; :func:`summarise` makes the data set's figures.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -81,6 +82,12 @@ class ImageEvaluation:
             line["segmentation"] = {"pixel_accuracy": self.segmentation.pixel_accuracy,
                                     "iou": self.segmentation.iou, "ap": self.segmentation.ap}
         return line
+
+
+def content_key(pixels: torch.Tensor) -> str:
+    """A short sha256 of an image's float32 pixels: its identity for seeding, independent of its name."""
+    data = pixels.detach().to(torch.float32).contiguous().cpu().numpy().tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def protocols_to_run(asked: Sequence[str] | None, have_masks: bool) -> list[str]:
@@ -208,7 +215,7 @@ class Evaluator:
         for target in dict.fromkeys(line.target for line in lines if line.method not in BASELINES):
             if count < 2:
                 continue  # one class or text: no other to compare with
-            other = other_target(count, target, f"{image.name}:{target}", self.seed)
+            other = other_target(count, target, f"{content_key(image.pixels)}:{target}", self.seed)
             try:
                 found = self.sanity.measure(normalised, target, other, texts)
             except UnsupportedModelError:
@@ -218,8 +225,11 @@ class Evaluator:
                     line.sanity = found[line.method]
 
     def seed_text(self, image: EvalImage, target: int) -> str:
-        """What seeds an image's random draws for one target: the run's seed, the image and the target."""
-        return f"{self.seed}:{image.name}:{target}"
+        """What seeds an image's random draws for one target: the run's seed, the image's pixels and the target.
+
+        The pixels, not the name: the same image draws the same in any batch, order or run, whatever it is called.
+        """
+        return f"{self.seed}:{content_key(image.pixels)}:{target}"
 
     def _maps(self, name: str, image: EvalImage, normalised: torch.Tensor, targets: list[int]) -> list[torch.Tensor]:
         """One explanation of the image for all its targets (a baseline's maps need no model; an earlier

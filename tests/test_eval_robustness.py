@@ -56,7 +56,7 @@ def test_an_oversized_mask_fails_its_image_alone(scenes_with_masks, tmp_path, mo
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", PIXEL_LIMIT)
     out = tmp_path / "out"
     result = invoke("eval", folder, "--model", "demo", "--target", "label", "--labels", labels, "--masks", masks,
-                    "--method", "rollout", "--protocol", "pointing", "-o", out)
+                    "--method", "rollout", "--protocol", "pointing", "--no-random", "-o", out)
     assert result.exit_code == 1, result.output
     assert "internal error" not in result.output
     failed = [line for line in result.stderr.splitlines() if oversized.name in line]
@@ -131,13 +131,13 @@ def test_a_demo_world_evaluation_keeps_its_figures(tmp_path):
 
     out = tmp_path / "out"
     result = invoke("eval", "--model", "demo", "--demo-world", 2, "--seed", 3, "--method", "rollout",
-                    "--protocol", "perturbation", "--protocol", "pointing", "-o", out)
+                    "--protocol", "perturbation", "--protocol", "pointing", "--no-random", "-o", out)
     assert result.exit_code == 0, result.output
     written = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
     scenes = make_scenes(2, seed=3)
     expected = heatmap.evaluate("demo", [scene.image for scene in scenes], ["rollout"],
                                 protocol=["perturbation", "pointing"],
-                                masks=[{obj.shape: obj.mask for obj in scene.objects} for scene in scenes])
+                                masks=[{obj.shape: obj.mask for obj in scene.objects} for scene in scenes], seed=3)
     assert len(written) == len(expected) == 2
     for line, reference in zip(written, expected, strict=True):
         wanted = reference.as_json()

@@ -203,9 +203,9 @@ def test_eval_json_linked_while_the_run_evaluates_is_never_written_through(tmp_p
     out = tmp_path / "out"
     summarise = evaluation.summarise
 
-    def planting_summarise(lines):
+    def planting_summarise(lines, *settings):
         plant(out / "eval.json", victim)
-        return summarise(lines)
+        return summarise(lines, *settings)
 
     monkeypatch.setattr(evaluation, "summarise", planting_summarise)
     result = invoke(*DEMO_EVAL, "-o", out)

@@ -5,7 +5,6 @@ The pages' scripts are checked in a real browser by ``test_report_browser.py``.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -16,15 +15,13 @@ from pathlib import Path
 
 import pytest
 import typer
-from rich.console import Console
 from typer.testing import CliRunner
 
-from heatmap.cli import console
 from heatmap.cli.compare import CompareRequest, run_compare
-from heatmap.cli.evaluate import COLUMNS, TABLE_WIDTH, print_table
 from heatmap.cli.report import report
 from heatmap.compare.metrics import Thresholds
 from heatmap.errors import UsageError
+from heatmap.evaluation.table import COLUMNS, TABLE_WIDTH, table_text
 from heatmap.explainers.registry import methods
 from heatmap.report import build_report, write_run_report
 from heatmap.report.folders import folder_kind
@@ -211,22 +208,26 @@ def test_eval_page_shows_intervals_curves_and_worst_images(tmp_path: Path) -> No
     assert page.count('class="thumb"') == 4  # scene0.png is a file: its thumbnail per method and figure
 
 
-def test_eval_table_fits_100_columns_with_every_method_and_figure(monkeypatch: pytest.MonkeyPatch) -> None:
-    figures = {key: {figure: 0.5 for _, k, figure, _ in COLUMNS if k == key} for _, key, _, _ in COLUMNS}
-    figures["pointing"] = {"rate": 1.0}  # the widest cell: 100.0%*
+def test_eval_table_fits_100_columns_with_every_method_and_figure() -> None:
+    figures: dict = {key: {figure: 0.5 for _, k, figure, _ in COLUMNS if k == key} for _, key, _, _ in COLUMNS}
+    figures["pointing"] = {"rate": 1.0}  # the widest cells: 100.0%* over ±100.0%
     figures["perturbation_positive"] = {"auc": 100.0}
-    summary = {name: figures for name in methods()}
-    recording = Console(width=TABLE_WIDTH, record=True, file=io.StringIO(), highlight=False)
-    monkeypatch.setattr(console, "stdout", recording)
-    print_table(summary, 12)
-    lines = recording.export_text().splitlines()
-    assert max(len(line.rstrip()) for line in lines) <= 100
+    for key, block in figures.items():
+        block["intervals"] = {figure: [0.0, 2.0] for figure in list(block)}  # ±1.0: ±100.0% for a rate
+    figures.update(degenerate=200, lines=200)
+    names = [*methods(), "random", "centre"]
+    summary = {name: figures for name in names}
+    comparisons = {f"{key}.{figure}": {"best": names[0], "tied_with_best": names[1:3]} for _, key, figure, _ in COLUMNS}
+    lines = table_text(summary, comparisons, 12).splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= TABLE_WIDTH
     assert "…" not in "".join(lines)
     text = "\n".join(lines)
-    for name in methods():  # whole, each on its own row with every figure
-        row = next(line for line in lines if line.split() and line.split()[0] == name)
-        assert len(row.split()) == 1 + len(COLUMNS)
-    assert "100.0%*" in text and "pert+" in text and "mAP" in text
+    faithfulness, localisation = 6, 5
+    tables = lines[:next(number for number, line in enumerate(lines) if line.startswith("pert+/pert-:"))]
+    for name in names:  # whole, each on its own row with every figure, in both tables
+        rows = [line for line in tables if line.split() and line.split()[0] == name]
+        assert [len(row.split()) for row in rows] == [1 + faithfulness + 1, 1 + localisation]
+    assert "100.0%*" in text and "±100.0%" in text and "200/200" in text and "pert+" in text and "mAP" in text
 
 
 def test_building_pages_imports_no_torch() -> None:
