@@ -212,7 +212,7 @@ def test_eval_table_fits_100_columns_with_every_method_and_figure() -> None:
     figures: dict = {key: {figure: 0.5 for _, k, figure, _ in COLUMNS if k == key} for _, key, _, _ in COLUMNS}
     figures["pointing"] = {"rate": 1.0}  # the widest cells: 100.0%* over ±100.0%
     figures["perturbation_positive"] = {"auc": 100.0}
-    for key, block in figures.items():
+    for block in figures.values():
         block["intervals"] = {figure: [0.0, 2.0] for figure in list(block)}  # ±1.0: ±100.0% for a rate
     figures.update(degenerate=200, lines=200)
     names = [*methods(), "random", "centre"]
