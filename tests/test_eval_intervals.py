@@ -18,7 +18,7 @@ from heatmap.evaluation.data import split_normalisation
 from heatmap.evaluation.demo_world import demo_world
 from heatmap.evaluation.evaluate import content_key
 from heatmap.evaluation.intervals import Ratios, interval, mean_of, resampling_weights
-from heatmap.evaluation.measures import overlay_map, perturbed_counts, pixel_order
+from heatmap.evaluation.measures import perturbed_counts, pixel_order
 from helpers.console import console_script
 
 ROOT = Path(__file__).resolve().parents[1]
