@@ -18,12 +18,15 @@ from heatmap.report.images import PictureStore
 from heatmap.report.page import escape, facts
 
 WORST_SHOWN = 5
+REFERENCE_ROWS = ("random", "centre")  # chance and the centre bias: no "where it fails" for them
 # (heading, summary key, figure key, higher is better, how a value is shown)
 FIGURES = (
     ("perturbation+ AUC", "perturbation_positive", "auc", False, "{:.1f}"),
     ("perturbation− AUC", "perturbation_negative", "auc", True, "{:.1f}"),
     ("deletion AUC", "deletion", "auc", False, "{:.3f}"),
     ("insertion AUC", "insertion", "auc", True, "{:.3f}"),
+    ("ROAD MoRF AUC", "road_morf", "auc", False, "{:.1f}"),
+    ("ROAD LeRF AUC", "road_lerf", "auc", True, "{:.1f}"),
     ("pointing game", "pointing", "rate", True, "{:.1%}"),
     ("energy pointing", "energy_pointing", "mean", True, "{:.3f}"),
     ("pixel accuracy", "segmentation", "pixel_accuracy", True, "{:.3f}"),
@@ -39,6 +42,9 @@ def per_image_value(line: dict[str, Any], key: str, figure: str) -> float | None
         value = found.get("auc") if isinstance(found, dict) else None
     elif key in ("deletion", "insertion"):
         found = line.get(key)
+        value = found.get("auc") if isinstance(found, dict) else None
+    elif key.startswith("road_"):
+        found = (line.get("road") or {}).get(key.split("_", 1)[1], {})
         value = found.get("auc") if isinstance(found, dict) else None
     elif key == "pointing":
         value = line.get("pointing")
@@ -84,8 +90,10 @@ def _shown(style: str, value: float | None) -> str:
     return "n/a" if value is None or math.isnan(value) else style.format(value)
 
 
-def table_html(summary: dict[str, dict[str, Any]]) -> str:
-    """Methods x figures; the best of each column bold; ``[low, high]`` under a value that has an interval."""
+def table_html(summary: dict[str, dict[str, Any]], comparisons: dict[str, dict[str, Any]] | None = None) -> str:
+    """Methods x figures, ``[low, high]`` under a value that has an interval; the best of each column bold
+    (and starred), ``=`` after each method tied with it (``eval.json``'s ``comparisons``, when there)."""
+    comparisons = comparisons or {}
     shown = [figure for figure in FIGURES if any(figure[1] in figures for figures in summary.values())]
     best = {}
     for heading, key, figure, higher, _ in shown:
@@ -95,6 +103,7 @@ def table_html(summary: dict[str, dict[str, Any]]) -> str:
             best[heading] = max(values) if higher else min(values)
     head = "".join(f'<th class="num">{escape(heading)} {"↑" if higher else "↓"}</th>'
                    for heading, _, _, higher, _ in shown)
+    constants = any("degenerate" in figures for figures in summary.values())
     rows = []
     for method, figures in summary.items():
         cells = []
@@ -104,24 +113,58 @@ def table_html(summary: dict[str, dict[str, Any]]) -> str:
                 continue
             value = _figure_value(figures[key], figure)
             text = escape(_shown(style, value))
-            if value is not None and best.get(heading) == value:
+            ranking = comparisons.get(f"{key}.{figure}")
+            if ranking is not None:
+                if ranking.get("best") == method:
+                    text = f"<b>{text}*</b>"
+                elif method in ranking.get("tied_with_best", []):
+                    text += "="
+            elif value is not None and best.get(heading) == value:
                 text = f"<b>{text}</b>"
             bounds = interval(figures[key], figure)
             if bounds is not None:
                 text += f'<br><span class="small muted">[{escape(_shown(style, bounds[0]))}, ' \
                         f"{escape(_shown(style, bounds[1]))}]</span>"
             cells.append(f'<td class="num">{text}</td>')
+        if constants:
+            cells.append(f'<td class="num">{escape(figures.get("degenerate", ""))}</td>')
         lines = figures.get("lines")
         rows.append(f"<tr><td>{escape(method)}</td><td class=\"num\">{escape(lines if lines is not None else '')}"
                     f"</td>{''.join(cells)}</tr>")
-    return (f'<table class="list" id="eval-table"><tr><th>method</th><th class="num">lines</th>{head}</tr>'
-            f"{''.join(rows)}</table><p class=\"muted small\">↑ higher is better, ↓ lower is better; bold: the best "
-            "of each column.</p>")
+    constant_head = '<th class="num">constant maps</th>' if constants else ""
+    legend = ("↑ higher is better, ↓ lower is better; under each figure its 95% bootstrap interval over images; "
+              "bold and * the best of each column, = tied with it (the 95% interval of their paired difference "
+              "includes 0); random and centre: a uniform random map and a centred Gaussian." if comparisons else
+              "↑ higher is better, ↓ lower is better; bold: the best of each column.")
+    return (f'<table class="list" id="eval-table"><tr><th>method</th><th class="num">lines</th>{head}'
+            f"{constant_head}</tr>{''.join(rows)}</table><p class=\"muted small\">{escape(legend)}</p>"
+            f"{sanity_html(summary)}")
+
+
+def sanity_html(summary: dict[str, dict[str, Any]]) -> str:
+    """The sanity checks: per method the random-class similarity and the randomisation curve's points."""
+    checked = [(method, figures["sanity"]) for method, figures in summary.items()
+               if isinstance(figures.get("sanity"), dict)]
+    if not checked:
+        return ""
+    levels = [point.get("blocks_randomised_from") for point in checked[0][1].get("randomisation", [])]
+    head = "".join(f'<th class="num">from block {escape(level)}</th>' for level in levels)
+    rows = "".join(
+        f"<tr><td>{escape(method)}</td><td class=\"num\">{escape(_shown('{:.2f}', sanity.get('random_class')))}"
+        "</td>" + "".join(f'<td class="num">{escape(_shown("{:.2f}", point.get("spearman")))}</td>'
+                          for point in sanity.get("randomisation", [])) + "</tr>"
+        for method, sanity in checked)
+    return ('<h2>Sanity checks</h2><table class="list" id="sanity-table"><tr><th>method</th>'
+            f'<th class="num">random class</th>{head}</tr>{rows}</table><p class="muted small">Spearman correlation '
+            "of each map with the map of another class (a class-agnostic map gives 1) and with the map of the model "
+            "whose blocks are randomised from the top down to the block named (a map that follows the model "
+            "falls).</p>")
 
 
 def worst_html(lines: list[dict[str, Any]], folder: Path, store: PictureStore) -> str:
     """Per method, per figure, the images it did worst on, with their thumbnails where the files exist."""
-    methods = list(dict.fromkeys(str(line.get("method")) for line in lines))
+    methods = [method for method in dict.fromkeys(str(line.get("method")) for line in lines)
+               if method not in REFERENCE_ROWS]
     parts = []
     for method in methods:
         own = [line for line in lines if str(line.get("method")) == method]
@@ -174,8 +217,9 @@ def eval_section(folder: Path, store: PictureStore) -> str:
     curves_html = (f'<h2>Mean curves</h2><img class="curves" id="curves" src="{escape(curves)}" '
                    'alt="the mean perturbation, deletion and insertion curves">' if curves else "")
     summary = report.get("methods") or {}
-    return (f"<h2>{escape(folder.name or folder)}</h2>{described}{failures}<h2>Figures</h2>{table_html(summary)}"
+    table = table_html(summary, report.get("comparisons") if isinstance(report.get("comparisons"), dict) else None)
+    return (f"<h2>{escape(folder.name or folder)}</h2>{described}{failures}<h2>Figures</h2>{table}"
             f"{curves_html}{worst_html(json_lines(folder / 'eval.jsonl'), folder, store)}")
 
 
-__all__ = ["eval_section", "interval", "per_image_value", "table_html", "worst_html"]
+__all__ = ["eval_section", "interval", "per_image_value", "sanity_html", "table_html", "worst_html"]

@@ -221,10 +221,11 @@ def test_evaluation_page(browser: Any, runs: dict[str, Path], tmp_path: Path) ->
     opened(browser, out / "report.html")
     table = browser.find_element("id", "eval-table")
     assert [row.text.split()[0] for row in table.find_elements("css selector", "tr")[1:]] == \
-        ["rollout", "chefer-generic"]
+        ["rollout", "chefer-generic", "random", "centre"]  # the chance and centre-bias rows come last
+    assert len(table.find_elements("css selector", "b")) == 2  # the best of the deletion and insertion columns
     assert browser.execute_script("return document.getElementById('curves').decode()"
                                   ".then(() => document.getElementById('curves').naturalWidth)") > 0
-    sections = browser.find_elements("css selector", "section.worst")
+    sections = browser.find_elements("css selector", "section.worst")  # none for the reference rows
     assert [section.get_attribute("data-method") for section in sections] == ["rollout", "chefer-generic"]
     assert len(sections[0].find_elements("css selector", ".card img.thumb")) == 2 * 2  # deletion, insertion
     assert unloaded_pictures(browser) == []
