@@ -196,7 +196,7 @@ class Evaluator:
             if on_method is not None:
                 on_method(name)
         if self.sanity is not None:
-            self._sanity(image, normalised, lines)
+            self._sanity(image, normalised, lines, classes=int(clean.shape[0]))
         return lines
 
     def _given_targets(self, image: EvalImage, method: str) -> list[tuple[int, str | None, Any]]:
@@ -204,18 +204,18 @@ class Evaluator:
         assert self.given is not None
         return [(index, label, label) for index, label in self.given.targets_for(image.name, method)]
 
-    def _sanity(self, image: EvalImage, normalised: torch.Tensor, lines: list[ImageEvaluation]) -> None:
-        """Both sanity checks for each target of ``image`` (every method at once), into its lines."""
+    def _sanity(self, image: EvalImage, normalised: torch.Tensor, lines: list[ImageEvaluation], classes: int) -> None:
+        """Both sanity checks for each target of ``image`` (every method at once), into its lines; the other
+        class is drawn from the ``classes`` classes (a CLIP: texts) the model scores."""
         from heatmap.errors import UnsupportedModelError
         from heatmap.evaluation.sanity import other_target
 
         assert self.sanity is not None
         texts = self.scorer.texts
-        count = len(texts) if texts is not None else int(getattr(self.adapter, "num_classes", 0) or 0)
         for target in dict.fromkeys(line.target for line in lines if line.method not in BASELINES):
-            if count < 2:
+            if classes < 2:
                 continue  # one class or text: no other to compare with
-            other = other_target(count, target, f"{content_key(image.pixels)}:{target}", self.seed)
+            other = other_target(classes, target, f"{content_key(image.pixels)}:{target}", self.seed)
             try:
                 found = self.sanity.measure(normalised, target, other, texts)
             except UnsupportedModelError:
