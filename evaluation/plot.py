@@ -65,9 +65,11 @@ def curves_figure(summary: dict[str, dict[str, Any]], title: str) -> Any:
 def _draw(axis: Any, key: str, block: dict[str, Any], method: str) -> None:
     if key == "sanity":
         points = block["randomisation"]
-        axis.plot([point["blocks_randomised_from"] for point in points], [point["spearman"] for point in points],
-                  marker="o", label=method)
-        axis.invert_xaxis() if not axis.xaxis_inverted() else None
+        levels = [point["blocks_randomised_from"] for point in points]
+        axis.plot(levels, [point["spearman"] for point in points], marker="o", label=method)
+        axis.set_xticks(levels)  # whole blocks
+        if not axis.xaxis_inverted():  # the top block first, as the blocks are randomised
+            axis.invert_xaxis()
         return
     curve = block["curve"]
     steps = (list(PERTURBATION_STEPS) if key.startswith(("perturbation", "road"))
