@@ -20,57 +20,66 @@ def identity_like(matrix: torch.Tensor) -> torch.Tensor:
     return eye.expand(batch, tokens, tokens)
 
 
-def normalized_rollout(fused: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``R = M_last @ ... @ M_first`` with ``M_l = rownorm(F_l + I)``.
+# The maps are query rows of products of N x N matrices: ``q @ M_last @ ... @ M_first``. Evaluated left to
+# right as vector-matrix products, a row costs O(L N^2) instead of the O(L N^3) of forming the products
+# (tests/helpers/full_products.py keeps those as the reference the rows are checked against).
+
+
+def _times(row: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """``row @ matrix`` per item: ``[B, N]`` x ``[B, N, N]`` -> ``[B, N]``."""
+    return torch.bmm(row[:, None, :], matrix)[:, 0]
+
+
+def normalized_rollout_row(fused: Sequence[torch.Tensor], query: torch.Tensor) -> torch.Tensor:
+    """The query row of ``R = M_last @ ... @ M_first`` with ``M_l = rownorm(F_l + I)``.
 
     Args:
         fused: per block from the start layer on, a head-fused map ``[B, N, N]``.
+        query: ``[B, N]``: one-hot at the pooled token, or the mean-pooling weights.
 
     Returns:
-        the relevance matrix ``R`` ``[B, N, N]``.
+        ``q @ R`` ``[B, N]``, in the maps' dtype.
     """
-    relevance = identity_like(fused[0])
-    for matrix in fused:
+    row = query.to(fused[0])
+    for matrix in reversed(fused):
         with_skip = matrix + identity_like(matrix)
         # keepdim: each ROW sums to one (dividing without it scales columns).
-        transition = with_skip / with_skip.sum(dim=-1, keepdim=True)
-        relevance = transition @ relevance
-    return relevance
+        row = _times(row, with_skip / with_skip.sum(dim=-1, keepdim=True))
+    return row
 
 
-def unnormalized_rollout(fused: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``R = (I + Abar_last) @ ... @ (I + Abar_first)``, rows NOT normalised.
+def unnormalized_rollout_row(fused: Sequence[torch.Tensor], query: torch.Tensor) -> torch.Tensor:
+    """The query row of ``R = (I + Abar_last) @ ... @ (I + Abar_first)``, rows NOT normalised.
 
     Transformer attribution's aggregation (the paper's Eq. 13; METHODS.md).
-    Starting from the first block's ``I + Abar`` (not from ``I @ ...``)
-    follows the authors' order of operations.
 
     Args:
         fused: per block from the start layer on, ``Abar_l`` ``[B, N, N]``.
+        query: ``[B, N]``.
 
     Returns:
-        ``R`` ``[B, N, N]``.
+        ``q @ R`` ``[B, N]``.
     """
-    eye = identity_like(fused[0])
-    relevance = fused[0] + eye
-    for matrix in fused[1:]:
-        relevance = (matrix + eye) @ relevance
-    return relevance
+    row = query.to(fused[0])
+    for matrix in reversed(fused):
+        row = row + _times(row, matrix)
+    return row
 
 
-def accumulated_relevance(fused: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Chefer et al.'s self-attention rule: ``R = I``, then ``R = R + Abar_l @ R``.
+def accumulated_relevance_row(fused: Sequence[torch.Tensor], query: torch.Tensor) -> torch.Tensor:
+    """The query row of Chefer et al.'s self-attention rule: ``R = I``, then ``R = R + Abar_l @ R``.
+
+    ``R_l = (I + Abar_l) @ R_(l-1)``, so ``q @ R`` is evaluated as
+    :func:`unnormalized_rollout_row`'s product; the two rules are one product.
 
     Args:
         fused: per block from the start layer on, ``Abar_l`` ``[B, N, N]``.
+        query: ``[B, N]``.
 
     Returns:
-        ``R`` ``[B, N, N]``, unnormalised.
+        ``q @ R`` ``[B, N]``, unnormalised.
     """
-    relevance = identity_like(fused[0])
-    for matrix in fused:
-        relevance = relevance + matrix @ relevance
-    return relevance
+    return unnormalized_rollout_row(fused, query)
 
 
 def query_row(relevance: torch.Tensor, query: torch.Tensor) -> torch.Tensor:

@@ -16,12 +16,12 @@ if TYPE_CHECKING:
 
 
 def relevance(evidence: Evidence, options: Mapping[str, Any]) -> torch.Tensor:
-    from heatmap.explainers.aggregation import accumulated_relevance, query_row
+    from heatmap.explainers.aggregation import accumulated_relevance_row
 
     assert evidence.attention_grads is not None
     fused = [(grads * probs).clamp(min=0).mean(dim=1)
              for probs, grads in zip(evidence.attention_probs, evidence.attention_grads, strict=True)]
-    return query_row(accumulated_relevance(fused), evidence.query)
+    return accumulated_relevance_row(fused, evidence.query)
 
 
 METHOD = register(Method(

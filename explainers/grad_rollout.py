@@ -18,12 +18,12 @@ if TYPE_CHECKING:
 
 
 def relevance(evidence: Evidence, options: Mapping[str, Any]) -> torch.Tensor:
-    from heatmap.explainers.aggregation import discard_lowest, normalized_rollout, query_row
+    from heatmap.explainers.aggregation import discard_lowest, normalized_rollout_row
 
     assert evidence.attention_grads is not None
     fused = [discard_lowest((probs * grads).mean(dim=1).clamp(min=0), options["discard_ratio"])
              for probs, grads in zip(evidence.attention_probs, evidence.attention_grads, strict=True)]
-    return query_row(normalized_rollout(fused), evidence.query)
+    return normalized_rollout_row(fused, evidence.query)
 
 
 METHOD = register(Method(

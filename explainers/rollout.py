@@ -19,12 +19,12 @@ HEAD_FUSIONS = ("mean", "max", "min")
 
 def relevance(evidence: Evidence, options: Mapping[str, Any]) -> torch.Tensor:
     # torch-backed math is imported on first use, so that listing methods needs no torch
-    from heatmap.explainers.aggregation import discard_lowest, fuse_heads, normalized_rollout, query_row
+    from heatmap.explainers.aggregation import discard_lowest, fuse_heads, normalized_rollout_row
 
     fused = [discard_lowest(fuse_heads(probs, options["head_fusion"]), options["discard_ratio"],
                             protect=evidence.class_token)
              for probs in evidence.attention_probs]
-    return query_row(normalized_rollout(fused), evidence.query)
+    return normalized_rollout_row(fused, evidence.query)
 
 
 METHOD = register(Method(

@@ -20,13 +20,13 @@ if TYPE_CHECKING:
 
 
 def relevance(evidence: Evidence, options: Mapping[str, Any]) -> torch.Tensor:
-    from heatmap.explainers.aggregation import query_row, unnormalized_rollout
+    from heatmap.explainers.aggregation import unnormalized_rollout_row
 
     assert evidence.attention_grads is not None and evidence.attention_relevance is not None
     # the clamp comes before the head mean, as in the authors' code
     fused = [(grads * relevance).clamp(min=0).mean(dim=1)
              for grads, relevance in zip(evidence.attention_grads, evidence.attention_relevance, strict=True)]
-    return query_row(unnormalized_rollout(fused), evidence.query)
+    return unnormalized_rollout_row(fused, evidence.query)
 
 
 METHOD = register(Method(

@@ -7,16 +7,19 @@ import torch
 
 from heatmap.errors import UsageError
 from heatmap.explainers.aggregation import (
-    accumulated_relevance,
+    accumulated_relevance_row,
     discard_lowest,
     fuse_heads,
-    normalized_rollout,
+    normalized_rollout_row,
     query_row,
     resolve_start_layer,
+    unnormalized_rollout_row,
 )
 from heatmap.explainers.driver import read_grid
 from heatmap.explainers.registry import method
 from heatmap.models.protocols import Grid
+from helpers.full_products import accumulated_relevance, normalized_rollout, unnormalized_rollout
+from helpers.full_products import query_row as full_query_row
 
 pytestmark = pytest.mark.numerics
 
@@ -91,3 +94,52 @@ def test_start_layer_counts_like_python():
     assert resolve_start_layer(-12, 12) == 0
     with pytest.raises(UsageError, match="-12..11"):
         resolve_start_layer(12, 12)
+
+
+def every_row(row_of, fused):
+    """``[B, N, N]``: the row function's query row for the one-hot query of each token, stacked."""
+    batch, tokens, _ = fused[0].shape
+    eye = torch.eye(tokens, dtype=fused[0].dtype)
+    return torch.stack([row_of(fused, eye[token].expand(batch, tokens)) for token in range(tokens)], dim=1)
+
+
+def test_the_rows_of_the_hand_worked_products_are_the_products_rows():
+    first = torch.tensor([[[0.0, 1.0], [3.0, 0.0]]])
+    second = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    third = torch.tensor([[[0.0, 2.0], [0.0, 0.0]]])
+    m0 = torch.tensor([[0.5, 0.5], [0.75, 0.25]])
+    m2 = torch.tensor([[1 / 3, 2 / 3], [0.0, 1.0]])
+    torch.testing.assert_close(every_row(normalized_rollout_row, [first, second, third])[0], m2 @ m0)
+    # (I + second) @ (I + first) = [[2, 0], [0, 1]] @ [[1, 1], [3, 1]]: both rules are this product
+    product = torch.tensor([[2.0, 2.0], [3.0, 1.0]])
+    torch.testing.assert_close(every_row(accumulated_relevance_row, [first, second])[0], product)
+    torch.testing.assert_close(every_row(unnormalized_rollout_row, [first, second])[0], product)
+
+
+@pytest.mark.parametrize("row_of,full", [(normalized_rollout_row, normalized_rollout),
+                                         (unnormalized_rollout_row, unnormalized_rollout),
+                                         (accumulated_relevance_row, accumulated_relevance)],
+                         ids=["rollout", "transformer-attribution", "chefer-generic"])
+def test_row_only_aggregation_equals_the_full_products_query_row(row_of, full):
+    """Twelve blocks of 197 tokens (ViT-B/16 at 224 px), three images, a one-hot and a mean-pooling query: per
+    item, the largest difference from the full product's row in float64, relative to the row's largest entry.
+
+    float64 rows: measured at most 5.5e-15 (native and portable kernels alike); bound 1e-12.
+    float32 rows against the float64 product of the same float32 inputs: measured at most 4.5e-06 (rollout;
+    1.9e-07 for the unnormalised products, where the full float32 product itself is 1.1e-05 off); bound 1e-4.
+    """
+    generator = torch.Generator().manual_seed(0)
+    # attention-like blocks: nonnegative, rows of one, scaled as gradient-weighted maps are (0.1)
+    fused = [0.1 * torch.softmax(3 * torch.randn(3, 197, 197, generator=generator, dtype=torch.float64), -1)
+             for _ in range(12)]
+    one_hot = torch.zeros(3, 197, dtype=torch.float64)
+    one_hot[:, 0] = 1.0
+    mean_pool = torch.full((3, 197), 1 / 196, dtype=torch.float64)
+    mean_pool[:, 0] = 0.0
+    for dtype, bound in ((torch.float64, 1e-12), (torch.float32, 1e-4)):
+        inputs = [matrix.to(dtype) for matrix in fused]
+        for query in (one_hot, mean_pool):
+            row = row_of(inputs, query.to(dtype))
+            reference = full_query_row(full([matrix.double() for matrix in inputs]), query)
+            relative = ((row.double() - reference).abs().amax(dim=1) / reference.abs().amax(dim=1)).max().item()
+            assert row.dtype == dtype and relative < bound, relative

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from heatmap.explainers.aggregation import unnormalized_rollout
 from heatmap.explainers.lrp import clone_relevance, residual_relevance, safe_divide, selection_relevance
+from helpers.full_products import unnormalized_rollout
 
 pytestmark = pytest.mark.numerics
 
