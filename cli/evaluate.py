@@ -65,9 +65,10 @@ def run_eval(request: EvalRequest) -> int:
     from heatmap.evaluation.evaluate import protocols_to_run
     from heatmap.explainers.registry import method as find_method
 
-    if request.maps is not None and (request.inputs or request.demo_world is not None or request.methods):
+    if request.maps is not None and (request.inputs or request.demo_world is not None or request.methods
+                                     or request.target != "predicted" or request.labels is not None):
         raise UsageError("--maps scores the maps of an earlier run on its own images, methods and targets: "
-                         "give no INPUTS, --demo-world or --method with it")
+                         "give no INPUTS, --demo-world, --method, --target or --labels with it")
     if request.maps is not None and request.save_maps:
         raise UsageError("--maps reads maps that are saved already: leave out --save-maps")
     if request.demo_world is None and not request.inputs and request.maps is None:

@@ -91,9 +91,3 @@ def difference_interval(first: Ratios, second: Ratios, weights: np.ndarray) -> d
     """``first - second`` over every image, and its interval with both resampled on the same images."""
     low, high = interval(first.value(weights) - second.value(weights))
     return {"difference": first.point() - second.point(), "low": low, "high": high}
-
-
-def tied(best: Ratios, other: Ratios, weights: np.ndarray) -> bool:
-    """Whether the interval of the paired difference of ``other`` and ``best`` includes 0."""
-    found = difference_interval(other, best, weights)
-    return bool(found["low"] <= 0.0 <= found["high"])

@@ -244,3 +244,12 @@ def test_sanity_and_road_reach_eval_json_and_the_table(tmp_path):
         assert {"road_morf", "road_lerf"} <= set(figures) and len(figures["road_morf"]["curve"]) == 10
     assert "sanity checks" in result.stdout and "MoRF" in result.stdout
     assert max(len(line) for line in result.stdout.splitlines()) <= 100
+
+
+@pytest.mark.parametrize("extra", [["--method", "rollout"], ["--target", "label"], ["--demo-world", "2"]])
+def test_maps_takes_the_earlier_runs_methods_and_targets(tmp_path, extra):
+    run = tmp_path / "run"
+    assert console_script("rollout", SCENES[0], "-m", "demo", "-o", run, "-q").returncode == 0
+    result = console_script("eval", "--model", "demo", "--maps", run, *extra, "-o", tmp_path / "eval")
+    assert result.returncode == 2 and "--maps scores the maps of an earlier run" in result.stderr
+    assert not (tmp_path / "eval" / "eval.jsonl").exists()
