@@ -126,11 +126,11 @@ def _one_image(request: GalleryRequest, adapter: Any, names: list[str], path: Pa
                              "methods": names, "precision": request.precision, "colormap": request.colormap,
                              "alpha": request.alpha})
     top_k = request.top_k if not request.targets else 1
+    box = rows[0].record.box  # the crop the model saw, the same for every target
     written = []
     for row in rows:
         caption = caption_of("", adapter.name, row.record.fields, top_k)
-        _, box = adapter.preprocess([picture])
-        drawn = gallery(picture, box[0], caption, row.tiles, request.colormap, request.alpha)
+        drawn = gallery(picture, box, caption, row.tiles, request.colormap, request.alpha)
         target = _target_name(adapter, row.record, request.texts)
         file = request.out / f"{stem}.gallery.{target}.{tag}.png"
         try:

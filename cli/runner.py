@@ -348,7 +348,7 @@ def _run(request: ClassifierRequest | ClipRequest, load: Callable[[], Any], what
                                                         pipeline.precision, overlay=overlay), pipeline.targets))
     tag = configuration_tag({"model": model_name, "weights": identity, "kind": "clip" if clip else "classifier",
                              "method": request.method, "options": options, "precision": pipeline.precision})
-    writer = ResultWriter(request.out, model_name, [], tag)
+    writer = ResultWriter(request.out, model_name, _writers(request, model_name, None), tag)
     remove_stale_temporaries(writer.out_dir)
     repaired = repair_manifest(writer.out_dir)
     if repaired:
@@ -356,8 +356,7 @@ def _run(request: ClassifierRequest | ClipRequest, load: Callable[[], Any], what
                  f"left (line {', '.join(map(str, repaired))})")
     common = {"weights": identity, "precision": pipeline.precision, "options": driver.options, "overlay": overlay}
     entries: list[dict[str, Any]] = []
-    explained: list[tuple[Job, Image.Image | None, list[MapRecord]]] = []
-    writers = _writers(request, model_name, None)
+    explained: list[tuple[Job, list[MapRecord]]] = []
     try:
         input_height, input_width = pipeline.input_size()
         for loaded in run.batches(pipeline.forward_batch_size(request.batch_size)):
@@ -370,14 +369,14 @@ def _run(request: ClassifierRequest | ClipRequest, load: Callable[[], Any], what
             records = pipeline.explain([picture for _, picture in loaded])
             for (job, picture), row in zip(loaded, records, strict=True):
                 if request.scale == "batch":  # written once every map of the run is known
-                    explained.append((job, None, row))
+                    explained.append((job, row))
                 else:
-                    _write_input(run, writer, writers, job, picture, row, common, entries)
+                    _write_input(run, writer, job, picture, row, common, entries)
         if request.scale == "batch" and explained:
-            value_range = run_range(row for _, _, row in explained)
-            writers = _writers(request, model_name, value_range)
+            value_range = run_range(row for _, row in explained)
+            writer.writers = _writers(request, model_name, value_range)
             common["overlay"] = {**overlay, "scale": "batch", "value_range": list(value_range)}
-            _write_batch(run, writer, writers, explained, common, entries)
+            _write_batch(run, writer, explained, common, entries)
     except Interrupted as stop:
         run.summary.interrupted = stop.exit_code
     if request.chatty:
@@ -416,12 +415,11 @@ def _writers(request: RunRequest, model: str, value_range: tuple[float, float] |
     return writers
 
 
-def _write_input(run: Run, writer: Any, writers: list[Any], job: Job, picture: Image.Image | None,
+def _write_input(run: Run, writer: Any, job: Job, picture: Image.Image | None,
                  row: list[MapRecord], common: dict[str, Any], entries: list[dict[str, Any]]) -> None:
     """Write one input's maps (all or none counted): an input whose files cannot be written fails alone."""
     from heatmap.outputs import OutputError
 
-    writer.writers = writers
     try:
         for record in row:
             entries.append(writer.write(job.path, job.stem, picture, record, method=run.request.method,
@@ -433,18 +431,18 @@ def _write_input(run: Run, writer: Any, writers: list[Any], job: Job, picture: I
     run.summary.explained += 1
 
 
-def _write_batch(run: Run, writer: Any, writers: list[Any], explained: list[tuple[Job, Any, list[MapRecord]]],
-                 common: dict[str, Any], entries: list[dict[str, Any]]) -> None:
+def _write_batch(run: Run, writer: Any, explained: list[tuple[Job, list[MapRecord]]], common: dict[str, Any],
+                 entries: list[dict[str, Any]]) -> None:
     """``--scale batch``: every input's files, each picture read again (the run keeps maps, not pictures)."""
     from heatmap.inputs import load_image
 
-    for job, _, row in explained:
+    for job, row in explained:
         try:
             picture = load_image(job.path)
         except HeatmapError as error:  # changed or removed since it was explained
             run.fail(str(error))
             continue
-        _write_input(run, writer, writers, job, picture, row, common, entries)
+        _write_input(run, writer, job, picture, row, common, entries)
 
 
 def run_range(rows: Iterator[list[MapRecord]] | Any) -> tuple[float, float]:
