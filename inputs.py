@@ -11,6 +11,7 @@ a sorted, de-duplicated list of paths.
 from __future__ import annotations
 
 import glob
+import io
 import os
 import warnings
 from collections.abc import Sequence
@@ -46,11 +47,12 @@ _GLOB_CHARACTERS = frozenset("*?[")
 _WHITE = 255.0
 
 
-def load_image(path: str | os.PathLike[str]) -> Image.Image:
+def load_image(path: str | os.PathLike[str], name: str | None = None) -> Image.Image:
     """Read an image file into a fully loaded RGB image.
 
     Args:
         path: The image file. Any format and mode PIL can read.
+        name: what errors call it (default: the path as given).
 
     Returns:
         A new ``PIL.Image.Image`` in mode ``"RGB"`` with the EXIF orientation
@@ -63,7 +65,7 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
             ``Image.MAX_IMAGE_PIXELS`` safety limit. The message names the file.
     """
     path = Path(path)
-    name = str(path)
+    name = name or str(path)
     if not path.exists():
         raise HeatmapError(f"{name}: no such file; check the path")
     if path.is_dir():
@@ -71,18 +73,28 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     try:
         if path.stat().st_size == 0:
             raise HeatmapError(f"{name}: empty file (0 bytes); copy or download it again")
+    except PermissionError:
+        raise HeatmapError(f"{name}: permission denied; make the file readable") from None
+    return decode_image(path, name)
+
+
+def decode_image(source: Path | io.BytesIO, name: str) -> Image.Image:
+    """Decode a file, or a file's bytes, as :func:`load_image` does; ``name`` is what its errors call it.
+
+    Raises:
+        HeatmapError: as :func:`load_image`, for what is wrong with the data.
+    """
+    try:
         with warnings.catch_warnings():
             # Above MAX_IMAGE_PIXELS PIL only warns (an error only at twice the
             # limit); a huge image would exhaust memory later, so refuse it here.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            with Image.open(source) as opened:
                 # Decoding is lazy: force it inside the try so that a truncated
                 # or damaged file fails here, with its name, not deep in a model.
                 opened.load()
                 frames = getattr(opened, "n_frames", 1)
                 oriented = ImageOps.exif_transpose(opened)
-    except HeatmapError:
-        raise
     except PermissionError:
         raise HeatmapError(f"{name}: permission denied; make the file readable") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

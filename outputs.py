@@ -346,6 +346,19 @@ def default_writers(colormap: str = "jet", alpha: float = 0.5, overlay_size: int
     return [NpyWriter(), OverlayWriter(colormap, alpha, overlay_size, value_range), TokenStripWriter()]
 
 
+def run_writers(method: str, model: str, colormap: str, alpha: float, overlay_size: int,
+                value_range: tuple[float, float] | None = None, panel: bool = False,
+                panel_top_k: int = 1) -> list[FileWriter]:
+    """A run's writers: :func:`default_writers`, and the labelled panel when asked for (``--panel``).
+
+    ``panel_top_k``: the top-k of a run that names no class (the panel flags a class ranked below it).
+    """
+    writers = default_writers(colormap, alpha, overlay_size, value_range)
+    if panel:
+        writers.append(PanelWriter(method, model, colormap, alpha, value_range, panel_top_k))
+    return writers
+
+
 @dataclass
 class ResultWriter:
     """Writes one folder of results: each record's files, then its ``manifest.jsonl`` line.
@@ -368,7 +381,15 @@ class ResultWriter:
 
     def write(self, source: Path, stem: str, picture: Image.Image | None, record: MapRecord, *, method: str,
               target_name: str, common: dict[str, Any]) -> dict[str, Any]:
-        """Write one record's files and its manifest line; return the manifest entry.
+        """Write one record's files and its manifest line; return the manifest entry (see :meth:`write_files`)."""
+        entry = self.write_files(source, stem, picture, record, method=method, target_name=target_name,
+                                 common=common)
+        append_manifest_line(self.out_dir / MANIFEST, entry)
+        return entry
+
+    def write_files(self, source: Path, stem: str, picture: Image.Image | None, record: MapRecord, *, method: str,
+                    target_name: str, common: dict[str, Any]) -> dict[str, Any]:
+        """Write one record's files; return its manifest entry, for the caller to append once they are written.
 
         Args:
             source: the input image's path.
@@ -389,10 +410,8 @@ class ResultWriter:
         except OSError as error:
             # this input's failure (a name the file system refuses, a full disk): the run goes on
             raise OutputError(f"{source}: cannot write {base}.*: {error.strerror or error}") from error
-        entry = {"input": str(source), "model": self.model, "method": method, **common, **record.fields,
-                 "map_shape": list(record.heatmap.shape), "files": files}
-        append_manifest_line(self.out_dir / MANIFEST, entry)
-        return entry
+        return {"input": str(source), "model": self.model, "method": method, **common, **record.fields,
+                "map_shape": list(record.heatmap.shape), "files": files}
 
 
 def open_manifest(path: Path) -> int:

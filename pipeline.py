@@ -88,6 +88,7 @@ class Pipeline:
             self.targets = list(dict.fromkeys(adapter.class_index(str(target)) for target in targets))
         self.top_k = top_k
         self.texts = list(texts) if texts is not None else None
+        self._input_size: tuple[int, int] | None = None
         self._names = ({t: text_name(text) for t, text in enumerate(self.texts)} if self.texts is not None
                        else target_names(adapter.labels))
 
@@ -97,6 +98,20 @@ class Pipeline:
 
         tensor, _ = self.driver.adapter.preprocess([Image.new("RGB", (64, 64))])
         return int(tensor.shape[-2]), int(tensor.shape[-1])
+
+    def picture_notes(self, name: str, picture: Image.Image) -> list[str]:
+        """What the user should know of a picture whose map says less than they may think: pages left out,
+        a picture far smaller than the model's input."""
+        if self._input_size is None:
+            self._input_size = self.input_size()
+        height, width = self._input_size
+        notes = []
+        if picture.info.get("frames", 1) > 1:
+            notes.append(f"{name}: {picture.info['frames']} frames (pages); only the first is explained")
+        if picture.width * 4 <= width or picture.height * 4 <= height:
+            notes.append(f"{name}: {picture.width}x{picture.height} px, far smaller than the model's "
+                         f"{width}x{height} input: it is upscaled, the map says little")
+        return notes
 
     def forward_batch_size(self, requested: int) -> int:
         """Images per forward pass: 1 on CPU, so maps are byte-identical whatever the batch size.

@@ -126,9 +126,9 @@ def classifier_request(method: Method, values: Mapping[str, Any]) -> "Classifier
 
 
 def picture_values(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The request's fields every explaining command shares about pictures and records."""
+    """The request's fields every explaining command shares about pictures, records and where it runs."""
     return {"panel": values["panel"], "scale": values["scale"].value, "report": values["report"],
-            "command": command_line()}
+            "command": command_line(), "ray": values["ray"], "ray_workers": values["ray_workers"]}
 
 
 def command_line() -> list[str]:

@@ -78,6 +78,14 @@ SkipExisting = Annotated[bool, typer.Option(
 Shard = Annotated[Optional[str], typer.Option(rich_help_panel=BATCH,
     metavar="K/N", help="Process only the K-th of N slices of the sorted inputs (K = 1..N), so that N jobs "
     "split one folder with no overlap and no gap.", show_default=False)]
+RayAddress = Annotated[Optional[str], typer.Option(
+    "--ray", rich_help_panel=BATCH, metavar="ADDRESS", help="Explain on a Ray cluster and write here, the same "
+    "files and manifest: 'local' starts one on this machine, 'auto' joins the one 'ray start' runs, or "
+    "ray://HOST:10001. Every node must read the inputs at their paths. Needs vit-heatmap[ray].",
+    show_default=False)]
+RayWorkers = Annotated[Optional[int], typer.Option(
+    min=1, rich_help_panel=BATCH, metavar="N", help="With --ray: model copies (Ray actors). Default: one per GPU of "
+    "the cluster, or one.", show_default=False)]
 Quiet = Annotated[bool, typer.Option(
     "--quiet", "-q", rich_help_panel=MESSAGES, help="No progress bar and no table; errors still go to stderr.")]
 Verbose = Annotated[bool, typer.Option(
@@ -117,6 +125,8 @@ def shared_options(
     recursive: Recursive = False,
     skip_existing: SkipExisting = False,
     shard: Shard = None,
+    ray: RayAddress = None,
+    ray_workers: RayWorkers = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
     json: Json = False,

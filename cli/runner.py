@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,6 +68,9 @@ class RunRequest:
             ``"batch"``: every map of the run by one range, so a weak map looks weak.
         report: write ``<out>/report.html`` at the end.
         command: the command line as typed (recorded in ``runs.jsonl``).
+        ray: explain on this Ray cluster (``local``: one started on this machine) and write here; None: in
+            this process.
+        ray_workers: Ray actors (None: one per GPU of the cluster, or one).
     """
 
     method: str
@@ -90,6 +93,8 @@ class RunRequest:
     scale: str = "image"
     report: bool = False
     command: list[str] = field(default_factory=list)
+    ray: str | None = None
+    ray_workers: int | None = None
 
     @property
     def chatty(self) -> bool:
@@ -195,6 +200,7 @@ class Run:
         if not total:
             raise HeatmapError("no images to explain; pass image files, folders or glob patterns")
         self.jobs = jobs
+        self.devices: set[str] = set()  # what explained the maps on a Ray cluster
 
     def fail(self, message: str) -> None:
         self.summary.failures.append(message)
@@ -214,15 +220,21 @@ class Run:
         if self.summary.skipped and self.request.chatty:
             console.stderr.print(f"{self.summary.skipped} input(s) already done in {self.request.out}; skipped")
 
+    @contextmanager
+    def progress(self) -> Iterator[Callable[[int], None]]:
+        """A progress bar over this run's inputs (none when quiet or for one input); yields ``advance(n)``."""
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), console=console.stderr,
+                      disable=not self.request.chatty or len(self.jobs) <= 1, transient=True) as progress:
+            task = progress.add_task(self.request.method, total=len(self.jobs))
+            yield lambda count: progress.advance(task, count)
+
     def batches(self, batch_size: int) -> Iterator[list[tuple[Job, Image.Image]]]:
         """Lists of ``(job, picture)``; an unreadable file is reported and left out."""
         from heatmap.inputs import load_image
 
         batches = [self.jobs[i:i + batch_size] for i in range(0, len(self.jobs), batch_size)]
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), console=console.stderr,
-                      disable=not self.request.chatty or len(self.jobs) <= 1, transient=True) as progress:
-            task = progress.add_task(self.request.method, total=len(self.jobs))
+        with self.progress() as advance:
             for batch in batches:
                 loaded = []
                 for job in batch:
@@ -232,7 +244,7 @@ class Run:
                         self.fail(str(error))
                 if loaded:
                     yield loaded
-                progress.advance(task, len(batch))
+                advance(len(batch))
 
     def finish(self) -> RunSummary:
         summary = self.summary
@@ -262,7 +274,8 @@ def run_classifier(request: ClassifierRequest) -> RunSummary:
     def load() -> Any:
         from heatmap.models import load
 
-        return load(request.model, request.checkpoint, request.device)
+        # with --ray the cluster explains: this copy only names the model, its classes and files
+        return load(request.model, request.checkpoint, "cpu" if request.ray else request.device)
 
     return _run(request, load,
                 request.model or "the default model", weights=request.checkpoint)
@@ -276,7 +289,7 @@ def run_clip(request: ClipRequest) -> RunSummary:
     def load() -> Any:
         from heatmap.models import load_clip
 
-        return load_clip(request.model, request.pretrained, request.device)
+        return load_clip(request.model, request.pretrained, "cpu" if request.ray else request.device)
 
     return _run(request, load,
                 request.model or "ViT-B-32 (openai)", weights=request.pretrained)
@@ -287,7 +300,19 @@ def _run(request: ClassifierRequest | ClipRequest, load: Callable[[], Any], what
     """Load the model, leave out what is done, explain batch by batch, write, summarise.
 
     ``weights``: the local checkpoint, or the pretrained tag or file, as given (None: the name says it).
+    With ``--ray`` the cluster is joined in the background from the start, and left at the end.
     """
+    if not request.ray:
+        return _run_here_or_on(None, request, load, what, weights)
+    from heatmap.distributed.ray import joined
+
+    with joined(request.ray) as cluster:
+        return _run_here_or_on(cluster, request, load, what, weights)
+
+
+def _run_here_or_on(cluster: Any, request: ClassifierRequest | ClipRequest, load: Callable[[], Any], what: str,
+                    weights: str | Path | None) -> RunSummary:
+    """:func:`_run` in this process (``cluster`` None) or on a Ray cluster being joined."""
     from heatmap.explainers.registry import method as find_method
     from heatmap.explainers.registry import resolve_options
 
@@ -301,9 +326,9 @@ def _run(request: ClassifierRequest | ClipRequest, load: Callable[[], Any], what
     from heatmap.outputs import check_manifest
 
     check_manifest(Path(request.out))
-    if request.scale == "batch" and (request.shard or request.skip_existing):
+    if request.scale == "batch" and (request.shard or request.skip_existing or request.ray):
         raise UsageError("--scale batch colours every map of the run by one range, so it needs the whole run at "
-                         "once: leave out --shard and --skip-existing, or use --scale image")
+                         "once, in this process: leave out --shard, --skip-existing and --ray, or use --scale image")
     if request.shard and not run.jobs:
         # a job array with more shards than inputs: nothing to load, nothing to write
         shard = request.shard
@@ -358,16 +383,10 @@ def _run(request: ClassifierRequest | ClipRequest, load: Callable[[], Any], what
     entries: list[dict[str, Any]] = []
     explained: list[tuple[Job, list[MapRecord]]] = []
     try:
-        input_height, input_width = pipeline.input_size()
-        for loaded in run.batches(pipeline.forward_batch_size(request.batch_size)):
-            for job, picture in loaded:
-                if picture.info.get("frames", 1) > 1:
-                    run.note(f"{job.path}: {picture.info['frames']} frames (pages); only the first is explained")
-                if picture.width * 4 <= input_width or picture.height * 4 <= input_height:
-                    run.note(f"{job.path}: {picture.width}x{picture.height} px, far smaller than the model's "
-                             f"{input_width}x{input_height} input: it is upscaled, the map says little")
-            records = pipeline.explain([picture for _, picture in loaded])
-            for (job, picture), row in zip(loaded, records, strict=True):
+        if cluster:
+            _run_on_ray(run, request, cluster, _file_settings(request, writer, common), entries)
+        else:
+            for job, picture, row in _explained_here(run, request, pipeline):
                 if request.scale == "batch":  # written once every map of the run is known
                     explained.append((job, row))
                 else:
@@ -385,10 +404,68 @@ def _run(request: ClassifierRequest | ClipRequest, load: Callable[[], Any], what
         else:
             _print_classifier_summary(entries, writer.out_dir)
     summary = run.finish()
-    _record_run(request, summary, driver, model_name, identity, pipeline.precision)
+    _record_run(request, summary, _device_name(driver.adapter.device) if not request.ray else
+                f"ray {request.ray}: {', '.join(sorted(run.devices)) or 'none'}", model_name, identity,
+                pipeline.precision, driver.options)
     if request.report and not summary.interrupted:
         _write_report(request)
     return summary
+
+
+Explained = Iterator[tuple[Job, "Image.Image", "list[MapRecord]"]]
+
+
+def _explained_here(run: Run, request: RunRequest, pipeline: Any) -> Explained:
+    """Each readable input with its picture and records, explained in this process batch by batch."""
+    for loaded in run.batches(pipeline.forward_batch_size(request.batch_size)):
+        for job, picture in loaded:
+            for note in pipeline.picture_notes(str(job.path), picture):
+                run.note(note)
+        records = pipeline.explain([picture for _, picture in loaded])
+        for (job, picture), row in zip(loaded, records, strict=True):
+            yield job, picture, row
+
+
+def _file_settings(request: RunRequest, writer: Any, common: dict[str, Any]) -> Any:
+    """What a Ray actor needs to write the files this run's writer would."""
+    from heatmap.distributed.ray import FileSettings
+
+    return FileSettings(str(writer.out_dir.resolve()), writer.model, writer.tag, common, request.colormap,
+                        request.alpha, request.overlay_size, request.panel, _panel_top_k(request))
+
+
+def _run_on_ray(run: Run, request: RunRequest, cluster: Any, files: Any, entries: list[dict[str, Any]]) -> None:
+    """``--ray``: the cluster's actors explain the inputs and write their files; here each input's manifest lines
+    are appended once its files are whole, in input order, as a plain run appends them."""
+    from heatmap.distributed.ray import explained_on_ray
+    from heatmap.outputs import MANIFEST, append_manifest_line
+
+    explainer: dict[str, Any] = {"method": request.method, "model": request.model, "device": request.device,
+                                 "precision": request.precision, "options": request.options, "files": files}
+    if isinstance(request, ClipRequest):
+        explainer.update(texts=request.texts, pretrained=request.pretrained)
+    else:
+        assert isinstance(request, ClassifierRequest)
+        explainer.update(targets=request.targets, top_k=request.top_k,
+                         checkpoint=None if request.checkpoint is None else str(request.checkpoint.resolve()))
+    with _status(request, f"joining Ray ({request.ray})..."):
+        cluster.wait()
+    results = explained_on_ray([(job.path, job.stem) for job in run.jobs], explainer, request.ray_workers,
+                               request.batch_size)
+    with closing(results), run.progress() as advance:  # closed at once, also when stopped
+        for result in results:
+            advance(1)
+            for note in result.notes:
+                run.note(note)
+            if result.error:
+                run.fail(result.error)
+                continue
+            for entry in result.entries:
+                append_manifest_line(Path(files.out) / MANIFEST, entry)
+                entries.append(entry)
+                run.summary.maps += 1
+            run.summary.explained += 1
+            run.devices.add(result.device)
 
 
 def _write_report(request: RunRequest) -> None:
@@ -406,13 +483,14 @@ def _write_report(request: RunRequest) -> None:
 
 def _writers(request: RunRequest, model: str, value_range: tuple[float, float] | None) -> list[Any]:
     """The run's file writers: map, overlay, token strip, and the panel when asked for."""
-    from heatmap.outputs import PanelWriter, default_writers
+    from heatmap.outputs import run_writers
 
-    writers = default_writers(request.colormap, request.alpha, request.overlay_size, value_range)
-    if request.panel:
-        top_k = request.top_k if isinstance(request, ClassifierRequest) and not request.targets else 1
-        writers.append(PanelWriter(request.method, model, request.colormap, request.alpha, value_range, top_k))
-    return writers
+    return run_writers(request.method, model, request.colormap, request.alpha, request.overlay_size, value_range,
+                       request.panel, _panel_top_k(request))
+
+
+def _panel_top_k(request: RunRequest) -> int:
+    return request.top_k if isinstance(request, ClassifierRequest) and not request.targets else 1
 
 
 def _write_input(run: Run, writer: Any, job: Job, picture: Image.Image | None,
@@ -509,7 +587,11 @@ def ensure_writable(folder: Path) -> None:
 
 
 def _loading(request: RunRequest, what: str) -> AbstractContextManager[object]:
-    return console.stderr.status(f"loading {what}...") if request.chatty else nullcontext()
+    return _status(request, f"loading {what}...")
+
+
+def _status(request: RunRequest, message: str) -> AbstractContextManager[object]:
+    return console.stderr.status(message) if request.chatty else nullcontext()
 
 
 def _print_classifier_summary(entries: list[dict[str, Any]], out_dir: Path) -> None:
@@ -562,8 +644,17 @@ def _print_clip_summary(entries: list[dict[str, Any]], out_dir: Path) -> None:
     console.stdout.print(table)
 
 
-def _record_run(request: RunRequest, summary: RunSummary, driver: Any, model: str, weights: str | None,
-                precision: str) -> None:
+def _device_name(device: Any) -> str:
+    """``cpu``, or ``cuda:0 (NVIDIA H200)``."""
+    if device.type == "cuda":
+        import torch
+
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def _record_run(request: RunRequest, summary: RunSummary, device_name: str, model: str, weights: str | None,
+                precision: str, options: dict[str, Any]) -> None:
     """Append the run's settings and outcome to ``<out>/runs.jsonl`` (what ``heatmap report`` shows at the top).
 
     One line per run into the folder, never rewritten: several runs into one
@@ -581,17 +672,11 @@ def _record_run(request: RunRequest, summary: RunSummary, driver: Any, model: st
                          ("transformers", "transformers")):
         if module in sys.modules:  # only the libraries the run used; none is imported for this
             versions[name] = str(getattr(sys.modules[module], "__version__", "?"))
-    device = driver.adapter.device
-    device_name = str(device)
-    if device.type == "cuda":
-        import torch
-
-        device_name += f" ({torch.cuda.get_device_name(device)})"
     started = datetime.now(timezone.utc) - timedelta(seconds=summary.seconds)
     line = {"command": request.command, "cwd": os.getcwd(), "started": started.isoformat(timespec="seconds"),
             "seconds": round(summary.seconds, 2), "versions": versions, "model": model, "weights": weights,
             "kind": "clip" if isinstance(request, ClipRequest) else "classifier", "method": request.method,
-            "options": driver.options, "precision": precision, "device": device_name, "scale": request.scale,
+            "options": options, "precision": precision, "device": device_name, "scale": request.scale,
             "inputs": summary.inputs, "explained": summary.explained, "skipped": summary.skipped,
             "maps": summary.maps, "failures": summary.failures, "exit_code": summary.exit_code}
     try:

@@ -21,15 +21,21 @@ def relevance(evidence: Evidence, options: Mapping[str, Any]) -> torch.Tensor:
     return weighted_attention(evidence).clamp(min=0)
 
 
+def query_rows(probs: torch.Tensor, grads: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """Each head's query row of the gradient: ``[B, H, N, N]`` -> ``[B, H, N]``."""
+    import torch
+
+    return torch.einsum("bn,bhnm->bhm", query.to(grads), grads)
+
+
 def weighted_attention(evidence: Evidence) -> torch.Tensor:
     """``mean_h(w_h * A_{L-1}[h, q, :])`` before the clamp, ``[B, N]``."""
     import torch
 
     assert evidence.attention_grads is not None
-    probs, grads = evidence.attention_probs[-1], evidence.attention_grads[-1]  # [B, H, N, N]
+    probs, grads_row = evidence.attention_probs[-1], evidence.attention_grads[-1]  # [B, H, N, N], query_rows
     query, columns = evidence.query.to(probs), evidence.columns.to(probs)[:, None, :]
     probs_row = torch.einsum("bn,bhnm->bhm", query, probs)  # each head's query row [B, H, N]
-    grads_row = torch.einsum("bn,bhnm->bhm", query, grads)
     # w_h: the mean of the gradient's query row over the patch columns (a text: its tokens)
     weights = (grads_row * columns).sum(dim=-1, keepdim=True) / columns.sum(dim=-1, keepdim=True)
     return (weights * probs_row).mean(dim=1)
@@ -43,5 +49,6 @@ METHOD = register(Method(
                 "head mean, then clamp.",
     options=(),
     relevance=relevance,
+    reduce_gradient=query_rows,
     default_start_layer=-1,
 ))

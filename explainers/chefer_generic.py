@@ -15,13 +15,16 @@ if TYPE_CHECKING:
     import torch
 
 
+def fused_block(probs: torch.Tensor, grads: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """``Abar_l = mean_h((dA_l * A_l)+)`` ``[B, N, N]``: the clamp first, the head mean after."""
+    return (grads * probs).clamp(min=0).mean(dim=1)
+
+
 def relevance(evidence: Evidence, options: Mapping[str, Any]) -> torch.Tensor:
     from heatmap.explainers.aggregation import accumulated_relevance_row
 
-    assert evidence.attention_grads is not None
-    fused = [(grads * probs).clamp(min=0).mean(dim=1)
-             for probs, grads in zip(evidence.attention_probs, evidence.attention_grads, strict=True)]
-    return accumulated_relevance_row(fused, evidence.query)
+    assert evidence.attention_grads is not None  # each block's fused_block
+    return accumulated_relevance_row(evidence.attention_grads, evidence.query)
 
 
 METHOD = register(Method(
@@ -30,6 +33,7 @@ METHOD = register(Method(
     description="R = I, then R += mean_h((dA * A)+) @ R for each block from the start layer on.",
     options=(start_layer_option(),),
     relevance=relevance,
+    reduce_gradient=fused_block,
     # the authors' CLIP notebook uses the last block only, in both towers
     clip_defaults={"start_layer": -1},
 ))

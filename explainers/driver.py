@@ -435,9 +435,9 @@ class Driver:
             return [row] * count
         grads = None
         if method.reads_gradients and method.gradients_of == "block read-outs":
-            grads = self._readout_gradients(side, capture)
+            grads = self._readout_gradients(side, capture, probs[start:])
         elif method.reads_gradients:
-            grads = self._gradients(side.objectives, capture.tracked(), retain)
+            grads = self._gradients(side, capture.tracked(), probs[start:], retain)
         rows = []
         for k in range(count):
             relevance = pixels = None
@@ -453,22 +453,63 @@ class Driver:
                 rows.append(method.relevance(evidence, self.options))
         return rows
 
-    def _gradients(self, objectives: torch.Tensor, tracked: list[torch.Tensor],
+    def _gradients(self, side: TowerScores, tracked: list[torch.Tensor], probs: list[torch.Tensor],
                    retain: bool) -> list[list[torch.Tensor]]:
-        """Per objective, the gradients of the tracked probabilities (no weight gradients)."""
+        """Per objective, the gradients of the tracked probabilities (no weight gradients), or what the
+        method's ``reduce_gradient`` makes of each, formed as it arrives."""
+        objectives, reduce = side.objectives, self.method.reduce_gradient
         with torch.enable_grad():  # indexing the objectives must stay in the graph, even under no_grad
             count = objectives.shape[0]
+            if reduce is not None and not self.batched_backward:
+                return [self._reduced_as_they_arrive(objectives[k], tracked, probs, side.query,
+                                                     retain or k + 1 < count) for k in range(count)]
             if self.batched_backward:
                 one_hot = torch.eye(count, dtype=objectives.dtype, device=objectives.device)
                 batched = torch.autograd.grad(objectives, tracked, grad_outputs=one_hot, is_grads_batched=True,
                                               retain_graph=retain)
-                return [[grad[k] for grad in batched] for k in range(count)]
-            return [list(torch.autograd.grad(objectives[k], tracked, retain_graph=retain or k + 1 < count))
-                    for k in range(count)]
+                grads = [[grad[k] for grad in batched] for k in range(count)]
+            else:
+                grads = [list(torch.autograd.grad(objectives[k], tracked, retain_graph=retain or k + 1 < count))
+                         for k in range(count)]
+        if reduce is None:
+            return grads
+        with torch.no_grad():
+            return [[reduce(block, grad, side.query) for block, grad in zip(probs, per_block, strict=True)]
+                    for per_block in grads]
 
+    def _reduced_as_they_arrive(self, objective: torch.Tensor, tracked: list[torch.Tensor],
+                                probs: list[torch.Tensor], query: torch.Tensor, retain: bool) -> list[torch.Tensor]:
+        """One backward pass of ``objective``; each block's gradient reduced by the method in a hook as the pass
+        reaches it, then dropped, so no more than one ``[B, H, N, N]`` gradient is alive at a time."""
+        reduce = self.method.reduce_gradient
+        assert reduce is not None
+        reduced: list[torch.Tensor | None] = [None] * len(tracked)
 
-    def _readout_gradients(self, side: TowerScores, capture: AttentionCapture) -> list[list[torch.Tensor]]:
-        """Per objective, per tracked block l, ``d y_l / d A_l`` of the block's own read-out score.
+        def keep(index: int) -> Callable[[torch.Tensor], None]:
+            def hook(grad: torch.Tensor) -> None:
+                with torch.no_grad():
+                    reduced[index] = reduce(probs[index], grad, query)
+            return hook
+
+        handles = [tensor.register_hook(keep(index))  # type: ignore[no-untyped-call]
+                   for index, tensor in enumerate(tracked)]
+        # The first tracked block lies behind every later one, so a pass to it reaches them all; a tracked leaf
+        # (an attention-pool head's tap, heatmap.models.attention_pool) lies on no path, and is asked for by name.
+        inputs = [tracked[0], *(tensor for tensor in tracked[1:] if tensor.grad_fn is None)]
+        try:
+            torch.autograd.grad(objective, inputs, retain_graph=retain)
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [index for index, block in enumerate(reduced) if block is None]
+        if missing:
+            raise RuntimeError(f"the backward pass did not reach tracked block(s) {missing}")
+        return [block for block in reduced if block is not None]
+
+    def _readout_gradients(self, side: TowerScores, capture: AttentionCapture,
+                           probs: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """Per objective, per tracked block l, ``d y_l / d A_l`` of the block's own read-out score (or what the
+        method's ``reduce_gradient`` makes of it, formed as each arrives).
 
         ``y_l`` is the objective's score read from block l's output tokens
         (``Tower.block_readout``, weighted by ``side.readout_weights``), summed
@@ -482,10 +523,22 @@ class Driver:
             raise UsageError(f"{side.tower.name}: the start layer is the attention-pool head alone, which is not one "
                              f"of {self.method.name}'s layers (its read-out runs through the head); start at -2 or "
                              "lower")
+        reduce = self.method.reduce_gradient
+
+        def gradient(readout: torch.Tensor, weights: torch.Tensor, block_probs: torch.Tensor,
+                     block: torch.Tensor) -> torch.Tensor:
+            (grad,) = torch.autograd.grad((readout * weights.to(readout)).sum(), block_probs, retain_graph=True)
+            if reduce is None:
+                return grad
+            with torch.no_grad():
+                return reduce(block, grad, side.query)
+
+        tracked = capture.tracked_blocks()
+        blocks = probs[:len(tracked)]  # not an attention-pool head's, which has no read-out of its own
         with torch.enable_grad():
             readouts = [side.tower.block_readout(tokens) for tokens in outputs]
-            return [[torch.autograd.grad((readout * weights.to(readout)).sum(), probs, retain_graph=True)[0]
-                     for readout, probs in zip(readouts, capture.tracked_blocks(), strict=True)]
+            return [[gradient(readout, weights, block_probs, block)
+                     for readout, block_probs, block in zip(readouts, tracked, blocks, strict=True)]
                     for weights in side.readout_weights]
 
 

@@ -17,12 +17,16 @@ if TYPE_CHECKING:
     import torch
 
 
+def fused_block(probs: torch.Tensor, grads: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """``(mean_h(A_l * dA_l))+`` ``[B, N, N]``: the head mean first, the clamp after."""
+    return (probs * grads).mean(dim=1).clamp(min=0)
+
+
 def relevance(evidence: Evidence, options: Mapping[str, Any]) -> torch.Tensor:
     from heatmap.explainers.aggregation import discard_lowest, normalized_rollout_row
 
-    assert evidence.attention_grads is not None
-    fused = [discard_lowest((probs * grads).mean(dim=1).clamp(min=0), options["discard_ratio"])
-             for probs, grads in zip(evidence.attention_probs, evidence.attention_grads, strict=True)]
+    assert evidence.attention_grads is not None  # each block's fused_block
+    fused = [discard_lowest(block, options["discard_ratio"]) for block in evidence.attention_grads]
     return normalized_rollout_row(fused, evidence.query)
 
 
@@ -32,4 +36,5 @@ METHOD = register(Method(
     description="Rollout of each block's attention weighted by its gradient, negatives clamped.",
     options=(discard_ratio_option(0.9), start_layer_option()),
     relevance=relevance,
+    reduce_gradient=fused_block,
 ))

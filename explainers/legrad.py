@@ -23,10 +23,14 @@ if TYPE_CHECKING:
     import torch
 
 
+def block_map(probs: torch.Tensor, grads: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """``G_l``: ``[B, H, N, N]`` -> clamp, mean over heads, mean over all query rows: ``[B, N]``."""
+    return grads.clamp(min=0).mean(dim=1).mean(dim=1)
+
+
 def relevance(evidence: Evidence, options: Mapping[str, Any]) -> torch.Tensor:
-    assert evidence.attention_grads is not None
-    # per block [B, H, N, N] -> clamp, mean over heads, mean over all query rows: [B, N]
-    per_block = [grad.clamp(min=0).mean(dim=1).mean(dim=1) for grad in evidence.attention_grads]
+    assert evidence.attention_grads is not None  # each block's block_map
+    per_block = list(evidence.attention_grads)
     return sum(per_block[1:], per_block[0])
 
 
@@ -38,6 +42,7 @@ METHOD = register(Method(
                 "y_l is the score the head reads from block l's output.",
     options=(start_layer_option(-2),),
     relevance=relevance,
+    reduce_gradient=block_map,
     gradients_of="block read-outs",
     towers=frozenset({"image"}),
 ))

@@ -74,8 +74,9 @@ class Evidence:
     Attributes:
         attention_probs: per block from the start layer on, ``A_l`` ``[B, H, N, N]``.
         attention_grads: per block from the start layer on, ``dA_l`` (of the
-            score, or of the block's own read-out: ``Method.gradients_of``);
-            None unless the method reads gradients.
+            score, or of the block's own read-out: ``Method.gradients_of``),
+            or, for a method with ``Method.reduce_gradient``, what that made
+            of it; None unless the method reads gradients.
         attention_relevance: per block from the start layer on, the LRP
             relevance ``RA_l`` of the attention; None unless the method reads LRP.
         query: ``[B, N]`` weights whose product with ``R`` is the query row
@@ -118,6 +119,11 @@ class Method:
         towers: the towers it explains: the image tower always; a CLIP's
             text tower outside it gets no token relevance.
         default_start_layer: the first block when it has no ``start_layer`` option.
+        reduce_gradient: ``(A_l, dA_l, query) -> what relevance reads of block l``
+            (a head-reduced ``[B, N, N]``, say), for a method that never needs
+            the whole ``dA_l``: the driver calls it as each block's gradient
+            arrives in the backward pass, so the ``[B, H, N, N]`` gradients
+            are never all kept; ``Evidence.attention_grads`` holds what it returns.
     """
 
     name: str
@@ -133,6 +139,7 @@ class Method:
     clip_defaults: Mapping[str, Any] = field(default_factory=dict)
     towers: frozenset[TowerKind] = frozenset({"image", "text"})
     default_start_layer: int = 0
+    reduce_gradient: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     @property
     def defaults(self) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Runs past one machine: Ray Data (``heatmap.distributed.ray``)."""
