@@ -2,6 +2,10 @@
 
     python benchmarks/methods_speed.py [--model vit_base_patch16_224] [--batch 1 8] [--rounds 7]
                                        [--clip-model ViT-B-32] [--texts 5] [--skip-memory]
+                                       [--image-size 518] [--methods rollout chefer-generic ...]
+
+``--model vit_base_patch14_dinov2 --image-size 518`` is DINOv2-B/14 at 518 px
+(1,370 tokens), with a random 1,000-class head as every model here gets.
 
 Random weights (timing does not depend on them): ``timm.create_model(...,
 pretrained=False)`` and ``open_clip.create_model(name)``, nothing downloaded.
@@ -81,13 +85,18 @@ def frozen(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
+IMAGE_SIZE: dict[str, int] = {}  # {"img_size": N} when --image-size is given
+METHODS: list[str] = []  # --methods: only these rows (and the yardsticks); empty: every method
+
+
 def model_and_images(model_name: str, batch: int, device: str) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The random-weight model (frozen) and a batch of random images."""
+    """The random-weight model with a 1,000-class head (frozen) and a batch of random images."""
     import timm
 
     torch.manual_seed(0)
-    model = frozen(timm.create_model(model_name, pretrained=False).to(device))
-    images = torch.randn(batch, 3, *model.pretrained_cfg["input_size"][1:], device=device)
+    model = frozen(timm.create_model(model_name, pretrained=False, num_classes=1000, **IMAGE_SIZE).to(device))
+    size = (IMAGE_SIZE["img_size"],) * 2 if IMAGE_SIZE else model.pretrained_cfg["input_size"][1:]
+    images = torch.randn(batch, 3, *size, device=device)
     return model, images
 
 
@@ -143,8 +152,10 @@ def build_rows(model: torch.nn.Module, images: torch.Tensor, model_name: str,
         inputs = images.detach().requires_grad_(True)
         torch.autograd.grad(model(inputs).max(dim=1).values.sum(), inputs)
 
-    explainers: dict[str, tuple[str, dict]] = {name: (name, {"precision": "auto"}) for name in methods()}
-    explainers[FLOAT64] = ("transformer-attribution", {"precision": "float64"})
+    explainers: dict[str, tuple[str, dict]] = {name: (name, {"precision": "auto"}) for name in methods()
+                                               if not METHODS or name in METHODS}
+    if not METHODS or FLOAT64 in METHODS:
+        explainers[FLOAT64] = ("transformer-attribution", {"precision": "float64"})
     explained, refused = explainer_rows(adapter_for(model, model_name), lambda driver: driver.explain(images),
                                         explainers, only)
     rows = {name: function for name, function in {FORWARD: forward, FLOOR: floor}.items() if only in (None, name)}
@@ -253,7 +264,8 @@ def child_memory(args: argparse.Namespace, rows: list[str], batch: int, clip: bo
     memory = {}
     for row in rows:
         command = [sys.executable, __file__, "--model", args.model, "--batch", str(batch), "--device", args.device,
-                   "--clip-model", args.clip_model, "--texts", str(args.texts), "--memory-row", row]
+                   "--clip-model", args.clip_model, "--texts", str(args.texts), "--memory-row", row,
+                   *(["--image-size", str(args.image_size)] if args.image_size else [])]
         child = subprocess.run(command + (["--memory-clip"] if clip else []), capture_output=True, text=True,
                                check=True)
         memory[row] = json.loads(child.stdout.strip().splitlines()[-1])["extra_mib"]
@@ -291,9 +303,14 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=5, help="texts the CLIP image is explained against")
     parser.add_argument("--skip-memory", action="store_true", help="time only (no child process per row)")
     parser.add_argument("--skip-classifier", action="store_true", help="CLIP rows only")
+    parser.add_argument("--image-size", type=int, help="the classifier's input side in pixels (default: its own)")
+    parser.add_argument("--methods", nargs="+", default=[], help="only these classifier rows (and the yardsticks)")
     parser.add_argument("--memory-row", help=argparse.SUPPRESS)  # one row's memory, in a child process
     parser.add_argument("--memory-clip", action="store_true", help=argparse.SUPPRESS)  # ... a CLIP row's
     args = parser.parse_args()
+    if args.image_size:
+        IMAGE_SIZE["img_size"] = args.image_size
+    METHODS.extend(args.methods)
     if args.memory_row:
         print(json.dumps({"extra_mib": peak_mib(args)}))
         return

@@ -213,6 +213,7 @@ def _cpu(tensor: torch.Tensor | None) -> torch.Tensor | None:
 
 
 PRECISIONS = ("auto", "float32", "float64")
+ATTENTION = ("auto", "eager")
 
 
 def compute_dtype(model_dtype: torch.dtype, precision: str = "auto") -> torch.dtype:
@@ -311,6 +312,13 @@ class Driver:
             a converted copy of the model is explained (the caller's is not changed).
         batched_backward: take each tower's gradients in one vectorised backward
             pass (``is_grads_batched``) instead of one pass per target; same numbers.
+        attention: ``auto`` (the default): a method without LRP rules keeps the
+            model's fused attention kernel, each block's probabilities
+            recomputed from its q and k and ``dA`` taken from the gradient at
+            the attention output (``heatmap.models.capture.FusedRecorder``; the
+            same maps to float round-off); an LRP method, which reads the eager
+            graph, and a tower that cannot (an attention-pool head) use eager
+            attention. ``eager``: eager attention for every method, the reference.
         **options: the method's options (for a CLIP also ``text_start_layer``).
 
     Raises:
@@ -319,7 +327,9 @@ class Driver:
     """
 
     def __init__(self, adapter: Adapter, method: Method | str, precision: str = "auto",
-                 batched_backward: bool = False, **options: Any) -> None:
+                 batched_backward: bool = False, attention: str = "auto", **options: Any) -> None:
+        if attention not in ATTENTION:
+            raise UsageError(f"unknown attention {attention!r}; use one of {', '.join(ATTENTION)}")
         self.method = method if isinstance(method, Method) else find_method(method)
         self.clip = is_image_text(adapter)
         self.options = resolve_options(self.method, options, clip=self.clip)
@@ -328,6 +338,7 @@ class Driver:
         supported_towers(self.method, adapter, self.clip)
         self.adapter = adapter.converted(compute_dtype(adapter.dtype, precision))
         self.batched_backward = batched_backward
+        self.fused = attention == "auto" and self.method.lrp_rules is None
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | Sequence[Any] | None = None,
                 top_k: int = 1) -> Explanation:
@@ -400,7 +411,8 @@ class Driver:
         views = [tower.lrp_view() if method.lrp_rules else None for tower in towers]
         with full_float32(), ExitStack() as stack:
             stack.enter_context(frozen_parameters(adapter.model))
-            captures = [stack.enter_context(tower.attention_capture(start if method.reads_gradients else None))
+            captures = [stack.enter_context(tower.attention_capture(start if method.reads_gradients else None,
+                                                                    fused=self.fused))
                         for tower, start in zip(towers, starts, strict=False)]
             recorders = [stack.enter_context(view.capture(start)) if view else None
                          for view, start in zip(views, starts, strict=False)]
@@ -437,7 +449,7 @@ class Driver:
         if method.reads_gradients and method.gradients_of == "block read-outs":
             grads = self._readout_gradients(side, capture, probs[start:])
         elif method.reads_gradients:
-            grads = self._gradients(side, capture.tracked(), probs[start:], retain)
+            grads = self._gradients(side, capture, probs[start:], retain)
         rows = []
         for k in range(count):
             relevance = pixels = None
@@ -453,15 +465,15 @@ class Driver:
                 rows.append(method.relevance(evidence, self.options))
         return rows
 
-    def _gradients(self, side: TowerScores, tracked: list[torch.Tensor], probs: list[torch.Tensor],
+    def _gradients(self, side: TowerScores, capture: AttentionCapture, probs: list[torch.Tensor],
                    retain: bool) -> list[list[torch.Tensor]]:
-        """Per objective, the gradients of the tracked probabilities (no weight gradients), or what the
-        method's ``reduce_gradient`` makes of each, formed as it arrives."""
-        objectives, reduce = side.objectives, self.method.reduce_gradient
+        """Per objective, the gradients ``dA_l`` of the tracked blocks' probabilities (no weight gradients), or
+        what the method's ``reduce_gradient`` makes of each, formed as it arrives."""
+        objectives, reduce, tracked = side.objectives, self.method.reduce_gradient, capture.tracked()
         with torch.enable_grad():  # indexing the objectives must stay in the graph, even under no_grad
             count = objectives.shape[0]
             if reduce is not None and not self.batched_backward:
-                return [self._reduced_as_they_arrive(objectives[k], tracked, probs, side.query,
+                return [self._reduced_as_they_arrive(objectives[k], capture, probs, side.query,
                                                      retain or k + 1 < count) for k in range(count)]
             if self.batched_backward:
                 one_hot = torch.eye(count, dtype=objectives.dtype, device=objectives.device)
@@ -471,24 +483,26 @@ class Driver:
             else:
                 grads = [list(torch.autograd.grad(objectives[k], tracked, retain_graph=retain or k + 1 < count))
                          for k in range(count)]
+            grads = [[capture.probability_gradient(position, grad) for position, grad in enumerate(per_block)]
+                     for per_block in grads]
         if reduce is None:
             return grads
         with torch.no_grad():
             return [[reduce(block, grad, side.query) for block, grad in zip(probs, per_block, strict=True)]
                     for per_block in grads]
 
-    def _reduced_as_they_arrive(self, objective: torch.Tensor, tracked: list[torch.Tensor],
+    def _reduced_as_they_arrive(self, objective: torch.Tensor, capture: AttentionCapture,
                                 probs: list[torch.Tensor], query: torch.Tensor, retain: bool) -> list[torch.Tensor]:
         """One backward pass of ``objective``; each block's gradient reduced by the method in a hook as the pass
         reaches it, then dropped, so no more than one ``[B, H, N, N]`` gradient is alive at a time."""
-        reduce = self.method.reduce_gradient
+        reduce, tracked = self.method.reduce_gradient, capture.tracked()
         assert reduce is not None
         reduced: list[torch.Tensor | None] = [None] * len(tracked)
 
         def keep(index: int) -> Callable[[torch.Tensor], None]:
             def hook(grad: torch.Tensor) -> None:
                 with torch.no_grad():
-                    reduced[index] = reduce(probs[index], grad, query)
+                    reduced[index] = reduce(probs[index], capture.probability_gradient(index, grad), query)
             return hook
 
         handles = [tensor.register_hook(keep(index))  # type: ignore[no-untyped-call]
@@ -525,9 +539,10 @@ class Driver:
                              "lower")
         reduce = self.method.reduce_gradient
 
-        def gradient(readout: torch.Tensor, weights: torch.Tensor, block_probs: torch.Tensor,
+        def gradient(readout: torch.Tensor, weights: torch.Tensor, position: int, block_probs: torch.Tensor,
                      block: torch.Tensor) -> torch.Tensor:
             (grad,) = torch.autograd.grad((readout * weights.to(readout)).sum(), block_probs, retain_graph=True)
+            grad = capture.probability_gradient(position, grad)
             if reduce is None:
                 return grad
             with torch.no_grad():
@@ -537,8 +552,9 @@ class Driver:
         blocks = probs[:len(tracked)]  # not an attention-pool head's, which has no read-out of its own
         with torch.enable_grad():
             readouts = [side.tower.block_readout(tokens) for tokens in outputs]
-            return [[gradient(readout, weights, block_probs, block)
-                     for readout, block_probs, block in zip(readouts, tracked, blocks, strict=True)]
+            return [[gradient(readout, weights, position, block_probs, block)
+                     for position, (readout, block_probs, block) in enumerate(zip(readouts, tracked, blocks,
+                                                                                   strict=True))]
                     for weights in side.readout_weights]
 
 

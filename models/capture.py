@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import fields
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from heatmap.errors import UnsupportedModelError
@@ -69,16 +70,97 @@ class AttentionRecorder:
                 "implementation does not expose them, so no attention-based map can be made for this model")
         return [probs for probs in self._probs if probs is not None]
 
+    fused = False  # eager attention: the probabilities are in the graph
+
     def tracked(self) -> list[torch.Tensor]:
         """The probabilities of blocks ``track_from..L-1``, which the gradients are taken for."""
         if self.track_from is None:
             raise RuntimeError("the capture was opened without track_from; no gradients were tracked")
         return self.attention_probs[self.track_from:]
 
+    def probability_gradient(self, position: int, grad: torch.Tensor) -> torch.Tensor:
+        """``dA_l`` from the gradient of ``tracked()[position]``: the gradient itself (it is of ``A_l``)."""
+        return grad
+
     def tracked_blocks(self) -> list[torch.Tensor]:
         """The tracked probabilities of the blocks that have output tokens (:attr:`block_outputs`), in order: every
         layer here; not an attention-pool head's (:class:`heatmap.models.attention_pool.PooledRecorder`)."""
         return self.tracked()[: max(len(self._outputs) - (self.track_from or 0), 0)]
+
+
+# PyTorch's own kernel, kept before any capture replaces the function modules call (timm's fused path)
+_SCALED_DOT_PRODUCT_ATTENTION = F.scaled_dot_product_attention
+
+
+def softmax_attention(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """``softmax((q * scale) k^T + bias)`` ``[B, H, N, S]``, q scaled before the product as the eager paths do."""
+    scores = (q * scale) @ k.transpose(-2, -1)
+    if bias is not None:
+        scores = scores + bias.to(scores.dtype)
+    return scores.softmax(dim=-1)
+
+
+class FusedRecorder(AttentionRecorder):
+    """An :class:`AttentionRecorder` for blocks that keep their fused attention kernel.
+
+    A block's attention goes through :meth:`attend`: the output comes from
+    PyTorch's fused kernel, and the probabilities are computed again beside
+    it from the same q and k (after the block's q/k norms and rotary
+    embedding, with its scale and mask), outside the graph. The gradients are
+    taken of each tracked block's attention output ``O = A V``, and
+    ``dA = dO V^T`` (:meth:`probability_gradient`): what the eager graph
+    gives, to float round-off, without forming ``A`` in the forward or
+    backward pass of the model.
+    """
+
+    fused = True
+
+    def __init__(self, num_blocks: int, track_from: int | None, name: str) -> None:
+        super().__init__(num_blocks, track_from, name)
+        self._values: list[torch.Tensor | None] = [None] * num_blocks
+        self._attended: list[torch.Tensor | None] = [None] * num_blocks
+
+    def attend(self, index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+               scale: float) -> torch.Tensor:
+        """Block ``index``'s attention output ``[B, H, N, d]``; its probabilities kept (``bias``: additive, or None)."""
+        mask = None if bias is None else bias.to(q.dtype)
+        output: torch.Tensor = _SCALED_DOT_PRODUCT_ATTENTION(q, k, v, attn_mask=mask, scale=scale)
+        with torch.no_grad():
+            self._probs[index] = softmax_attention(q.detach(), k.detach(), bias, scale)
+        if self.track_from is not None and index >= self.track_from and torch.is_grad_enabled():
+            if index == self.track_from:  # the start block's output is a leaf: no gradient flows before it
+                output = output.detach().requires_grad_(True)
+            self._values[index] = v.detach()
+            self._attended[index] = output
+        return output
+
+    def tracked(self) -> list[torch.Tensor]:
+        """The attention outputs of blocks ``track_from..L-1``, which the gradients are taken for."""
+        if self.track_from is None:
+            raise RuntimeError("the capture was opened without track_from; no gradients were tracked")
+        outputs = self._attended[self.track_from:]
+        if any(output is None for output in outputs):
+            raise UnsupportedModelError(f"{self.name}: the forward pass did not run through every block")
+        return [output for output in outputs if output is not None]
+
+    def probability_gradient(self, position: int, grad: torch.Tensor) -> torch.Tensor:
+        """``dA_l = dO_l V_l^T``: ``O_l = A_l V_l`` is the only use of ``A_l``."""
+        assert self.track_from is not None
+        values = self._values[self.track_from + position]
+        assert values is not None
+        return grad @ values.transpose(-2, -1).to(grad.dtype)
+
+
+def additive_bias(mask: torch.Tensor | None, keep_is_true: bool, dtype: torch.dtype) -> torch.Tensor | None:
+    """An attention mask as an additive bias (0 where attended, -inf where not): a boolean mask (``keep_is_true``:
+    True = attend, as SDPA and transformers read it; else True = masked, as ``nn.MultiheadAttention``) or a float
+    one, which is a bias already."""
+    if mask is None:
+        return None
+    if mask.dtype != torch.bool:
+        return mask.to(dtype)
+    masked = ~mask if keep_is_true else mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(masked, float("-inf"))
 
 
 Slot = dict[str, torch.Tensor]

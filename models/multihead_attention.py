@@ -15,7 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from heatmap.errors import UnsupportedModelError
-from heatmap.models.capture import replaced_forward
+from heatmap.models.capture import additive_bias, replaced_forward
+
+# (q, k, v, additive bias or None, scale) -> the attention output [B, H, L, d]
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", float], torch.Tensor]
 
 
 def check_plain_multihead_attention(module: nn.Module, where: str) -> None:
@@ -27,28 +30,32 @@ def check_plain_multihead_attention(module: nn.Module, where: str) -> None:
                                     "attention) that vit-heatmap does not support")
 
 
-def explicit_forward(module: nn.MultiheadAttention, record: Callable[[torch.Tensor], torch.Tensor]
-                      ) -> Callable[..., tuple[torch.Tensor, None]]:
-    """A stand-in for ``module.forward`` with its signature; the probabilities go to ``record``."""
+def explicit_forward(module: nn.MultiheadAttention, record: Callable[[torch.Tensor], torch.Tensor],
+                     attend: Attend | None = None) -> Callable[..., tuple[torch.Tensor, None]]:
+    """A stand-in for ``module.forward`` with its signature; the probabilities go to ``record`` (or, fused,
+    the attention goes through ``attend``)."""
     def forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
                 attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> tuple[torch.Tensor, None]:
-        return explicit_multihead_attention(module, query, key, value, attn_mask, key_padding_mask, record), None
+        return explicit_multihead_attention(module, query, key, value, attn_mask, key_padding_mask, record,
+                                            attend), None
 
     return forward
 
 
-def explicit_attention(module: nn.MultiheadAttention, record: Callable[[torch.Tensor], torch.Tensor]
-                       ) -> AbstractContextManager[None]:
-    """Within: ``module`` computes its attention explicitly, the probabilities through ``record``; restored on exit."""
-    return replaced_forward(module, explicit_forward(module, record))
+def explicit_attention(module: nn.MultiheadAttention, record: Callable[[torch.Tensor], torch.Tensor],
+                       attend: Attend | None = None) -> AbstractContextManager[None]:
+    """Within: ``module`` computes its attention explicitly, the probabilities through ``record`` (or its
+    attention through ``attend``, a fused kernel); restored on exit."""
+    return replaced_forward(module, explicit_forward(module, record, attend))
 
 
 def explicit_multihead_attention(module: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor,
                                  value: torch.Tensor, attn_mask: torch.Tensor | None,
                                  key_padding_mask: torch.Tensor | None,
-                                 record: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+                                 record: Callable[[torch.Tensor], torch.Tensor],
+                                 attend: Attend | None = None) -> torch.Tensor:
     """What ``nn.MultiheadAttention`` computes, with the probabilities as a tensor.
 
     Everything runs in the dtype of the module's weights: the driver runs a
@@ -61,6 +68,8 @@ def explicit_multihead_attention(module: nn.MultiheadAttention, query: torch.Ten
         key_padding_mask: ``[B, S]``, boolean (True = padding) or additive, or None.
         record: called with the probabilities ``[B, H, L, S]``; returns the
             tensor to use in their place.
+        attend: instead, ``(q, k, v, additive bias, scale) -> [B, H, L, d]``: the
+            attention output from a fused kernel (``FusedRecorder.attend``).
     """
     if not module.batch_first:
         query, key, value = (t.transpose(0, 1) for t in (query, key, value))
@@ -73,14 +82,22 @@ def explicit_multihead_attention(module: nn.MultiheadAttention, query: torch.Ten
         return F.linear(x, weight, bias).reshape(batch, x.shape[1], heads, dim // heads).transpose(1, 2)
 
     q, k, v = split_heads(query, w_q, b_q), split_heads(key, w_k, b_k), split_heads(value, w_v, b_v)
-    scores = (q * (dim // heads) ** -0.5) @ k.transpose(-2, -1)
+    mask = None
     if attn_mask is not None:
         mask = attn_mask.reshape(-1, heads, *attn_mask.shape[-2:]) if attn_mask.dim() == 3 else attn_mask
-        scores = _apply_mask(scores, mask)
-    if key_padding_mask is not None:
-        scores = _apply_mask(scores, key_padding_mask[:, None, None, :])
-    probs = record(scores.softmax(dim=-1))
-    merged = (probs @ v).transpose(1, 2).reshape(batch, length, dim)
+    padding = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
+    if attend is not None:  # the fused kernel; one additive bias of both masks
+        biases = [bias for bias in (additive_bias(mask, keep_is_true=False, dtype=q.dtype),
+                                    additive_bias(padding, keep_is_true=False, dtype=q.dtype)) if bias is not None]
+        attended = attend(q, k, v, sum(biases[1:], biases[0]) if biases else None, (dim // heads) ** -0.5)
+    else:
+        scores = (q * (dim // heads) ** -0.5) @ k.transpose(-2, -1)
+        if mask is not None:
+            scores = _apply_mask(scores, mask)
+        if padding is not None:
+            scores = _apply_mask(scores, padding)
+        attended = record(scores.softmax(dim=-1)) @ v
+    merged = attended.transpose(1, 2).reshape(batch, length, dim)
     output: torch.Tensor = module.out_proj(merged)
     return output if module.batch_first else output.transpose(0, 1)
 

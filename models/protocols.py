@@ -45,7 +45,13 @@ class AttentionCapture(Protocol):
         ...
 
     def tracked(self) -> list[torch.Tensor]:
-        """The probabilities of the blocks from ``track_from`` on, as leaves of the graph to differentiate."""
+        """What the gradients are taken of, for the blocks from ``track_from`` on: their probabilities (eager
+        attention) or their attention outputs (fused attention); :meth:`probability_gradient` turns each
+        gradient into ``dA_l``."""
+        ...
+
+    def probability_gradient(self, position: int, grad: torch.Tensor) -> torch.Tensor:
+        """``dA_l`` ``[B, H, N, N]`` from the gradient of :meth:`tracked`'s ``position``-th tensor."""
         ...
 
     def tracked_blocks(self) -> list[torch.Tensor]:
@@ -74,12 +80,16 @@ class Tower(Protocol):
         """The pooled class token's position, or None (mean pooling, text)."""
         ...
 
-    def attention_capture(self, track_from: int | None) -> AbstractContextManager[AttentionCapture]:
+    def attention_capture(self, track_from: int | None,
+                          fused: bool = False) -> AbstractContextManager[AttentionCapture]:
         """Expose every block's probabilities for the duration of a ``with``; restore the model on exit.
 
         Args:
             track_from: the first block whose probabilities get gradients (the
                 start layer), or None when no gradient is taken.
+            fused: keep the fused attention kernel where the tower can (each
+                block's probabilities recomputed from its q and k; see
+                ``heatmap.models.capture.FusedRecorder``); eager attention where it cannot.
         """
         ...
 

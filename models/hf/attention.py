@@ -30,6 +30,9 @@ PROBE = "vit_heatmap_probe"
 # id(attention module) -> what to do with its probabilities (returns the tensor the forward pass goes on with)
 Route = Callable[[torch.Tensor], torch.Tensor]
 _ROUTES: dict[int, Route] = {}
+# id(attention module) -> its attention through a fused kernel: (q, k, v, additive bias, scale) -> [B, H, N, d]
+FusedRoute = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", float], torch.Tensor]
+_FUSED_ROUTES: dict[int, FusedRoute] = {}
 # called with (module, query, key, value) on every call while set: how the structure trace sees q, k, v
 Observer = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], None]
 _OBSERVERS: list[Observer] = []
@@ -40,7 +43,7 @@ _UNSUPPORTED_KWARGS = ("position_bias", "softcap", "sliding_window", "s_aux", "s
 
 def probe_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-                    **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                    **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Eager attention, ``softmax((Q * scaling) K^T + mask) V``, in the dtype of ``query``.
 
     The softmax runs in the computation's own dtype (float64 stays float64;
@@ -53,6 +56,9 @@ def probe_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, v
         attention_mask: additive ``[B, 1, N, S]`` (or boolean, True = attend), or None.
         scaling: the factor of the scores; None = ``d ** -0.5``.
         dropout: must be 0 (eval mode).
+
+    A module with a fused route (:func:`attention_probe`'s ``fused``) gets
+    its attention from that route instead, and no probabilities are returned.
 
     Returns:
         ``([B, N, H, d], [B, H, N, S])``: the merged-heads-ready output and the probabilities.
@@ -69,6 +75,14 @@ def probe_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, v
     for observe in _OBSERVERS:
         observe(module, query, key, value)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    fused = _FUSED_ROUTES.get(id(module))
+    if fused is not None:
+        bias = None
+        if attention_mask is not None:
+            mask = attention_mask[..., : key.shape[-2]]
+            bias = (torch.zeros(mask.shape, dtype=query.dtype, device=mask.device).masked_fill(
+                ~mask, torch.finfo(query.dtype).min) if mask.dtype == torch.bool else mask.to(query.dtype))
+        return fused(query, key, value, bias, scale).transpose(1, 2).contiguous(), None
     # q scaled BEFORE the product, as timm and PyTorch's MultiheadAttention compute it (transformers' eager
     # scales after): the same weights then give the same probabilities in every library, bit for bit
     scores = torch.matmul(query * scale, key.transpose(2, 3))
@@ -115,28 +129,35 @@ def model_configs(model: nn.Module) -> list[Any]:
 
 
 @contextmanager
-def attention_probe(model: nn.Module, routes: dict[nn.Module, Route]) -> Iterator[None]:
+def attention_probe(model: nn.Module, routes: dict[nn.Module, Route],
+                    fused: dict[nn.Module, FusedRoute] | None = None) -> Iterator[None]:
     """Within: ``model`` computes eager attention through :func:`probe_attention`, each module's probabilities
-    through its route; on exit every config's attention implementation is restored, also on error.
+    through its route (or, for a module in ``fused``, its attention through that route); on exit every config's
+    attention implementation is restored, also on error.
 
     Args:
         model: the whole transformers model (every config it holds is switched).
         routes: attention module -> what to do with its probabilities.
+        fused: attention module -> its attention through a fused kernel.
     """
     _register()
+    fused = fused or {}
     configs = model_configs(model)
     saved = [config._attn_implementation for config in configs]
-    overlap = [module for module in routes if id(module) in _ROUTES]
+    overlap = [module for module in [*routes, *fused] if id(module) in _ROUTES or id(module) in _FUSED_ROUTES]
     if overlap:
         raise RuntimeError("an attention probe is already open on this model")
     try:
         for config in configs:
             config._attn_implementation = PROBE
         _ROUTES.update({id(module): route for module, route in routes.items()})
+        _FUSED_ROUTES.update({id(module): route for module, route in fused.items()})
         yield
     finally:
         for module in routes:
             _ROUTES.pop(id(module), None)
+        for module in fused:
+            _FUSED_ROUTES.pop(id(module), None)
         # parents first: a parent's setter also sets its sub-configs, which get their own value after
         for config, implementation in zip(configs, saved, strict=True):
             config._attn_implementation = implementation

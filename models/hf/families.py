@@ -265,11 +265,13 @@ class SiglipVisionTower(ImageTower):
     def class_token(self) -> int | None:
         return 0
 
+    fused_attention = False  # the attention-pool head's layer is recorded eagerly, in a PooledRecorder
+
     def new_recorder(self, track_from: int | None) -> AttentionRecorder:
         return PooledRecorder(len(self.layers), track_from, self.name)
 
     @contextmanager
-    def attention_capture(self, track_from: int | None) -> Iterator[AttentionRecorder]:
+    def attention_capture(self, track_from: int | None, fused: bool = False) -> Iterator[AttentionRecorder]:
         with super().attention_capture(track_from) as recorder:
             assert isinstance(recorder, PooledRecorder)
             # PyTorch's module never forms per-head probabilities in the graph: for the duration of the

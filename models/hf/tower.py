@@ -8,6 +8,7 @@ filled in by the family classes of :mod:`heatmap.models.hf.families`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
@@ -17,8 +18,8 @@ from torch import nn
 
 from heatmap.errors import UnsupportedModelError
 from heatmap.models.base import query_weights
-from heatmap.models.capture import AttentionRecorder
-from heatmap.models.hf.attention import attention_probe, layer_routes
+from heatmap.models.capture import AttentionRecorder, FusedRecorder
+from heatmap.models.hf.attention import FusedRoute, attention_probe, layer_routes
 from heatmap.models.hf.structure import LayerParts, layer_stack, trace_layers
 from heatmap.models.protocols import HeadActivations, LrpView, TowerKind
 
@@ -111,25 +112,43 @@ class HfTower:
         """Keep a layer's probabilities; return what the forward pass goes on with."""
         return recorder.record(index, probs)
 
+    # whether the layers may keep a fused kernel (FusedRecorder); not with an attention-pool head's recorder
+    fused_attention = True
+
     @contextmanager
-    def attention_capture(self, track_from: int | None) -> Iterator[AttentionRecorder]:
-        """Each layer's probabilities through the attention probe and, when tracked, its output tokens."""
-        recorder = self.new_recorder(track_from)
+    def attention_capture(self, track_from: int | None, fused: bool = False) -> Iterator[AttentionRecorder]:
+        """Each layer's probabilities through the attention probe (eager, or ``fused``: the attention from
+        PyTorch's fused kernel, the probabilities recomputed beside it) and, when tracked, its output tokens."""
+        fused = fused and self.fused_attention
+        recorder = FusedRecorder(self.num_blocks, track_from, self.name) if fused else self.new_recorder(track_from)
         called: set[int] = set()
 
-        def route(index: int, probs: torch.Tensor) -> torch.Tensor:
+        def once(index: int) -> None:
             if index in called:  # two attention calls in one layer: not one self-attention per block
                 raise UnsupportedModelError(f"{self.name}: layer {index} calls attention twice; its structure is "
                                             "not one vit-heatmap knows")
             called.add(index)
+
+        def route(index: int, probs: torch.Tensor) -> torch.Tensor:
+            once(index)
             return self.record(recorder, index, probs)
+
+        def attend(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+                   scale: float) -> torch.Tensor:
+            once(index)
+            assert isinstance(recorder, FusedRecorder)
+            return recorder.attend(index, q, k, v, bias, scale)
 
         handles = [layer.register_forward_hook(
             lambda _module, _inputs, output, index=index: recorder.record_output(
                 index, output[0] if isinstance(output, tuple) else output))
             for index, layer in enumerate(self.layers)]
+        routes = layer_routes(list(self.layers), route)
+        fused_routes: dict[nn.Module, FusedRoute] | None = (
+            {module: functools.partial(attend, index) for index, layer in enumerate(self.layers)
+             for module in layer.modules()} if fused else None)
         try:
-            with attention_probe(self.model, layer_routes(list(self.layers), route)):
+            with attention_probe(self.model, {} if fused else routes, fused_routes):
                 yield recorder
         finally:
             for handle in handles:

@@ -76,10 +76,11 @@ class ClipTower:
         return query_weights(batch, num_tokens, self.class_token, self.num_prefix_tokens)
 
     @contextmanager
-    def attention_capture(self, track_from: int | None) -> Iterator[AttentionRecorder]:
-        """Each block's probabilities (the explicit attention path) and, when tracked, its output tokens."""
+    def attention_capture(self, track_from: int | None, fused: bool = False) -> Iterator[AttentionRecorder]:
+        """Each block's probabilities (the explicit attention path, or the fused kernel with the probabilities
+        recomputed) and, when tracked, its output tokens."""
         layout = token_layout(getattr(self.module.transformer, "batch_first", False))
-        with multihead_attention_capture(self.attention_modules, track_from, self.name) as recorder:
+        with multihead_attention_capture(self.attention_modules, track_from, self.name, fused) as recorder:
             handles = [block.register_forward_hook(
                 lambda _module, _inputs, output, index=index: recorder.record_output(index, layout(output)))
                 for index, block in enumerate(self.module.transformer.resblocks)]

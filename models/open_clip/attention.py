@@ -16,7 +16,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import nn
 
-from heatmap.models.capture import AttentionRecorder
+from heatmap.models.capture import AttentionRecorder, FusedRecorder
 from heatmap.models.multihead_attention import check_plain_multihead_attention, explicit_attention
 
 
@@ -26,14 +26,17 @@ def token_layout(batch_first: bool) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 @contextmanager
-def multihead_attention_capture(modules: Sequence[nn.Module], track_from: int | None,
-                                name: str) -> Iterator[AttentionRecorder]:
-    """Record each module's probabilities during a forward pass (see the module docstring)."""
-    recorder = AttentionRecorder(len(modules), track_from, name)
+def multihead_attention_capture(modules: Sequence[nn.Module], track_from: int | None, name: str,
+                                fused: bool = False) -> Iterator[AttentionRecorder]:
+    """Record each module's probabilities during a forward pass (see the module docstring); ``fused``: the
+    attention from PyTorch's fused kernel, the probabilities recomputed beside it (``FusedRecorder``)."""
+    recorder = FusedRecorder(len(modules), track_from, name) if fused else AttentionRecorder(
+        len(modules), track_from, name)
     for index, module in enumerate(modules):
         check_plain_multihead_attention(module, f"{name}: block {index}")
     with ExitStack() as stack:
         for index, module in enumerate(modules):
             assert isinstance(module, nn.MultiheadAttention)  # checked above
-            stack.enter_context(explicit_attention(module, functools.partial(recorder.record, index)))
+            attend = (functools.partial(recorder.attend, index) if isinstance(recorder, FusedRecorder) else None)
+            stack.enter_context(explicit_attention(module, functools.partial(recorder.record, index), attend))
         yield recorder

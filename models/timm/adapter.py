@@ -8,11 +8,12 @@ knows which method runs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from timm.data import create_transform, resolve_data_config
 from timm.models.eva import Eva
 from timm.models.naflexvit import NaFlexVit
@@ -22,7 +23,7 @@ from torch import nn
 from heatmap.errors import UnsupportedModelError
 from heatmap.models.attention_pool import PooledRecorder
 from heatmap.models.base import query_weights
-from heatmap.models.capture import AttentionRecorder
+from heatmap.models.capture import AttentionRecorder, FusedRecorder, additive_bias
 from heatmap.models.classifier import ClassifierBase
 from heatmap.models.protocols import LrpView, TowerKind
 from heatmap.models.timm.pool_head import pool_head_problem, recorded_pool_head
@@ -79,42 +80,50 @@ class TimmTower:
         return int(height), int(width)
 
     @contextmanager
-    def attention_capture(self, track_from: int | None) -> Iterator[AttentionRecorder]:
-        """timm's explicit attention path for the duration of a ``with``, its probabilities recorded.
+    def attention_capture(self, track_from: int | None, fused: bool = False) -> Iterator[AttentionRecorder]:
+        """Each block's probabilities recorded for the duration of a ``with``, and its output tokens.
 
-        The fused kernel never forms the attention matrix, so each module is
-        switched to its explicit path (softmax -> attn_drop -> @ v; the output
-        of attn_drop, the identity in eval mode, is exactly the matrix that
-        multiplies V) and switched back on exit, also on error. An
-        attention-pool head computes explicitly too (:mod:`heatmap.models.timm.pool_head`).
+        Eager (the default): the fused kernel never forms the attention
+        matrix, so each module is switched to its explicit path (softmax ->
+        attn_drop -> @ v; the output of attn_drop, the identity in eval mode,
+        is exactly the matrix that multiplies V) and switched back on exit,
+        also on error. An attention-pool head computes explicitly too
+        (:mod:`heatmap.models.timm.pool_head`). ``fused`` (a model without an
+        attention-pool head): the blocks keep the fused kernel, each call of it
+        from a block goes through :meth:`FusedRecorder.attend`.
         """
         blocks = len(self.model.blocks)
-        recorder = (PooledRecorder(blocks, track_from, self.name) if self.pool_head is not None
-                    else AttentionRecorder(blocks, track_from, self.name))
         for index, block in enumerate(self.model.blocks):  # the model may have changed since the adapter was made
             problem = block_problem(index, block)
             if problem:
                 raise UnsupportedModelError(f"{self.name}: {problem}")
+        fused = fused and self.pool_head is None
+        recorder = (FusedRecorder(blocks, track_from, self.name) if fused
+                    else PooledRecorder(blocks, track_from, self.name) if self.pool_head is not None
+                    else AttentionRecorder(blocks, track_from, self.name))
         modules = [block.attn for block in self.model.blocks]
         was_fused = [module.fused_attn for module in modules]
         handles = [self.model.register_forward_pre_hook(_refuse_patch_dictionaries)]
         try:
-            for index, module in enumerate(modules):
-                module.fused_attn = False
-                handles.append(module.attn_drop.register_forward_hook(
-                    lambda _module, _inputs, output, index=index: recorder.record(index, output)))
             for index, block in enumerate(self.model.blocks):
                 handles.append(block.register_forward_hook(
                     lambda _module, _inputs, output, index=index: recorder.record_output(index, output)))
             with ExitStack() as stack:
+                if isinstance(recorder, FusedRecorder):
+                    stack.enter_context(_fused_blocks(modules, recorder))
+                else:
+                    for index, module in enumerate(modules):
+                        module.fused_attn = False
+                        handles.append(module.attn_drop.register_forward_hook(
+                            lambda _module, _inputs, output, index=index: recorder.record(index, output)))
                 if isinstance(recorder, PooledRecorder) and self.pool_head is not None:
                     stack.enter_context(recorded_pool_head(self.pool_head, recorder.record_head))
                 yield recorder
         finally:
             for handle in handles:
                 handle.remove()
-            for module, fused in zip(modules, was_fused, strict=False):
-                module.fused_attn = fused
+            for module, was in zip(modules, was_fused, strict=False):
+                module.fused_attn = was
 
     def block_readout(self, tokens: torch.Tensor) -> torch.Tensor:
         """The logits ``head(fc_norm(pool(norm(x))))`` of a block's output tokens, through the model's whole
@@ -129,6 +138,46 @@ class TimmTower:
         from heatmap.models.timm.lrp import timm_lrp_view
 
         return timm_lrp_view(self.model, self.name)
+
+
+@contextmanager
+def _fused_blocks(modules: list[nn.Module], recorder: FusedRecorder) -> Iterator[None]:
+    """Within: each module runs its fused path, and its call of ``F.scaled_dot_product_attention`` (with its q and
+    k after norms and rotary embedding) goes through ``recorder.attend``; other calls pass through untouched."""
+    current: list[int | None] = [None]  # the block whose attention is running
+    kernel = F.scaled_dot_product_attention
+
+    def tapped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+               dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+               **kwargs: Any) -> torch.Tensor:
+        index = current[0]
+        if index is None or dropout_p or kwargs:
+            return kernel(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                          **kwargs)
+        biases = [additive_bias(attn_mask, keep_is_true=True, dtype=q.dtype)]
+        if is_causal:
+            causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+            biases.append(additive_bias(causal, keep_is_true=True, dtype=q.dtype))
+        given = [part for part in biases if part is not None]
+        bias = sum(given[1:], given[0]) if given else None
+        return recorder.attend(index, q, k, v, bias, q.shape[-1] ** -0.5 if scale is None else scale)
+
+    def enter(index: int) -> Callable[..., None]:
+        return lambda *_: current.__setitem__(0, index)
+
+    handles = []
+    for index, module in enumerate(modules):
+        module.fused_attn = True  # type: ignore[assignment]  # timm declares it a torch.jit.Final[bool]
+        handles.append(module.register_forward_pre_hook(enter(index)))
+        handles.append(module.register_forward_hook(lambda *_: current.__setitem__(0, None)))
+    # timm's modules call torch.nn.functional.scaled_dot_product_attention through the module object
+    F.scaled_dot_product_attention = tapped  # type: ignore[assignment]  # the same call, recorded
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = kernel
+        for handle in handles:
+            handle.remove()
 
 
 def _refuse_patch_dictionaries(_model: nn.Module, args: tuple[Any, ...]) -> None:
