@@ -29,6 +29,7 @@ import io
 import itertools
 import json
 import logging
+import re
 from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -294,8 +295,16 @@ def joined(address: str) -> Iterator[Cluster]:
         cluster.leave()
 
 
+def _cause(error: BaseException) -> str:
+    """The last ``SomeError: message`` line of a Ray error's remote traceback (what the actor raised), or its
+    first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+    return (raised[-1] if raised else _one_line(error))[:300]
+
+
 def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:200] or type(error).__name__
+    return " ".join(str(error).split())[:300] or type(error).__name__
 
 
 @dataclass
@@ -342,8 +351,12 @@ def explained_on_ray(inputs: Sequence[tuple[Path, str]], explainer: dict[str, An
     dataset = ray.data.from_items(items).map_batches(
         HeatmapExplainer, fn_constructor_kwargs=explainer, compute=ray.data.ActorPoolStrategy(size=size),
         batch_size=batch_size, num_gpus=1 if use_gpus else 0, num_cpus=cpus)
-    for index, group in itertools.groupby(dataset.iter_rows(), key=lambda row: int(row["id"])):
-        rows = list(group)
-        first = rows[0]
-        yield Explained(index, [] if first["error"] else [json.loads(row["entry"]) for row in rows],
-                        str(first["error"]), json.loads(first["notes"]), str(first["device"]))
+    try:
+        for index, group in itertools.groupby(dataset.iter_rows(), key=lambda row: int(row["id"])):
+            rows = list(group)
+            first = rows[0]
+            yield Explained(index, [] if first["error"] else [json.loads(row["entry"]) for row in rows],
+                            str(first["error"]), json.loads(first["notes"]), str(first["device"]))
+    except ray.exceptions.RayError as error:  # an actor could not start (a model missing on a node, say)
+        raise HeatmapError(f"the Ray cluster failed: {_cause(error)}; every input not yet in the manifest is "
+                           "left to a rerun with --skip-existing") from None

@@ -103,7 +103,8 @@ def test_the_explainer_on_ray_data_gives_a_plain_runs_maps(tmp_path):
     """``map_batches(HeatmapExplainer)`` over decoded images and over encoded bytes: the plain pipeline's maps."""
     import ray.data
 
-    from heatmap.distributed.ray import HeatmapExplainer
+    from heatmap.distributed.ray import HeatmapExplainer, explained_on_ray
+    from heatmap.errors import HeatmapError
     from heatmap.explainers.driver import Driver
     from heatmap.inputs import load_image
     from heatmap.models import load
@@ -141,6 +142,9 @@ def test_the_explainer_on_ray_data_gives_a_plain_runs_maps(tmp_path):
             for path in good:
                 for got, want in zip(maps[str(path.resolve())], expected[str(path)], strict=True):
                     np.testing.assert_array_equal(got, want)
+        # an actor that cannot start fails the run in one line, with what it raised
+        with pytest.raises(HeatmapError, match="the Ray cluster failed: .*unknown model 'no-such-model'"):
+            list(explained_on_ray([(good[0], "scene")], {"method": "rollout", "model": "no-such-model"}, 1, 1))
     finally:
         ray.shutdown()
 
