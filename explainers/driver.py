@@ -31,6 +31,7 @@ from heatmap.explainers.aggregation import resolve_start_layer
 from heatmap.explainers.lrp import lrp_pass
 from heatmap.explainers.registry import Evidence, Method, methods, resolve_options
 from heatmap.explainers.registry import method as find_method
+from heatmap.models.capture import RecomputedProbabilities
 from heatmap.models.protocols import (
     ActivationRecorder,
     Adapter,
@@ -421,7 +422,9 @@ class Driver:
                 scored = score()
             rows = []
             for index, side in enumerate(scored.towers[:len(towers)]):  # the image tower first
-                probs = [p.detach() for p in captures[index].attention_probs]
+                capture = captures[index]
+                # fused: computed from each block's q and k as they are read, one block at a time
+                probs = capture.attention_probs if capture.fused else [p.detach() for p in capture.attention_probs]
                 rows.append(self._tower_rows(side, probs, captures[index], starts[index], views[index],
                                              recorders[index], retain=index < len(towers) - 1))
         if method.resolution == "pixels":
@@ -436,7 +439,7 @@ class Driver:
                               for row in rows[1]]
         return maps, scored, text_relevance
 
-    def _tower_rows(self, side: TowerScores, probs: list[torch.Tensor], capture: AttentionCapture, start: int,
+    def _tower_rows(self, side: TowerScores, probs: Sequence[torch.Tensor], capture: AttentionCapture, start: int,
                     view: LrpView | None, recorder: ActivationRecorder | None, retain: bool) -> list[torch.Tensor]:
         """The relevance row ``[items, N]`` of one tower for each of its objectives."""
         method = self.method
@@ -465,7 +468,7 @@ class Driver:
                 rows.append(method.relevance(evidence, self.options))
         return rows
 
-    def _gradients(self, side: TowerScores, capture: AttentionCapture, probs: list[torch.Tensor],
+    def _gradients(self, side: TowerScores, capture: AttentionCapture, probs: Sequence[torch.Tensor],
                    retain: bool) -> list[list[torch.Tensor]]:
         """Per objective, the gradients ``dA_l`` of the tracked blocks' probabilities (no weight gradients), or
         what the method's ``reduce_gradient`` makes of each, formed as it arrives."""
@@ -492,7 +495,7 @@ class Driver:
                     for per_block in grads]
 
     def _reduced_as_they_arrive(self, objective: torch.Tensor, capture: AttentionCapture,
-                                probs: list[torch.Tensor], query: torch.Tensor, retain: bool) -> list[torch.Tensor]:
+                                probs: Sequence[torch.Tensor], query: torch.Tensor, retain: bool) -> list[torch.Tensor]:
         """One backward pass of ``objective``; each block's gradient reduced by the method in a hook as the pass
         reaches it, then dropped, so no more than one ``[B, H, N, N]`` gradient is alive at a time."""
         reduce, tracked = self.method.reduce_gradient, capture.tracked()
@@ -502,7 +505,7 @@ class Driver:
         def keep(index: int) -> Callable[[torch.Tensor], None]:
             def hook(grad: torch.Tensor) -> None:
                 with torch.no_grad():
-                    reduced[index] = reduce(probs[index], capture.probability_gradient(index, grad), query)
+                    reduced[index] = reduced_per_item(reduce, capture, probs, index, grad, query)
             return hook
 
         handles = [tensor.register_hook(keep(index))  # type: ignore[no-untyped-call]
@@ -521,7 +524,7 @@ class Driver:
         return [block for block in reduced if block is not None]
 
     def _readout_gradients(self, side: TowerScores, capture: AttentionCapture,
-                           probs: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+                           probs: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
         """Per objective, per tracked block l, ``d y_l / d A_l`` of the block's own read-out score (or what the
         method's ``reduce_gradient`` makes of it, formed as each arrives).
 
@@ -539,23 +542,35 @@ class Driver:
                              "lower")
         reduce = self.method.reduce_gradient
 
-        def gradient(readout: torch.Tensor, weights: torch.Tensor, position: int, block_probs: torch.Tensor,
-                     block: torch.Tensor) -> torch.Tensor:
+        def gradient(readout: torch.Tensor, weights: torch.Tensor, position: int,
+                     block_probs: torch.Tensor) -> torch.Tensor:
             (grad,) = torch.autograd.grad((readout * weights.to(readout)).sum(), block_probs, retain_graph=True)
-            grad = capture.probability_gradient(position, grad)
             if reduce is None:
-                return grad
+                return capture.probability_gradient(position, grad)
             with torch.no_grad():
-                return reduce(block, grad, side.query)
+                return reduced_per_item(reduce, capture, blocks, position, grad, side.query)
 
         tracked = capture.tracked_blocks()
         blocks = probs[:len(tracked)]  # not an attention-pool head's, which has no read-out of its own
         with torch.enable_grad():
             readouts = [side.tower.block_readout(tokens) for tokens in outputs]
-            return [[gradient(readout, weights, position, block_probs, block)
-                     for position, (readout, block_probs, block) in enumerate(zip(readouts, tracked, blocks,
-                                                                                   strict=True))]
+            return [[gradient(readout, weights, position, block_probs)
+                     for position, (readout, block_probs) in enumerate(zip(readouts, tracked, strict=True))]
                     for weights in side.readout_weights]
+
+
+def reduced_per_item(reduce: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                     capture: AttentionCapture, probs: Sequence[torch.Tensor], position: int, grad: torch.Tensor,
+                     query: torch.Tensor) -> torch.Tensor:
+    """``reduce`` of the ``position``-th tracked block, one item of the batch at a time (every step is per item),
+    so its ``[H, N, N]`` temporaries (and, fused, the probabilities and ``dA``) exist for one image at a time."""
+    rows = []
+    for item in range(grad.shape[0]):
+        items = slice(item, item + 1)
+        block = (probs.of_items(position, items) if isinstance(probs, RecomputedProbabilities)
+                 else probs[position][items])
+        rows.append(reduce(block, capture.probability_gradient(position, grad[items], items), query[items]))
+    return torch.cat(rows)
 
 
 def read_out_columns(readout: Grid | Spans, query: torch.Tensor) -> torch.Tensor:

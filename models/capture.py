@@ -9,9 +9,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
+from typing import overload
 
 import torch
 import torch.nn.functional as F
@@ -78,8 +79,9 @@ class AttentionRecorder:
             raise RuntimeError("the capture was opened without track_from; no gradients were tracked")
         return self.attention_probs[self.track_from:]
 
-    def probability_gradient(self, position: int, grad: torch.Tensor) -> torch.Tensor:
-        """``dA_l`` from the gradient of ``tracked()[position]``: the gradient itself (it is of ``A_l``)."""
+    def probability_gradient(self, position: int, grad: torch.Tensor, items: slice = slice(None)) -> torch.Tensor:
+        """``dA_l`` from the gradient of ``tracked()[position]`` (of ``items``): the gradient itself (it is of
+        ``A_l``)."""
         return grad
 
     def tracked_blocks(self) -> list[torch.Tensor]:
@@ -104,35 +106,58 @@ class FusedRecorder(AttentionRecorder):
     """An :class:`AttentionRecorder` for blocks that keep their fused attention kernel.
 
     A block's attention goes through :meth:`attend`: the output comes from
-    PyTorch's fused kernel, and the probabilities are computed again beside
-    it from the same q and k (after the block's q/k norms and rotary
-    embedding, with its scale and mask), outside the graph. The gradients are
-    taken of each tracked block's attention output ``O = A V``, and
-    ``dA = dO V^T`` (:meth:`probability_gradient`): what the eager graph
-    gives, to float round-off, without forming ``A`` in the forward or
-    backward pass of the model.
+    PyTorch's fused kernel, and the block's q and k (after its q/k norms and
+    rotary embedding), its scale and its mask are kept, ``[B, H, N, d]``
+    each, not the ``[B, H, N, N]`` probabilities: :attr:`attention_probs`
+    computes each block's again from them, outside the graph, when it is
+    read, so a method that reads them block by block holds one block's at a
+    time. The gradients are taken of each tracked block's attention output
+    ``O = A V``, and ``dA = dO V^T`` (:meth:`probability_gradient`): what the
+    eager graph gives, to float round-off, without forming ``A`` in the model's
+    forward or backward pass.
     """
 
     fused = True
 
     def __init__(self, num_blocks: int, track_from: int | None, name: str) -> None:
         super().__init__(num_blocks, track_from, name)
+        self._inputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float] | None] = [None] * num_blocks
         self._values: list[torch.Tensor | None] = [None] * num_blocks
         self._attended: list[torch.Tensor | None] = [None] * num_blocks
 
     def attend(self, index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
                scale: float) -> torch.Tensor:
-        """Block ``index``'s attention output ``[B, H, N, d]``; its probabilities kept (``bias``: additive, or None)."""
+        """Block ``index``'s attention output ``[B, H, N, d]`` (``bias``: additive, or None); what its
+        probabilities are computed from is kept."""
         mask = None if bias is None else bias.to(q.dtype)
         output: torch.Tensor = _SCALED_DOT_PRODUCT_ATTENTION(q, k, v, attn_mask=mask, scale=scale)
-        with torch.no_grad():
-            self._probs[index] = softmax_attention(q.detach(), k.detach(), bias, scale)
+        self._inputs[index] = (q.detach(), k.detach(), None if bias is None else bias.detach(), scale)
         if self.track_from is not None and index >= self.track_from and torch.is_grad_enabled():
             if index == self.track_from:  # the start block's output is a leaf: no gradient flows before it
                 output = output.detach().requires_grad_(True)
             self._values[index] = v.detach()
             self._attended[index] = output
         return output
+
+    @property
+    def attention_probs(self) -> Sequence[torch.Tensor]:  # type: ignore[override]
+        """Each block's probabilities ``[B, H, N, N]``, computed when read (no grad); raises if any is missing."""
+        missing = [index for index, inputs in enumerate(self._inputs) if inputs is None]
+        if missing:
+            raise UnsupportedModelError(
+                f"{self.name}: captured no attention from block(s) {missing}; its attention implementation does "
+                "not expose it, so no attention-based map can be made for this model")
+        return RecomputedProbabilities(self, range(len(self._inputs)))
+
+    def probabilities(self, index: int, items: slice = slice(None)) -> torch.Tensor:
+        """Block ``index``'s probabilities (of ``items`` of the batch), computed from its q and k (no grad)."""
+        inputs = self._inputs[index]
+        assert inputs is not None
+        q, k, bias, scale = inputs
+        if bias is not None and bias.dim() == 4 and bias.shape[0] == q.shape[0]:
+            bias = bias[items]  # a per-item mask (else it broadcasts over the batch)
+        with torch.no_grad():
+            return softmax_attention(q[items], k[items], bias, scale)
 
     def tracked(self) -> list[torch.Tensor]:
         """The attention outputs of blocks ``track_from..L-1``, which the gradients are taken for."""
@@ -143,12 +168,38 @@ class FusedRecorder(AttentionRecorder):
             raise UnsupportedModelError(f"{self.name}: the forward pass did not run through every block")
         return [output for output in outputs if output is not None]
 
-    def probability_gradient(self, position: int, grad: torch.Tensor) -> torch.Tensor:
-        """``dA_l = dO_l V_l^T``: ``O_l = A_l V_l`` is the only use of ``A_l``."""
+    def probability_gradient(self, position: int, grad: torch.Tensor, items: slice = slice(None)) -> torch.Tensor:
+        """``dA_l = dO_l V_l^T``: ``O_l = A_l V_l`` is the only use of ``A_l`` (``grad``: of ``items``)."""
         assert self.track_from is not None
         values = self._values[self.track_from + position]
         assert values is not None
-        return grad @ values.transpose(-2, -1).to(grad.dtype)
+        return grad @ values[items].transpose(-2, -1).to(grad.dtype)
+
+
+class RecomputedProbabilities(Sequence[torch.Tensor]):
+    """A :class:`FusedRecorder`'s blocks' probabilities as a sequence, each computed when it is read."""
+
+    def __init__(self, recorder: FusedRecorder, blocks: range) -> None:
+        self._recorder = recorder
+        self._blocks = blocks
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    @overload
+    def __getitem__(self, item: int) -> torch.Tensor: ...
+
+    @overload
+    def __getitem__(self, item: slice) -> RecomputedProbabilities: ...
+
+    def __getitem__(self, item: int | slice) -> torch.Tensor | RecomputedProbabilities:
+        if isinstance(item, slice):
+            return RecomputedProbabilities(self._recorder, self._blocks[item])
+        return self._recorder.probabilities(self._blocks[item])
+
+    def of_items(self, position: int, items: slice) -> torch.Tensor:
+        """The ``position``-th block's probabilities of ``items`` of the batch alone."""
+        return self._recorder.probabilities(self._blocks[position], items)
 
 
 def additive_bias(mask: torch.Tensor | None, keep_is_true: bool, dtype: torch.dtype) -> torch.Tensor | None:

@@ -31,8 +31,10 @@ Box = tuple[float, float, float, float]
 class AttentionCapture(Protocol):
     """Each block's attention probabilities as explicit tensors, recorded during a forward pass."""
 
+    fused: bool  # the blocks keep their fused kernel: attention_probs are computed again when read, no grad
+
     @property
-    def attention_probs(self) -> list[torch.Tensor]:
+    def attention_probs(self) -> Sequence[torch.Tensor]:
         """One ``[B, H, N, N]`` per block; raises when a block exposed none."""
         ...
 
@@ -50,8 +52,9 @@ class AttentionCapture(Protocol):
         gradient into ``dA_l``."""
         ...
 
-    def probability_gradient(self, position: int, grad: torch.Tensor) -> torch.Tensor:
-        """``dA_l`` ``[B, H, N, N]`` from the gradient of :meth:`tracked`'s ``position``-th tensor."""
+    def probability_gradient(self, position: int, grad: torch.Tensor, items: slice = slice(None)) -> torch.Tensor:
+        """``dA_l`` ``[B, H, N, N]`` from the gradient of :meth:`tracked`'s ``position``-th tensor (``grad``: that
+        of ``items`` of the batch alone)."""
         ...
 
     def tracked_blocks(self) -> list[torch.Tensor]:
