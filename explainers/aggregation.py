@@ -12,14 +12,6 @@ import torch
 
 from heatmap.errors import UsageError
 
-
-def identity_like(matrix: torch.Tensor) -> torch.Tensor:
-    """The identity ``[B, N, N]`` with the dtype and device of ``matrix``."""
-    batch, tokens, _ = matrix.shape
-    eye = torch.eye(tokens, dtype=matrix.dtype, device=matrix.device)
-    return eye.expand(batch, tokens, tokens)
-
-
 # The maps are query rows of products of N x N matrices: ``q @ M_last @ ... @ M_first``. Evaluated left to
 # right as vector-matrix products, a row costs O(L N^2) instead of the O(L N^3) of forming the products
 # (tests/helpers/full_products.py keeps those as the reference the rows are checked against).
@@ -42,9 +34,10 @@ def normalized_rollout_row(fused: Sequence[torch.Tensor], query: torch.Tensor) -
     """
     row = query.to(fused[0])
     for matrix in reversed(fused):
-        with_skip = matrix + identity_like(matrix)
-        # keepdim: each ROW sums to one (dividing without it scales columns).
-        row = _times(row, with_skip / with_skip.sum(dim=-1, keepdim=True))
+        # r @ rownorm(F + I) = u @ F + u with u = r / (each row's sum of F, plus 1): the same product without
+        # forming F + I or dividing all N^2 entries (each ROW of F + I sums to one, not each column)
+        scaled = row / (matrix.sum(dim=-1) + 1)
+        row = _times(scaled, matrix) + scaled
     return row
 
 

@@ -125,8 +125,9 @@ def test_row_only_aggregation_equals_the_full_products_query_row(row_of, full):
     item, the largest difference from the full product's row in float64, relative to the row's largest entry.
 
     float64 rows: measured at most 5.5e-15 (native and portable kernels alike); bound 1e-12.
-    float32 rows against the float64 product of the same float32 inputs: measured at most 4.5e-06 (rollout;
-    1.9e-07 for the unnormalised products, where the full float32 product itself is 1.1e-05 off); bound 1e-4.
+    float32 rows against the float64 product of the same float32 inputs: measured at most 5.0e-07 (rollout,
+    both kernels; 1.9e-07 for the unnormalised products, where the full float32 product itself is 1.1e-05
+    off); bound 1e-5.
     """
     generator = torch.Generator().manual_seed(0)
     # attention-like blocks: nonnegative, rows of one, scaled as gradient-weighted maps are (0.1)
@@ -136,7 +137,7 @@ def test_row_only_aggregation_equals_the_full_products_query_row(row_of, full):
     one_hot[:, 0] = 1.0
     mean_pool = torch.full((3, 197), 1 / 196, dtype=torch.float64)
     mean_pool[:, 0] = 0.0
-    for dtype, bound in ((torch.float64, 1e-12), (torch.float32, 1e-4)):
+    for dtype, bound in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
         inputs = [matrix.to(dtype) for matrix in fused]
         for query in (one_hot, mean_pool):
             row = row_of(inputs, query.to(dtype))
