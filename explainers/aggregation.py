@@ -116,12 +116,14 @@ def discard_lowest(fused: torch.Tensor, discard_ratio: float, protect: int | Non
     count = math.floor(discard_ratio * tokens * tokens)
     if count == 0:
         return fused
-    flat = fused.reshape(batch, -1).clone()
-    lowest = flat.topk(count, dim=-1, largest=False).indices
-    discard = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, lowest, True)
+    flat = fused.reshape(batch, -1)
+    # the complement of the N^2 - count largest, found by topk (a tenth of the entries at the usual 0.9, several
+    # times faster than the count smallest); entries tied at the boundary are left to topk, as in the authors' code
+    largest = flat.topk(tokens * tokens - count, dim=-1, largest=True).indices
+    keep = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, largest, True)
     if protect is not None:
-        discard[:, protect * tokens + protect] = False
-    return flat.masked_fill(discard, 0.0).reshape(batch, tokens, tokens)
+        keep[:, protect * tokens + protect] = True
+    return flat.masked_fill(~keep, 0.0).reshape(batch, tokens, tokens)
 
 
 def resolve_start_layer(start_layer: int, num_blocks: int) -> int:
