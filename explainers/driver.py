@@ -31,7 +31,6 @@ from heatmap.explainers.aggregation import resolve_start_layer
 from heatmap.explainers.lrp import lrp_pass
 from heatmap.explainers.registry import Evidence, Method, methods, resolve_options
 from heatmap.explainers.registry import method as find_method
-from heatmap.models.capture import RecomputedProbabilities
 from heatmap.models.protocols import (
     ActivationRecorder,
     Adapter,
@@ -39,6 +38,7 @@ from heatmap.models.protocols import (
     Box,
     Grid,
     LrpView,
+    ProbabilitiesOfItems,
     Scored,
     Spans,
     Tower,
@@ -567,7 +567,7 @@ def reduced_per_item(reduce: Callable[[torch.Tensor, torch.Tensor, torch.Tensor]
     rows = []
     for item in range(grad.shape[0]):
         items = slice(item, item + 1)
-        block = (probs.of_items(position, items) if isinstance(probs, RecomputedProbabilities)
+        block = (probs.of_items(position, items) if isinstance(probs, ProbabilitiesOfItems)
                  else probs[position][items])
         rows.append(reduce(block, capture.probability_gradient(position, grad[items], items), query[items]))
     return torch.cat(rows)

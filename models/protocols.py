@@ -28,6 +28,15 @@ TowerKind = Literal["image", "text"]
 Box = tuple[float, float, float, float]
 
 
+@runtime_checkable
+class ProbabilitiesOfItems(Protocol):
+    """A fused capture's probabilities, computed when read: also one block's for some items of the batch alone."""
+
+    def of_items(self, position: int, items: slice) -> torch.Tensor:
+        """The ``position``-th block's probabilities of ``items`` of the batch."""
+        ...
+
+
 class AttentionCapture(Protocol):
     """Each block's attention probabilities as explicit tensors, recorded during a forward pass."""
 
