@@ -14,9 +14,10 @@ The maps are computed by the same :class:`~heatmap.pipeline.Pipeline` as a
 plain run, one image per forward pass on a CPU (so each map is byte-identical
 to a plain run's) and a batch per pass on a GPU. :func:`explained_on_ray` is
 what ``heatmap METHOD IMAGES --ray ADDRESS`` runs: the inputs travel as paths
-(every node must read them at the same path, as the tasks of a Slurm array
-do), the maps come back in input order, and the CLI's own writers write them
-on this machine, so the folder is the one a plain run writes.
+(every node must read them, and write the output folder, at the same paths,
+as the tasks of a Slurm array do); each actor writes its inputs' files with
+the CLI's own writers, and the manifest lines come back in input order for
+the CLI to append, so the folder is the one a plain run writes.
 
 Kept in ``heatmap.distributed`` rather than at ``heatmap.ray``: the
 repository's root is the package, so a ``ray.py`` there would be imported in
