@@ -81,11 +81,12 @@ Shard = Annotated[Optional[str], typer.Option(rich_help_panel=BATCH,
 RayAddress = Annotated[Optional[str], typer.Option(
     "--ray", rich_help_panel=BATCH, metavar="ADDRESS", help="Explain on a Ray cluster and write here, the same "
     "files and manifest: 'local' starts one on this machine, 'auto' joins the one 'ray start' runs, or "
-    "ray://HOST:10001. Every node must read the inputs at their paths. Needs vit-heatmap[ray].",
+    "ray://HOST:10001. Every node must read the inputs and write --out at the same paths. Needs "
+    "vit-heatmap[ray].",
     show_default=False)]
 RayWorkers = Annotated[Optional[int], typer.Option(
     min=1, rich_help_panel=BATCH, metavar="N", help="With --ray: model copies (Ray actors). Default: one per GPU of "
-    "the cluster, or one.", show_default=False)]
+    "the cluster, or one per node.", show_default=False)]
 Quiet = Annotated[bool, typer.Option(
     "--quiet", "-q", rich_help_panel=MESSAGES, help="No progress bar and no table; errors still go to stderr.")]
 Verbose = Annotated[bool, typer.Option(

@@ -70,7 +70,7 @@ class RunRequest:
         command: the command line as typed (recorded in ``runs.jsonl``).
         ray: explain on this Ray cluster (``local``: one started on this machine) and write here; None: in
             this process.
-        ray_workers: Ray actors (None: one per GPU of the cluster, or one).
+        ray_workers: Ray actors (None: one per GPU of the cluster, or one per node).
     """
 
     method: str
