@@ -412,10 +412,10 @@ def _run_here_or_on(cluster: Any, request: ClassifierRequest | ClipRequest, load
     return summary
 
 
-Explained = Iterator[tuple[Job, "Image.Image", "list[MapRecord]"]]
+ExplainedHere = Iterator[tuple[Job, "Image.Image", "list[MapRecord]"]]
 
 
-def _explained_here(run: Run, request: RunRequest, pipeline: Any) -> Explained:
+def _explained_here(run: Run, request: RunRequest, pipeline: Any) -> ExplainedHere:
     """Each readable input with its picture and records, explained in this process batch by batch."""
     for loaded in run.batches(pipeline.forward_batch_size(request.batch_size)):
         for job, picture in loaded:

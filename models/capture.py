@@ -54,12 +54,17 @@ class AttentionRecorder:
     @property
     def block_outputs(self) -> list[torch.Tensor]:
         """The output tokens of blocks ``track_from..L-1``, in the graph (a block read-out differentiates them)."""
+        return self._from_track(self._outputs, "no block outputs were kept")
+
+    def _from_track(self, kept: list[torch.Tensor | None], nothing: str) -> list[torch.Tensor]:
+        """``kept``'s tensors of blocks ``track_from..L-1``; raises when the capture tracked nothing or a block
+        is missing (``nothing``: what the first error says was not kept)."""
         if self.track_from is None:
-            raise RuntimeError("the capture was opened without track_from; no block outputs were kept")
-        outputs = self._outputs[self.track_from:]
-        if any(tokens is None for tokens in outputs):
+            raise RuntimeError(f"the capture was opened without track_from; {nothing}")
+        tensors = kept[self.track_from:]
+        if any(tensor is None for tensor in tensors):
             raise UnsupportedModelError(f"{self.name}: the forward pass did not run through every block")
-        return [tokens for tokens in outputs if tokens is not None]
+        return [tensor for tensor in tensors if tensor is not None]
 
     @property
     def attention_probs(self) -> list[torch.Tensor]:
@@ -161,12 +166,7 @@ class FusedRecorder(AttentionRecorder):
 
     def tracked(self) -> list[torch.Tensor]:
         """The attention outputs of blocks ``track_from..L-1``, which the gradients are taken for."""
-        if self.track_from is None:
-            raise RuntimeError("the capture was opened without track_from; no gradients were tracked")
-        outputs = self._attended[self.track_from:]
-        if any(output is None for output in outputs):
-            raise UnsupportedModelError(f"{self.name}: the forward pass did not run through every block")
-        return [output for output in outputs if output is not None]
+        return self._from_track(self._attended, "no gradients were tracked")
 
     def probability_gradient(self, position: int, grad: torch.Tensor, items: slice = slice(None)) -> torch.Tensor:
         """``dA_l = dO_l V_l^T``: ``O_l = A_l V_l`` is the only use of ``A_l`` (``grad``: of ``items``)."""
